@@ -1,0 +1,53 @@
+"""Python SDK for the jarvis-memory daemon.
+
+    from jarvis_memory import Client
+    with Client("127.0.0.1:50051") as jm:
+        m = jm.add_memory("Prefers espresso after lunch", category="preference",
+                          source="user_explicit")
+
+The generated protobuf modules live in ``jarvis.memory.v1``; ``Client.channel`` reaches them.
+"""
+
+from jarvis_memory._retry import NO_RETRY, RetryPolicy
+from jarvis_memory.aio import AsyncClient
+from jarvis_memory.client import Client
+from jarvis_memory.errors import (
+    Aborted,
+    AlreadyExists,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    JarvisMemoryError,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from jarvis_memory.types import Memory, Page
+
+__all__ = [
+    "NO_RETRY",
+    "Aborted",
+    "AlreadyExists",
+    "AsyncClient",
+    "Client",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "JarvisMemoryError",
+    "Memory",
+    "NotFound",
+    "OutOfRange",
+    "Page",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Unauthenticated",
+    "Unavailable",
+]

@@ -1,0 +1,82 @@
+"""Daemon configuration: command-line flags, falling back to JARVIS_MEMORY_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+DEFAULT_DB = "./data/jarvis.db"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `jarvis-memory serve` needs to know."""
+
+    addr: str = DEFAULT_ADDR
+    db_path: str = DEFAULT_DB
+    durability: str = "normal"
+    busy_timeout_ms: int = 5000
+    grace_period_s: float = 10.0
+    checkpoint_interval_s: float = 30.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"JARVIS_MEMORY_{name}", default)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of `serve`; each defaults to its environment variable."""
+    parser.add_argument(
+        "--addr", default=_env("ADDR", DEFAULT_ADDR),
+        help="host:port to listen on (env JARVIS_MEMORY_ADDR; default %(default)s)",
+    )
+    parser.add_argument(
+        "--db", dest="db_path", default=_env("DB", DEFAULT_DB),
+        help="SQLite database file, created with its folders if missing "
+        "(env JARVIS_MEMORY_DB; default %(default)s)",
+    )
+    parser.add_argument(
+        "--durability", choices=("normal", "full"), default=_env("DURABILITY", "normal"),
+        help="normal: every acknowledged write survives a crash of the daemon; full: also a "
+        "power loss, at the cost of an fsync per commit (env JARVIS_MEMORY_DURABILITY; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
+        "--busy-timeout-ms", type=int, default=int(_env("BUSY_TIMEOUT_MS", "5000")),
+        help="how long to wait for a lock held by another process on the file "
+        "(env JARVIS_MEMORY_BUSY_TIMEOUT_MS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--grace-period", dest="grace_period_s", type=float,
+        default=float(_env("GRACE_PERIOD", "10")),
+        help="seconds in-flight calls get to finish on SIGTERM/SIGINT "
+        "(env JARVIS_MEMORY_GRACE_PERIOD; default %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint-interval", dest="checkpoint_interval_s", type=float,
+        default=float(_env("CHECKPOINT_INTERVAL", "30")),
+        help="seconds between WAL truncating checkpoints (env JARVIS_MEMORY_CHECKPOINT_INTERVAL; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level", default=_env("LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="(env JARVIS_MEMORY_LOG_LEVEL; default %(default)s)",
+    )
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """Build a Config from parsed `serve` flags."""
+    return Config(
+        addr=args.addr,
+        db_path=args.db_path,
+        durability=args.durability,
+        busy_timeout_ms=args.busy_timeout_ms,
+        grace_period_s=args.grace_period_s,
+        checkpoint_interval_s=args.checkpoint_interval_s,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,127 @@
+"""The daemon: one grpc.aio server on one event loop, owning the database.
+
+Why grpc.aio with the database on the loop thread: on this stack a health Check costs about
+170 µs of daemon CPU while SQLite's share of a write is 12-38 µs, so the transport dominates.
+grpc.aio serves more calls per CPU second than the thread-pool server, and running the short
+SQLite calls inline avoids a thread hand-off per request (measured at about 10% of throughput)
+and makes every write a single-writer transaction with no lock contention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
+
+from jarvis_memory_server import __version__
+from jarvis_memory_server.config import Config
+from jarvis_memory_server.errors import JarvisError, StartupError
+from jarvis_memory_server.service.memories import MemoryService
+from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.transport.memories import MemoryServicer
+
+log = logging.getLogger("jarvis_memory")
+
+SERVICE_NAMES = (memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,)
+
+
+class Daemon:
+    """Opens the database, serves gRPC until told to stop, then shuts down cleanly."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.db = Database(
+            config.db_path, durability=config.durability,  # type: ignore[arg-type]
+            busy_timeout_ms=config.busy_timeout_ms,
+        )
+        self.server: grpc.aio.Server | None = None
+        self.bound_addr = config.addr
+        self.health = health.aio.HealthServicer()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT. Raises StartupError when the daemon cannot start."""
+        started = time.monotonic()
+        self.db.open()  # migrations run here, before the port opens
+        try:
+            await self._start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+            log.info(
+                "jarvis-memory %s serving on %s (database %s, durability %s, revision %d, "
+                "ready in %.0f ms)",
+                __version__, self.bound_addr, self.db.path, self.config.durability,
+                self.db.revision, (time.monotonic() - started) * 1000,
+            )
+            await self._stop.wait()
+            log.info("stopping: refusing new calls, %.0f s grace for in-flight ones",
+                     self.config.grace_period_s)
+        finally:
+            await self._shutdown()
+        log.info("stopped cleanly")
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (as SIGTERM does)."""
+        self._stop.set()
+
+    async def _start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.config.max_message_bytes),
+                ("grpc.max_send_message_length", self.config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        memory_pb2_grpc.add_MemoryServiceServicer_to_server(
+            MemoryServicer(MemoryService(self.db)), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(self.config.addr)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {self.config.addr}: {exc}") from exc
+        # With port 0 the OS picks one; report the real address (tests read it from the log).
+        self.bound_addr = f"{self.config.addr.rsplit(':', 1)[0]}:{port}"
+        await server.start()
+        self.server = server
+        # The database is open and migrated: only now does the daemon report SERVING.
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _checkpoint_loop(self) -> None:
+        # SQLite's automatic checkpoints keep the WAL from growing while the daemon is the only
+        # reader; a periodic TRUNCATE also returns its disk space.
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval_s)
+            try:
+                self.db.checkpoint()
+            except JarvisError as exc:
+                log.warning("checkpoint skipped: %s", exc.message)
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(self.config.grace_period_s)
+        self.db.close()
+
+
+def serve(config: Config) -> None:
+    """Run the daemon in this process until it is stopped."""
+    asyncio.run(Daemon(config).run())

@@ -1,0 +1,1 @@
+"""Service rules: validation, normalisation, transactions. No gRPC or protobuf types here."""

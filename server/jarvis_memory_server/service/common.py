@@ -1,0 +1,72 @@
+"""Rules shared by every service: namespaces, page sizes and page tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any
+
+from jarvis_memory_server.errors import InvalidArgument
+
+DEFAULT_NAMESPACE = "default"
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def resolve_namespace(value: str) -> str:
+    """Return the namespace a request names ("" means "default").
+
+    Raises InvalidArgument for a name outside the allowed pattern.
+    """
+    if not value:
+        return DEFAULT_NAMESPACE
+    if _NAMESPACE.fullmatch(value) is None:
+        raise InvalidArgument(
+            "namespace",
+            f"{value[:64]!r} is not a valid namespace: use 1 to 128 letters, digits or '._:-', "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+def page_size(value: int) -> int:
+    """Apply the page-size rule: 0 means the default, too large is capped, negative is an error."""
+    if value < 0:
+        raise InvalidArgument("page_size", f"must not be negative (got {value})")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def filter_fingerprint(namespace: str, filters: dict[str, Any]) -> str:
+    """A short digest of a list request's namespace and filters, bound into its page tokens."""
+    text = json.dumps([namespace, filters], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_page_token(cursor: dict[str, Any], fingerprint: str) -> str:
+    """Make an opaque page token holding a keyset cursor and the filters it belongs to."""
+    raw = json.dumps({"c": cursor, "f": fingerprint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, fingerprint: str) -> dict[str, Any]:
+    """Return the cursor inside a page token.
+
+    Raises InvalidArgument when the token is malformed or was issued for other filters.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        cursor, issued_for = payload["c"], payload["f"]
+        if not isinstance(cursor, dict):
+            raise TypeError("cursor is not an object")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidArgument("page_token", "is not a token this server issued") from exc
+    if issued_for != fingerprint:
+        raise InvalidArgument(
+            "page_token", "was issued for a different namespace or different filters"
+        )
+    return cursor

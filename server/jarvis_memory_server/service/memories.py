@@ -1,0 +1,247 @@
+"""Memory rules: content normalisation and dedup, validation, pagination, transactions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from jarvis_memory_server.errors import InvalidArgument, NotFound
+from jarvis_memory_server.service.common import (
+    decode_page_token,
+    encode_page_token,
+    filter_fingerprint,
+    page_size,
+)
+from jarvis_memory_server.store.memories import UPDATABLE, MemoryRow, MemoryStore
+from jarvis_memory_server.store.models import Memory
+from jarvis_memory_server.store.sqlite import Database, now_us
+
+MAX_CONTENT_BYTES = 65536
+MAX_SUBJECT_CHARS = 256
+MAX_ATTRIBUTES_BYTES = 65536
+MAX_BATCH = 1000
+
+__all__ = ["UPDATABLE", "MemoryRow", "MemoryService", "NewMemory", "normalize_content"]
+
+
+def normalize_content(content: str) -> str:
+    """Normalise content for dedup: NFC, trimmed, inner white space collapsed, case-folded."""
+    collapsed = " ".join(unicodedata.normalize("NFC", content).split())
+    # Case folding can produce decomposed sequences; normalise once more so equal text hashes equal.
+    return unicodedata.normalize("NFC", collapsed.casefold())
+
+
+def content_hash(content: str) -> bytes:
+    """SHA-256 of the normalised content: the dedup key, unique per namespace."""
+    return hashlib.sha256(normalize_content(content).encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    """A memory to add; category and source are the lowercase names (e.g. "preference")."""
+
+    content: str
+    category: str
+    source: str
+    subject: str = ""
+    attributes: dict[str, Any] | None = None
+
+
+class MemoryService:
+    """Adds, reads, lists, changes and deletes memories."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._store = MemoryStore(db)
+
+    @property
+    def revision(self) -> int:
+        """The store's current revision (for response headers)."""
+        return self._db.revision
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add(self, namespace: str, memory: NewMemory) -> tuple[MemoryRow, bool]:
+        """Store a memory or restate the existing one; return (memory, deduplicated).
+
+        Raises InvalidArgument for empty or oversized fields and unknown categories or sources.
+        """
+        values = self._validated(namespace, memory, "")
+        with self._db.write() as txn:
+            return self._store.upsert(txn, values)
+
+    def add_many(self, namespace: str, memories: list[NewMemory]) -> list[tuple[MemoryRow, bool]]:
+        """Add a batch in one transaction: all or nothing; dedup applies inside the batch too.
+
+        Raises InvalidArgument naming the first bad memory (memories[i].field).
+        """
+        if not memories:
+            raise InvalidArgument("memories", "must hold at least one memory")
+        if len(memories) > MAX_BATCH:
+            raise InvalidArgument(
+                "memories", f"holds {len(memories)} memories; at most {MAX_BATCH} per call"
+            )
+        batch = [self._validated(namespace, m, f"memories[{i}].") for i, m in enumerate(memories)]
+        with self._db.write() as txn:
+            return [self._store.upsert(txn, values) for values in batch]
+
+    def update(self, namespace: str, memory_id: int, changes: dict[str, Any]) -> MemoryRow:
+        """Change the named fields of a memory and return it.
+
+        ``changes`` maps field names (content, category, source, subject, attributes, stale) to
+        new values. Raises InvalidArgument, NotFound, or AlreadyExists when new content
+        duplicates another memory.
+        """
+        _check_id(memory_id)
+        if not changes:
+            raise InvalidArgument("update_mask", "must name at least one field")
+        columns: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "content":
+                columns["content"] = _content(value, "content")
+                columns["content_hash"] = content_hash(value)
+            elif name == "category":
+                columns["category"] = _choice(value, Memory.CATEGORIES, "category")
+            elif name == "source":
+                columns["source"] = _choice(value, Memory.SOURCES, "source")
+            elif name == "subject":
+                columns["subject"] = _subject(value, "subject")
+            elif name == "attributes":
+                columns["attributes"] = _attributes(value, "attributes")
+            elif name == "stale":
+                columns["stale"] = int(bool(value))
+            else:
+                raise InvalidArgument(
+                    "update_mask", f"{name!r} cannot be changed; use any of {', '.join(UPDATABLE)}"
+                )
+        with self._db.write() as txn:
+            row = self._store.update(txn, namespace, memory_id, columns, now_us())
+            if row is None:
+                raise _not_found(namespace, memory_id)
+            return row
+
+    def delete(self, namespace: str, memory_id: int) -> None:
+        """Delete a memory. Raises NotFound when there is none with this id in the namespace."""
+        _check_id(memory_id)
+        with self._db.write() as txn:
+            if not self._store.delete(txn, namespace, memory_id, now_us()):
+                raise _not_found(namespace, memory_id)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, namespace: str, memory_id: int) -> MemoryRow:
+        """Return one memory. Raises NotFound, or InvalidArgument for a non-positive id."""
+        _check_id(memory_id)
+        row = self._store.get(namespace, memory_id)
+        if row is None:
+            raise _not_found(namespace, memory_id)
+        return row
+
+    def list(
+        self,
+        namespace: str,
+        *,
+        size: int = 0,
+        token: str = "",
+        category: str | None = None,
+        source: str | None = None,
+        subject: str | None = None,
+        stale: bool | None = None,
+        created_after_us: int | None = None,
+        created_before_us: int | None = None,
+    ) -> tuple[list[MemoryRow], str]:
+        """Return one page of memories newest first and the token of the next page ("" at the end).
+
+        Pages are keyset-paginated on the id, so inserts between calls never shift a page.
+        Raises InvalidArgument for a negative size or a token issued for other filters.
+        """
+        limit = page_size(size)
+        filters: dict[str, Any] = {}
+        if category is not None:
+            filters["category"] = _choice(category, Memory.CATEGORIES, "category")
+        if source is not None:
+            filters["source"] = _choice(source, Memory.SOURCES, "source")
+        if subject is not None:
+            filters["subject"] = subject
+        if stale is not None:
+            filters["stale"] = int(stale)
+        if created_after_us is not None:
+            filters["created_after"] = created_after_us
+        if created_before_us is not None:
+            filters["created_before"] = created_before_us
+        fingerprint = filter_fingerprint(namespace, filters)
+        if token:
+            before_id = decode_page_token(token, fingerprint).get("before_id")
+            if not isinstance(before_id, int) or before_id < 1:
+                raise InvalidArgument("page_token", "is not a token this server issued")
+            filters["before_id"] = before_id
+        # One row more than asked tells whether another page follows.
+        rows = self._store.list(namespace, filters, limit + 1)
+        if len(rows) <= limit:
+            return rows, ""
+        rows = rows[:limit]
+        return rows, encode_page_token({"before_id": rows[-1].id}, fingerprint)
+
+    # -- validation -------------------------------------------------------------------------
+
+    @staticmethod
+    def _validated(namespace: str, memory: NewMemory, prefix: str) -> dict[str, Any]:
+        return {
+            "namespace": namespace,
+            "content": _content(memory.content, prefix + "content"),
+            "content_hash": content_hash(memory.content),
+            "category": _choice(memory.category, Memory.CATEGORIES, prefix + "category"),
+            "source": _choice(memory.source, Memory.SOURCES, prefix + "source"),
+            "subject": _subject(memory.subject, prefix + "subject"),
+            "attributes": _attributes(memory.attributes, prefix + "attributes"),
+            "now": now_us(),
+        }
+
+
+def _check_id(memory_id: int) -> None:
+    if memory_id <= 0:
+        raise InvalidArgument("id", f"must be a positive memory id (got {memory_id})")
+
+
+def _not_found(namespace: str, memory_id: int) -> NotFound:
+    return NotFound(
+        f"memory {memory_id} does not exist in namespace {namespace!r}",
+        reason="MEMORY_NOT_FOUND", namespace=namespace, id=str(memory_id),
+    )
+
+
+def _content(content: str, field: str) -> str:
+    if not content.strip():
+        raise InvalidArgument(field, "is required and must not be only white space")
+    size = len(content.encode())
+    if size > MAX_CONTENT_BYTES:
+        raise InvalidArgument(field, f"is {size} bytes; at most {MAX_CONTENT_BYTES} are allowed")
+    return content
+
+
+def _choice(value: str, allowed: tuple[str, ...], field: str) -> str:
+    if value not in allowed:
+        raise InvalidArgument(field, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _subject(subject: str, field: str) -> str:
+    if len(subject) > MAX_SUBJECT_CHARS:
+        raise InvalidArgument(
+            field, f"is {len(subject)} characters; at most {MAX_SUBJECT_CHARS} are allowed"
+        )
+    return subject
+
+
+def _attributes(attributes: dict[str, Any] | None, field: str) -> str | None:
+    if attributes is None:
+        return None
+    text = json.dumps(attributes, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > MAX_ATTRIBUTES_BYTES:
+        raise InvalidArgument(
+            field, f"encode to more than {MAX_ATTRIBUTES_BYTES} bytes of JSON"
+        )
+    return text

@@ -1,0 +1,109 @@
+"""Schema migrations, applied at start-up, each in its own transaction.
+
+The schema version is SQLite's ``PRAGMA user_version``: transactional, and readable before any
+table exists. Each migration is frozen SQL; tests/test_migrations.py fails when a migrated
+database differs from what the Peewee models in models.py describe, so a model change cannot
+land without its migration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import apsw
+import peewee as pw
+
+from jarvis_memory_server.errors import StartupError
+
+log = logging.getLogger("jarvis_memory.migrations")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: version N is reached by running ``statements`` on version N-1."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "memories and the change log",
+        (
+            'CREATE TABLE "changes" ("revision" INTEGER NOT NULL PRIMARY KEY, '
+            '"namespace" TEXT NOT NULL, "kind" TEXT NOT NULL, "key" TEXT NOT NULL, '
+            "\"operation\" TEXT NOT NULL CHECK (operation IN ('create', 'update', 'delete')), "
+            '"created_at" INTEGER NOT NULL)',
+            'CREATE TABLE "memories" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "content" TEXT NOT NULL, "content_hash" BLOB NOT NULL, '
+            "\"category\" TEXT NOT NULL CHECK (category IN ('preference', 'fact', 'pattern')), "
+            "\"source\" TEXT NOT NULL CHECK (source IN ('user_explicit', 'agent_inferred')), "
+            '"subject" TEXT NOT NULL, "attributes" TEXT, "stale" INTEGER NOT NULL, '
+            '"created_at" INTEGER NOT NULL, "updated_at" INTEGER NOT NULL, '
+            '"last_accessed_at" INTEGER, "restated_count" INTEGER NOT NULL, '
+            '"revision" INTEGER NOT NULL)',
+            'CREATE UNIQUE INDEX "memories_namespace_content_hash" '
+            'ON "memories" ("namespace", "content_hash")',
+            'CREATE INDEX "memories_namespace_category" ON "memories" ("namespace", "category")',
+            'CREATE INDEX "memories_namespace_source" ON "memories" ("namespace", "source")',
+            'CREATE INDEX "memories_namespace_subject" ON "memories" ("namespace", "subject")',
+            'CREATE INDEX "memories_namespace_stale" ON "memories" ("namespace", "stale")',
+            'CREATE INDEX "memories_namespace_created_at" '
+            'ON "memories" ("namespace", "created_at")',
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: apsw.Connection) -> int:
+    """Return the schema version recorded in the file (0 for a new file)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: pw.Database, conn: apsw.Connection) -> None:
+    """Bring the file to LATEST_VERSION, one transaction per migration.
+
+    Raises StartupError when the file's schema is newer than this code, or when the file
+    holds tables but no jarvis-memory schema version (somebody else's database).
+    """
+    del db  # migrations are frozen SQL; the Peewee database is not needed to run them
+    while True:
+        cursor = conn.cursor()
+        cursor.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock
+        try:
+            current = schema_version(conn)
+            if current > LATEST_VERSION:
+                raise StartupError(
+                    f"the database schema is version {current}, newer than this daemon "
+                    f"supports ({LATEST_VERSION}); upgrade jarvis-memory to open it"
+                )
+            if current == LATEST_VERSION:
+                cursor.execute("COMMIT")
+                return
+            if current == 0 and conn.execute(
+                "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]:
+                raise StartupError(
+                    "the file holds tables but no jarvis-memory schema version; "
+                    "it is not a jarvis-memory database"
+                )
+            step = MIGRATIONS[current]
+            started = time.perf_counter()
+            for statement in step.statements:
+                cursor.execute(statement)
+            cursor.execute(f"PRAGMA user_version = {step.version}")
+            cursor.execute("COMMIT")
+        except BaseException:
+            if not conn.getautocommit():
+                cursor.execute("ROLLBACK")
+            raise
+        log.info(
+            "migration %d (%s) applied in %.1f ms",
+            step.version, step.name, (time.perf_counter() - started) * 1000,
+        )

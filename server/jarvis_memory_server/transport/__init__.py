@@ -1,0 +1,1 @@
+"""gRPC servicers: request validation, calls into the service layer, error mapping. No SQL."""

@@ -1,0 +1,72 @@
+"""Conversions between protobuf messages and the service layer's Python values."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from jarvis_memory_server.errors import InvalidArgument
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    """Microseconds since the epoch -> Timestamp."""
+    seconds, micros = divmod(us, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+
+
+def micros(ts: timestamp_pb2.Timestamp, field: str) -> int:
+    """Timestamp -> microseconds since the epoch. Raises InvalidArgument when out of range."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, f"nanos must be in [0, 1e9) (got {ts.nanos})")
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct -> plain dict (numbers become floats, as JSON over protobuf defines them)."""
+    result: dict[str, Any] = json_format.MessageToDict(value)
+    return result
+
+
+def json_to_struct(text: str) -> struct_pb2.Struct:
+    """JSON object text -> Struct."""
+    struct = struct_pb2.Struct()
+    struct.update(json.loads(text))
+    return struct
+
+
+class EnumNames:
+    """Maps a proto enum to the service layer's lowercase names and back.
+
+    ``MEMORY_CATEGORY_FACT`` <-> ``"fact"``; the zero value is "not given".
+    """
+
+    def __init__(self, enum: EnumTypeWrapper, prefix: str) -> None:
+        self.type_name = enum.DESCRIPTOR.name
+        self.to_name: dict[int, str] = {
+            v.number: v.name.removeprefix(prefix).lower()
+            for v in enum.DESCRIPTOR.values
+            if v.number != 0
+        }
+        self.to_number: dict[str, int] = {name: number for number, name in self.to_name.items()}
+
+    def required(self, number: int, field: str) -> str:
+        """Return the name of a value that must be given. Raises InvalidArgument."""
+        name = self.to_name.get(number)
+        if name is None:
+            raise self._error(number, field)
+        return name
+
+    def optional(self, number: int, field: str) -> str | None:
+        """Return the name of a value, or None for the zero value. Raises InvalidArgument."""
+        if number == 0:
+            return None
+        return self.required(number, field)
+
+    def _error(self, number: int, field: str) -> InvalidArgument:
+        allowed = ", ".join(sorted(self.to_name.values()))
+        if number == 0:
+            return InvalidArgument(field, f"is required: one of {allowed}")
+        return InvalidArgument(field, f"{number} is not a known {self.type_name} value ({allowed})")

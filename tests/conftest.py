@@ -1,0 +1,131 @@
+"""Fixtures: real daemons in subprocesses on real ports with temporary SQLite files."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from jarvis.memory.v1 import memory_pb2_grpc
+
+from jarvis_memory import Client
+
+READY = re.compile(r"serving on (\S+:\d+)")
+START_TIMEOUT = 30.0
+
+
+class Daemon:
+    """A `jarvis-memory serve` process; its log is collected and the bound address parsed."""
+
+    def __init__(self, db_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.db_path = db_path
+        self.args = args
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.addr = ""
+        self.log: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self) -> Daemon:
+        self.log = []
+        self._ready.clear()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", "127.0.0.1:0",
+             "--db", str(self.db_path), *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
+        self._drainer.start()
+        if not self._ready.wait(START_TIMEOUT) or not self.addr:
+            self.kill()
+            raise RuntimeError("daemon did not start:\n" + self.output)
+        return self
+
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                self.log.append(line)
+                match = READY.search(line)
+                if match:
+                    self.addr = match.group(1)
+                    self._ready.set()
+        self._ready.set()  # exited: wake a waiting start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.log)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self._drainer.join(timeout)  # the log is complete and the pipe closed
+        return code
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.wait()
+
+    def client(self, **kwargs: object) -> Client:
+        return Client(self.addr, **kwargs)  # type: ignore[arg-type]
+
+
+def run_daemon_expecting_failure(db_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Start a daemon that must refuse to start; return its finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", "127.0.0.1:0",
+         "--db", str(db_path), *args],
+        capture_output=True, text=True, timeout=START_TIMEOUT,
+    )
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon shared by a test module."""
+    d = Daemon(tmp_path_factory.mktemp("db") / "jarvis.db").start()
+    yield d
+    code = d.stop()
+    assert code == 0, d.output
+
+
+@pytest.fixture
+def fresh_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon of the test's own, on a new file."""
+    d = Daemon(tmp_path / "jarvis.db").start()
+    yield d
+    d.kill()
+
+
+@pytest.fixture
+def jm(daemon: Daemon) -> Iterator[Client]:
+    with daemon.client() as client:
+        yield client
+
+
+@pytest.fixture
+def stub(daemon: Daemon) -> Iterator[memory_pb2_grpc.MemoryServiceStub]:
+    with grpc.insecure_channel(daemon.addr) as channel:
+        yield memory_pb2_grpc.MemoryServiceStub(channel)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A namespace unique to the test, so tests sharing a daemon do not see each other."""
+    return re.sub(r"[^A-Za-z0-9._:-]", "-", request.node.name)[:100] or "ns"
