@@ -155,7 +155,8 @@ class MemoryService:
     ) -> tuple[list[MemoryRow], str]:
         """Return one page of memories newest first and the token of the next page ("" at the end).
 
-        Pages are keyset-paginated on the id, so inserts between calls never shift a page.
+        Pages are keyset-paginated on (created_at, id), so inserts between calls never shift a
+        page.
         Raises InvalidArgument for a negative size or a token issued for other filters.
         """
         limit = page_size(size)
@@ -174,16 +175,18 @@ class MemoryService:
             filters["created_before"] = created_before_us
         fingerprint = filter_fingerprint(namespace, filters)
         if token:
-            before_id = decode_page_token(token, fingerprint).get("before_id")
-            if not isinstance(before_id, int) or before_id < 1:
+            cursor = decode_page_token(token, fingerprint)
+            at, last_id = cursor.get("at"), cursor.get("id")
+            if not (isinstance(at, int) and isinstance(last_id, int)):
                 raise InvalidArgument("page_token", "is not a token this server issued")
-            filters["before_id"] = before_id
+            filters["cursor_at"], filters["cursor_id"] = at, last_id
         # One row more than asked tells whether another page follows.
         rows = self._store.list(namespace, filters, limit + 1)
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]
-        return rows, encode_page_token({"before_id": rows[-1].id}, fingerprint)
+        last = rows[-1]
+        return rows, encode_page_token({"at": last.created_at, "id": last.id}, fingerprint)
 
     # -- validation -------------------------------------------------------------------------
 

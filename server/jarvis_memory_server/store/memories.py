@@ -83,7 +83,8 @@ _LIST_FILTERS: dict[str, pw.Expression] = {
     "stale": Memory.stale == P(":stale"),
     "created_after": Memory.created_at >= P(":created_after"),
     "created_before": Memory.created_at < P(":created_before"),
-    "before_id": Memory.id < P(":before_id"),
+    # The keyset cursor: strictly after the last memory of the previous page in list order.
+    "cursor": pw.Tuple(Memory.created_at, Memory.id) < pw.Tuple(P(":cursor_at"), P(":cursor_id")),
 }
 
 # UpdateMemory: the columns a caller may change.
@@ -120,19 +121,29 @@ class MemoryStore:
     def list(self, namespace: str, filters: dict[str, Any], limit: int) -> list[MemoryRow]:
         """Return up to ``limit`` memories newest first, matching every filter given.
 
-        ``filters`` keys are those of _LIST_FILTERS; ``before_id`` is the keyset cursor.
+        ``filters`` keys are those of _LIST_FILTERS, except that the cursor is given as
+        ``cursor_at`` and ``cursor_id`` (the created_at and id of the previous page's last row).
         """
-        shape = tuple(sorted(filters))
+        shape = self._shape(filters)
         sql = self._list_sql.get(shape)
         if sql is None:
             condition = Memory.namespace == P(":namespace")
             for name in shape:
                 condition &= _LIST_FILTERS[name]
-            query = Memory.select(*COLUMNS).where(condition).order_by(Memory.id.desc())
+            query = (
+                Memory.select(*COLUMNS)
+                .where(condition)
+                .order_by(Memory.created_at.desc(), Memory.id.desc())
+            )
             sql = self._list_sql[shape] = compile_sql(query.limit(P(":limit")))
         with storage_errors():
             rows = self._db.conn.execute(sql, {**filters, "namespace": namespace, "limit": limit})
             return [MemoryRow._make(r) for r in rows]
+
+    @staticmethod
+    def _shape(filters: dict[str, Any]) -> tuple[str, ...]:
+        names = {"cursor" if name.startswith("cursor_") else name for name in filters}
+        return tuple(sorted(names))
 
     def update(
         self, txn: WriteTxn, namespace: str, memory_id: int, changes: dict[str, Any], now: int
@@ -178,7 +189,7 @@ class MemoryStore:
     def explain_list(self, namespace: str, filters: dict[str, Any], limit: int) -> list[str]:
         """Return SQLite's query plan for a list query (used by the tests on index use)."""
         self.list(namespace, filters, limit)  # compiles the SQL for this shape
-        sql = self._list_sql[tuple(sorted(filters))]
+        sql = self._list_sql[self._shape(filters)]
         rows = self._db.conn.execute(
             "EXPLAIN QUERY PLAN " + sql, {**filters, "namespace": namespace, "limit": limit}
         )

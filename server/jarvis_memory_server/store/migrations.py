@@ -48,12 +48,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             '"revision" INTEGER NOT NULL)',
             'CREATE UNIQUE INDEX "memories_namespace_content_hash" '
             'ON "memories" ("namespace", "content_hash")',
-            'CREATE INDEX "memories_namespace_category" ON "memories" ("namespace", "category")',
-            'CREATE INDEX "memories_namespace_source" ON "memories" ("namespace", "source")',
-            'CREATE INDEX "memories_namespace_subject" ON "memories" ("namespace", "subject")',
-            'CREATE INDEX "memories_namespace_stale" ON "memories" ("namespace", "stale")',
             'CREATE INDEX "memories_namespace_created_at" '
             'ON "memories" ("namespace", "created_at")',
+            'CREATE INDEX "memories_namespace_category_created_at" '
+            'ON "memories" ("namespace", "category", "created_at")',
+            'CREATE INDEX "memories_namespace_source_created_at" '
+            'ON "memories" ("namespace", "source", "created_at")',
+            'CREATE INDEX "memories_namespace_subject_created_at" '
+            'ON "memories" ("namespace", "subject", "created_at")',
+            'CREATE INDEX "memories_namespace_stale_created_at" '
+            'ON "memories" ("namespace", "stale", "created_at")',
         ),
     ),
 )

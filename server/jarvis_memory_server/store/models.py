@@ -68,15 +68,16 @@ class Memory(BaseModel):
 
     class Meta:
         table_name = "memories"
-        # Every index starts with namespace; SQLite appends the rowid, so each one also serves
-        # "newest first" (ORDER BY id DESC) within its filter.
+        # Lists are newest first: ORDER BY created_at DESC, id DESC. Every index is
+        # (namespace, [filter column,] created_at), and SQLite appends the rowid, so each filter
+        # is served in list order with no sort, and the keyset cursor is an index range.
         indexes = (
             (("namespace", "content_hash"), True),
-            (("namespace", "category"), False),
-            (("namespace", "source"), False),
-            (("namespace", "subject"), False),
-            (("namespace", "stale"), False),
             (("namespace", "created_at"), False),
+            (("namespace", "category", "created_at"), False),
+            (("namespace", "source", "created_at"), False),
+            (("namespace", "subject", "created_at"), False),
+            (("namespace", "stale", "created_at"), False),
         )
 
 

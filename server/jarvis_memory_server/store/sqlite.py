@@ -111,7 +111,8 @@ class Database:
             if str(mode).lower() != "wal":
                 raise StartupError(f"{self.path}: could not switch the database to WAL mode")
             migrations.migrate(self.peewee, conn)
-        except (apsw.NotADBError, apsw.CorruptError) as exc:
+        except (apsw.NotADBError, apsw.CorruptError, pw.DatabaseError) as exc:
+            # Peewee wraps errors raised while it applies the pragmas on connect.
             self.close()
             raise StartupError(f"{self.path} is not a usable SQLite database: {exc}") from exc
         except apsw.CantOpenError as exc:

@@ -1,0 +1,337 @@
+"""Throughput and latency of jarvis-memory over real gRPC, against a real daemon.
+
+Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
+
+- health_check: grpc.health.v1 Health/Check, the transport's ceiling;
+- add_memory: one new memory per call (unique English-ish sentences, 60-200 chars);
+- add_memories_500: 500 new memories per call (rps is memories/s, latency is per call);
+- get_memory: random ids among the 100k memories of a preloaded namespace;
+- list_memories: the first page of 50 of that 100k-memory namespace.
+
+ratio_to_health is the scenario's rps over health_check's at the same in_flight level.
+The client is grpc.aio with the generated stubs, N worker coroutines keeping N calls in flight,
+and requests built before timing, so that it stays cheap next to the daemon on a small machine.
+The cli%/srv% columns are the CPU used by this process and by the daemon (100% = one core).
+
+Run: `make bench`, or `.venv/bin/python tests/bench/bench.py --duration 2 --only get_memory`;
+`--addr HOST:PORT` benches an already running daemon. Results go to bench-results.json at the
+repo root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
+
+SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories")
+RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
+READY = re.compile(r"serving on (\S+:\d+)")
+PRELOAD_TOTAL, PRELOAD_BATCH, BATCH = 100_000, 1000, 500
+CHANNEL_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel, not a shared one
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+FACT, SOURCE = memory_pb2.MEMORY_CATEGORY_FACT, memory_pb2.MEMORY_SOURCE_USER_EXPLICIT
+CATEGORIES = (memory_pb2.MEMORY_CATEGORY_PREFERENCE, FACT, memory_pb2.MEMORY_CATEGORY_PATTERN)
+
+WHO = ("The user", "Their sister Anna", "My manager", "The neighbour upstairs", "Grandpa Joe")
+DOES = ("prefers", "usually orders", "is allergic to", "keeps forgetting", "wants to try",
+        "recommended", "complains about", "always brings")
+WHAT = ("oat milk flat whites", "the Thai place on Elm Street", "peanuts and tree nuts",
+        "the Tuesday standup", "a quiet table near the window", "dark roast coffee",
+        "long walks along the river", "the blue notebook with the grid paper")
+WHEN = ("before nine in the morning", "when it rains", "on the first Monday of the month",
+        "after a long flight", "whenever the kids are at school", "during tax season")
+
+
+class Sentences:
+    """Unique, realistic-looking memory contents: words from lists, made unique by a counter."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag, self.counter, self.rng = tag, itertools.count(1), random.Random(42)
+
+    def __call__(self) -> str:
+        r = self.rng
+        text = f"{r.choice(WHO)} {r.choice(DOES)} {r.choice(WHAT)}"
+        for _ in range(r.randint(1, 3)):
+            text += f" {r.choice(WHEN)}" if len(text) < 120 else ""
+        return f"{text} (note {self.tag}-{next(self.counter)})."[-200:]
+
+
+class Pool:
+    """Requests built ahead of timing; built on the fly (and counted) if the pool runs dry."""
+
+    def __init__(self, build: Callable[[], Any], size: int) -> None:
+        self.build, self.items, self.extra = build, iter([build() for _ in range(size)]), 0
+
+    def __next__(self) -> Any:
+        item = next(self.items, None)
+        if item is None:
+            self.extra += 1
+            item = self.build()
+        return item
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+
+class LocalDaemon:
+    """`python -m jarvis_memory_server serve` on a fresh temporary database."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="jarvis-bench-")
+        self.log_path = Path(self.tmp.name) / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> str:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", "127.0.0.1:0",
+                 "--db", str(Path(self.tmp.name) / "jarvis.db")],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            match = READY.search(self.log_path.read_text(errors="replace"))
+            if match:
+                return match.group(1)
+            time.sleep(0.05)
+        raise RuntimeError("daemon did not start:\n" + self.log_path.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(30)
+                if code != 0:
+                    print(f"daemon exited with {code}:\n{self.log_path.read_text()}")
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.tmp.cleanup()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU seconds of a process (this one when pid is None), all threads."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    methods: list[Callable[[Any], Awaitable[Any]]], requests: Iterator[Any], in_flight: int,
+    warmup: float, duration: float, daemon_pid: int | None,
+) -> dict[str, float]:
+    """Keep in_flight calls going; latency and rate of the calls completing in the window.
+
+    The window opens after the warm-up and once every worker has completed a call (with many
+    slow calls in flight, the first wave takes longer than the warm-up), then lasts duration.
+    """
+    latencies: list[float] = []
+    perf = time.perf_counter
+    warm_until = perf() + warmup
+    start = end = math.inf
+    waiting = in_flight
+    window_set = asyncio.Event()
+
+    async def worker(method: Callable[[Any], Awaitable[Any]]) -> None:
+        nonlocal start, end, waiting
+        first = True
+        while True:
+            request = next(requests)
+            t0 = perf()
+            await method(request)
+            t1 = perf()
+            if t1 > end:
+                return
+            if t1 >= start:
+                latencies.append(t1 - t0)
+            if first:
+                first, waiting = False, waiting - 1
+                if waiting == 0:
+                    start = max(t1, warm_until)
+                    end = start + duration
+                    window_set.set()
+
+    async def cpu_probe() -> tuple[float, float]:
+        await window_set.wait()
+        await asyncio.sleep(max(0.0, start - perf()))
+        c0, d0 = cpu_seconds(None), cpu_seconds(daemon_pid)
+        await asyncio.sleep(max(0.0, end - perf()))
+        return cpu_seconds(None) - c0, cpu_seconds(daemon_pid) - d0
+
+    probe = asyncio.create_task(cpu_probe())
+    await asyncio.gather(*(worker(methods[i % len(methods)]) for i in range(in_flight)))
+    client_cpu, daemon_cpu = await probe
+    latencies.sort()
+    n = len(latencies)
+    if n == 0:
+        raise RuntimeError("no call completed inside the measurement window")
+    return {
+        "rps": n / duration,
+        "p50_ms": latencies[n // 2] * 1000,
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000,
+        "cli": 100 * client_cpu / duration,
+        "srv": 100 * daemon_cpu / duration if daemon_pid else float("nan"),
+    }
+
+
+async def preload(stub: memory_pb2_grpc.MemoryServiceStub, namespace: str,
+                  sentences: Sentences) -> list[int]:
+    """Store PRELOAD_TOTAL memories in batches of PRELOAD_BATCH; return their ids."""
+    ids: list[int] = []
+    batches = iter(range(PRELOAD_TOTAL // PRELOAD_BATCH))
+
+    async def loader() -> None:
+        for _ in batches:
+            request = memory_pb2.AddMemoriesRequest(namespace=namespace, memories=[
+                memory_pb2.NewMemory(content=sentences(), category=CATEGORIES[i % 3],
+                                     source=SOURCE, subject="bench")
+                for i in range(PRELOAD_BATCH)])
+            response = await stub.AddMemories(request)
+            ids.extend(result.memory.id for result in response.results)
+
+    await asyncio.gather(loader(), loader())  # two in flight: build one batch while one stores
+    return ids
+
+
+async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> list[dict[str, Any]]:
+    tag = f"{random.SystemRandom().getrandbits(32):08x}"  # unique across runs on one daemon
+    ns_writes, ns_100k = f"bench-writes-{tag}", f"bench-100k-{tag}"
+    sentences = Sentences(tag)
+    channels = [grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) for _ in range(2)]
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 10)
+        memory = [memory_pb2_grpc.MemoryServiceStub(c) for c in channels]
+        health = [health_pb2_grpc.HealthStub(c) for c in channels]
+        ids: list[int] = []
+        if {"get_memory", "list_memories"} & set(args.only):
+            t0 = time.perf_counter()
+            ids = await preload(memory[0], ns_100k, sentences)
+            print(f"preloaded {len(ids)} memories into {ns_100k} "
+                  f"in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        def add_one() -> memory_pb2.AddMemoryRequest:
+            return memory_pb2.AddMemoryRequest(namespace=ns_writes, content=sentences(),
+                                               category=FACT, source=SOURCE, subject="bench")
+
+        def add_batch() -> memory_pb2.AddMemoriesRequest:
+            return memory_pb2.AddMemoriesRequest(namespace=ns_writes, memories=[
+                memory_pb2.NewMemory(content=sentences(), category=CATEGORIES[i % 3],
+                                     source=SOURCE) for i in range(BATCH)])
+
+        rng = random.Random(7)
+        gets = [memory_pb2.GetMemoryRequest(namespace=ns_100k, id=rng.choice(ids))
+                for _ in range(10_000 if ids else 0)]
+        first_page = memory_pb2.ListMemoriesRequest(namespace=ns_100k, page_size=50)
+        seconds = args.warmup + args.duration
+        results: list[dict[str, Any]] = []
+        print(f"\n{'scenario':<18}{'in_flight':>9}{'rps':>11}{'p50_ms':>9}{'p99_ms':>9}"
+              f"{'ratio_to_health':>17}{'cli%':>6}{'srv%':>6}", flush=True)
+        for in_flight in args.in_flight:
+            n_channels = 2 if in_flight > 1 else 1
+            health_rps: float | None = None
+            for scenario in args.only:
+                pool: Pool | None = None
+                if scenario == "health_check":
+                    methods = [h.Check for h in health[:n_channels]]
+                    requests: Iterator[Any] = itertools.repeat(health_pb2.HealthCheckRequest())
+                elif scenario == "add_memory":
+                    # health_check is the ceiling, so its rate sizes the pool of unique requests.
+                    pool = Pool(add_one, int((health_rps or 5000) * seconds * 1.2) + in_flight)
+                    methods, requests = [m.AddMemory for m in memory[:n_channels]], pool
+                elif scenario == "add_memories_500":
+                    pool = Pool(add_batch, int(50 * seconds) + in_flight)
+                    methods, requests = [m.AddMemories for m in memory[:n_channels]], pool
+                elif scenario == "get_memory":
+                    methods = [m.GetMemory for m in memory[:n_channels]]
+                    requests = itertools.cycle(gets)
+                else:
+                    methods = [m.ListMemories for m in memory[:n_channels]]
+                    requests = itertools.repeat(first_page)
+                stats = await measure(methods, requests, in_flight, args.warmup, args.duration,
+                                      daemon_pid)
+                if scenario == "health_check":
+                    health_rps = stats["rps"]
+                ratio = None
+                if scenario == "add_memories_500":
+                    stats["rps"] *= BATCH  # memories/s; latency stays per call
+                elif health_rps:
+                    ratio = round(stats["rps"] / health_rps, 3)
+                row = {"scenario": scenario, "in_flight": in_flight,
+                       "rps": round(stats["rps"], 1), "p50_ms": round(stats["p50_ms"], 3),
+                       "p99_ms": round(stats["p99_ms"], 3), "ratio_to_health": ratio}
+                results.append(row)
+                print(f"{scenario:<18}{in_flight:>9}{row['rps']:>11.1f}{row['p50_ms']:>9.2f}"
+                      f"{row['p99_ms']:>9.2f}{'-' if ratio is None else f'{ratio:.3f}':>17}"
+                      f"{stats['cli']:>6.0f}{stats['srv']:>6.0f}", flush=True)
+                if pool is not None and pool.extra:
+                    print(f"  note: {pool.extra} requests were built during the run", flush=True)
+        return results
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=3.0,
+                        help="timed seconds per scenario and in-flight level (default 3)")
+    parser.add_argument("--warmup", type=float, default=0.5,
+                        help="untimed seconds before each measurement (default 0.5)")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios, from: {', '.join(SCENARIOS)}")
+    parser.add_argument("--in-flight", default="1,64", help="comma-separated levels (default 1,64)")
+    parser.add_argument("--addr", help="HOST:PORT of a running daemon; none: start one")
+    args = parser.parse_args(argv)
+    wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+    if unknown := wanted - set(SCENARIOS):
+        parser.error(f"unknown scenario in --only: {', '.join(sorted(unknown))}")
+    args.only = [s for s in SCENARIOS if s in wanted]  # canonical order: health_check first
+    args.in_flight = [int(n) for n in args.in_flight.split(",")]
+    if any(n < 1 for n in args.in_flight):
+        parser.error("--in-flight levels must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    daemon = None if args.addr else LocalDaemon()
+    try:
+        addr = args.addr or daemon.start()  # type: ignore[union-attr]
+        pid = daemon.proc.pid if daemon and daemon.proc else None
+        print(f"daemon at {addr}, pid {pid if pid else 'unknown (--addr)'}; bench pid {os.getpid()}"
+              f"; {args.duration:g} s per measurement after {args.warmup:g} s warm-up", flush=True)
+        results = asyncio.run(run(args, addr, pid))
+    finally:
+        if daemon is not None:
+            daemon.stop()
+    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {RESULTS_PATH}")
+
+
+if __name__ == "__main__":
+    main()

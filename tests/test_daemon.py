@@ -1,0 +1,170 @@
+"""The daemon as a process: start-up checks, persistence, crash safety, health, reflection."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import apsw
+import grpc
+import pytest
+from conftest import Daemon, run_daemon_expecting_failure
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from jarvis_memory import Client, JarvisMemoryError
+
+
+def open_file(path: Path) -> apsw.Connection:
+    return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+
+
+def test_creates_missing_folders_and_uses_wal(tmp_path: Path) -> None:
+    db = tmp_path / "nested" / "deeper" / "jarvis.db"
+    d = Daemon(db).start()
+    try:
+        with d.client() as jm:
+            jm.add_memory("folders are created", category="fact", source="user_explicit")
+    finally:
+        assert d.stop() == 0
+    assert db.exists()
+    conn = open_file(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def test_everything_survives_a_restart(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db").start()
+    with d.client() as jm:
+        kept = [jm.add_memory(f"persistent fact {i}", category="fact", source="user_explicit")
+                for i in range(20)]
+        jm.update_memory(kept[0].id, stale=True)
+        jm.delete_memory(kept[1].id)
+        restated = jm.add_memory("PERSISTENT fact 2", category="fact", source="user_explicit")
+    assert d.stop() == 0
+    assert "stopped cleanly" in d.output
+    assert "migration 1" in d.output
+
+    d.start()
+    try:
+        assert "migration" not in d.output  # already at the latest version
+        with d.client() as jm:
+            stored = list(jm.iter_memories())
+            assert [m.id for m in stored] == [m.id for m in kept[::-1] if m.id != kept[1].id]
+            assert jm.get_memory(kept[0].id).stale
+            assert jm.get_memory(kept[2].id).restated_count == 1
+            # The revision counter continues where it stopped.
+            newer = jm.add_memory("after restart", category="fact", source="user_explicit")
+            assert newer.revision > restated.revision
+            assert newer.id > kept[-1].id
+    finally:
+        assert d.stop() == 0
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db").start()
+    acknowledged: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    enough = threading.Event()
+
+    def writer(n: int) -> None:
+        with d.client(retry=None, timeout=5) as jm:
+            i = 0
+            while True:
+                content = f"writer {n} fact {i}"
+                try:
+                    m = jm.add_memory(content, category="fact", source="agent_inferred")
+                except JarvisMemoryError:
+                    return  # the daemon died under us: this write was never acknowledged
+                with lock:
+                    acknowledged.append((m.id, content))
+                    if len(acknowledged) >= 400:
+                        enough.set()
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    assert enough.wait(60)
+    d.kill()
+    for t in threads:
+        t.join(30)
+
+    d.start()
+    try:
+        with d.client() as jm:
+            stored = {m.id: m.content for m in jm.iter_memories(page_size=1000)}
+        for memory_id, content in acknowledged:
+            assert stored.get(memory_id) == content
+    finally:
+        assert d.stop() == 0
+    assert open_file(d.db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sigterm_exits_zero_and_closes_the_wal(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db").start()
+    with d.client() as jm:
+        jm.add_memory("checkpointed on exit", category="fact", source="user_explicit")
+    assert d.stop() == 0
+    wal = Path(str(d.db_path) + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_refuses_a_schema_newer_than_the_code(tmp_path: Path) -> None:
+    db = tmp_path / "jarvis.db"
+    d = Daemon(db).start()
+    assert d.stop() == 0
+    conn = apsw.Connection(str(db))
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    result = run_daemon_expecting_failure(db)
+    assert result.returncode == 2
+    assert "schema is version 999, newer than this daemon supports" in result.stderr
+
+
+def test_refuses_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "jarvis.db"
+    db.write_bytes(b"this is a text file, not a database\n" * 200)
+    result = run_daemon_expecting_failure(db)
+    assert result.returncode == 2
+    assert "is not a usable SQLite database" in result.stderr
+    assert db.read_bytes().startswith(b"this is a text file")
+
+
+def test_refuses_somebody_elses_sqlite_database(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("CREATE TABLE memories (x)")
+    conn.close()
+    result = run_daemon_expecting_failure(db)
+    assert result.returncode == 2
+    assert "not a jarvis-memory database" in result.stderr
+
+
+def test_refuses_an_address_it_cannot_bind(tmp_path: Path) -> None:
+    result = run_daemon_expecting_failure(tmp_path / "jarvis.db", "--addr", "256.1.1.1:1")
+    assert result.returncode == 2
+    assert "cannot listen on 256.1.1.1:1" in result.stderr
+
+
+def test_health_reports_serving(daemon: Daemon) -> None:
+    with grpc.insecure_channel(daemon.addr) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "jarvis.memory.v1.MemoryService"):
+            response = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(daemon: Daemon) -> None:
+    with grpc.insecure_channel(daemon.addr) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        response = next(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in response.list_services_response.service}
+    assert {"jarvis.memory.v1.MemoryService", "grpc.health.v1.Health"} <= names
+
+
+def test_failed_calls_are_logged_with_method_and_status(daemon: Daemon) -> None:
+    with Client(daemon.addr) as jm, pytest.raises(JarvisMemoryError):
+        jm.get_memory(987654321)
+    assert "rpc GetMemory failed: NOT_FOUND memory 987654321" in daemon.output
