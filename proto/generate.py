@@ -40,7 +40,9 @@ def compile_into(out: pathlib.Path) -> None:
 
 def generated_files(base: pathlib.Path) -> set[str]:
     folder = base / PACKAGE
-    return {p.name for p in folder.iterdir() if p.suffix in {".py", ".pyi"}} if folder.exists() else set()
+    if not folder.exists():
+        return set()
+    return {p.name for p in folder.iterdir() if p.suffix in {".py", ".pyi"}}
 
 
 def main() -> None:
@@ -50,11 +52,12 @@ def main() -> None:
         compile_into(fresh)
         new, old = generated_files(fresh), generated_files(OUT_DIR)
         if check:
-            differ = sorted(
-                (new ^ old) | {n for n in new & old if not filecmp.cmp(fresh / PACKAGE / n, OUT_DIR / PACKAGE / n, shallow=False)}
-            )
-            if differ:
-                sys.exit(f"generated stubs drifted from proto/ (run `make proto`): {', '.join(differ)}")
+            changed = {
+                name for name in new & old
+                if not filecmp.cmp(fresh / PACKAGE / name, OUT_DIR / PACKAGE / name, shallow=False)
+            }
+            if differ := sorted((new ^ old) | changed):
+                sys.exit(f"stubs drifted from proto/ (run `make proto`): {', '.join(differ)}")
             print("generated stubs match proto/")
             return
         target = OUT_DIR / PACKAGE

@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 from jarvis.memory.v1 import memory_pb2_grpc
-
 from jarvis_memory import Client
 
 READY = re.compile(r"serving on (\S+:\d+)")

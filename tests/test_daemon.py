@@ -11,7 +11,6 @@ import pytest
 from conftest import Daemon, run_daemon_expecting_failure
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from jarvis_memory import Client, JarvisMemoryError
 
 

@@ -1,7 +1,6 @@
 """The README's quick start, exactly as a newcomer types it."""
 
 from conftest import Daemon
-
 from jarvis_memory import Client
 
 

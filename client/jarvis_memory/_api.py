@@ -83,7 +83,8 @@ def _enum_value(enum: Any, prefix: str, value: str | int, field: str) -> int:
     try:
         return int(enum.Value(name))
     except ValueError:
-        allowed = [n.removeprefix(prefix).lower() for n in enum.keys() if not n.endswith("UNSPECIFIED")]
+        names = [n for n in enum.keys() if not n.endswith("UNSPECIFIED")]  # noqa: SIM118
+        allowed = [n.removeprefix(prefix).lower() for n in names]
         raise ValueError(f"{field}: {value!r} is not one of {', '.join(allowed)}") from None
 
 
@@ -94,12 +95,12 @@ def _enum_name(enum: Any, prefix: str, number: int) -> str:
         return str(number)
 
 
-def category_value(value: str | int) -> int:
-    """Category name or number -> MemoryCategory number."""
+def category_value(value: str | int) -> Any:
+    """Category name or number -> MemoryCategory number (Any: the stubs' enum NewType)."""
     return _enum_value(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_", value, "category")
 
 
-def source_value(value: str | int) -> int:
+def source_value(value: str | int) -> Any:
     """Source name or number -> MemorySource number."""
     return _enum_value(memory_pb2.MemorySource, "MEMORY_SOURCE_", value, "source")
 
@@ -136,7 +137,9 @@ def to_memory(message: memory_pb2.Memory, deduplicated: bool = False) -> Memory:
         source=_enum_name(memory_pb2.MemorySource, "MEMORY_SOURCE_", message.source),
         subject=message.subject,
         attributes=(
-            json_format.MessageToDict(message.attributes) if message.HasField("attributes") else None
+            json_format.MessageToDict(message.attributes)
+            if message.HasField("attributes")
+            else None
         ),
         stale=message.stale,
         created_at=to_datetime(message.created_at),
@@ -237,18 +240,18 @@ def list_memories_request(
     request = memory_pb2.ListMemoriesRequest(
         namespace=namespace, page_size=page_size, page_token=page_token
     )
-    if filters.get("category") is not None:
-        request.category = category_value(filters["category"])  # type: ignore[arg-type]
-    if filters.get("source") is not None:
-        request.source = source_value(filters["source"])  # type: ignore[arg-type]
-    if filters.get("subject") is not None:
-        request.subject = filters["subject"]  # type: ignore[assignment]
-    if filters.get("stale") is not None:
-        request.stale = filters["stale"]  # type: ignore[assignment]
-    if filters.get("created_after") is not None:
-        request.created_after.CopyFrom(to_timestamp(filters["created_after"]))  # type: ignore[arg-type]
-    if filters.get("created_before") is not None:
-        request.created_before.CopyFrom(to_timestamp(filters["created_before"]))  # type: ignore[arg-type]
+    if (category := filters.get("category")) is not None:
+        request.category = category_value(category)
+    if (source := filters.get("source")) is not None:
+        request.source = source_value(source)
+    if (subject := filters.get("subject")) is not None:
+        request.subject = subject
+    if (stale := filters.get("stale")) is not None:
+        request.stale = stale
+    if (after := filters.get("created_after")) is not None:
+        request.created_after.CopyFrom(to_timestamp(after))
+    if (before := filters.get("created_before")) is not None:
+        request.created_before.CopyFrom(to_timestamp(before))
     return request
 
 
@@ -256,19 +259,22 @@ def update_memory_request(
     namespace: str, memory_id: int, changes: MemoryChanges
 ) -> memory_pb2.UpdateMemoryRequest:
     """Build an UpdateMemoryRequest whose field mask names exactly the given changes."""
+    unknown = set(changes) - set(MemoryChanges.__annotations__)
+    if unknown:
+        raise TypeError(f"update_memory() got unexpected fields {sorted(unknown)}")
     memory = memory_pb2.Memory(id=memory_id)
-    for name, value in changes.items():
-        if name == "category":
-            memory.category = category_value(value)
-        elif name == "source":
-            memory.source = source_value(value)
-        elif name == "attributes":
-            if value is not None:
-                memory.attributes.CopyFrom(to_struct(value))
-        elif name in ("content", "subject", "stale"):
-            setattr(memory, name, value)
-        else:
-            raise TypeError(f"update_memory() got an unexpected field {name!r}")
+    if "content" in changes:
+        memory.content = changes["content"]
+    if "category" in changes:
+        memory.category = category_value(changes["category"])
+    if "source" in changes:
+        memory.source = source_value(changes["source"])
+    if "subject" in changes:
+        memory.subject = changes["subject"]
+    if (attributes := changes.get("attributes")) is not None:
+        memory.attributes.CopyFrom(to_struct(attributes))
+    if "stale" in changes:
+        memory.stale = changes["stale"]
     return memory_pb2.UpdateMemoryRequest(
         namespace=namespace, memory=memory, update_mask=FieldMask(paths=list(changes))
     )

@@ -14,8 +14,8 @@ from jarvis.memory.v1 import memory_pb2
 
 from jarvis_memory import _api as api
 from jarvis_memory._retry import RetryPolicy
-from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.client import DEFAULT_TARGET, DEFAULT_TIMEOUT
+from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import Memory, Page
 
 R = TypeVar("R")
@@ -51,7 +51,10 @@ class AsyncClient(api.ClientBase):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -93,7 +96,8 @@ class AsyncClient(api.ClientBase):
 
         Returns one Memory per input, in order. Raises InvalidArgument naming the bad item.
         """
-        return await self._unary(api.ADD_MEMORIES, api.add_memories_request(self._ns(namespace), memories))
+        request = api.add_memories_request(self._ns(namespace), memories)
+        return await self._unary(api.ADD_MEMORIES, request)
 
     async def get_memory(self, memory_id: int, *, namespace: str | None = None) -> Memory:
         """Return a memory by id. Raises NotFound."""

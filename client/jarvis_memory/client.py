@@ -51,7 +51,10 @@ class Client(api.ClientBase):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -93,7 +96,8 @@ class Client(api.ClientBase):
 
         Returns one Memory per input, in order. Raises InvalidArgument naming the bad item.
         """
-        return self._unary(api.ADD_MEMORIES, api.add_memories_request(self._ns(namespace), memories))
+        request = api.add_memories_request(self._ns(namespace), memories)
+        return self._unary(api.ADD_MEMORIES, request)
 
     def get_memory(self, memory_id: int, *, namespace: str | None = None) -> Memory:
         """Return a memory by id. Raises NotFound."""

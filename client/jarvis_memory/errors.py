@@ -11,8 +11,11 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class JarvisMemoryError(Exception):
-    """A call failed. ``code`` is the gRPC status; ``reason`` and ``metadata`` come from the
-    server's google.rpc.ErrorInfo (``reason`` is "" when the server sent none)."""
+    """A call failed.
+
+    ``code`` is the gRPC status; ``reason`` and ``metadata`` come from the server's
+    google.rpc.ErrorInfo (``reason`` is "" when the server sent none).
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 

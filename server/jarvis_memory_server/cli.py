@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `jarvis-memory` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help",
-                                                                            "--version"):
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help",
+                                                                            "--version")):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     if args.command == "serve":

@@ -1,4 +1,4 @@
-"""Daemon configuration: command-line flags, falling back to JARVIS_MEMORY_* environment variables."""
+"""Daemon configuration: command-line flags, falling back to JARVIS_MEMORY_* variables."""
 
 from __future__ import annotations
 

@@ -264,7 +264,7 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                     pool = Pool(add_one, int((health_rps or 5000) * seconds * 1.2) + in_flight)
                     methods, requests = [m.AddMemory for m in memory[:n_channels]], pool
                 elif scenario == "add_memories_500":
-                    pool = Pool(add_batch, int(50 * seconds) + in_flight)
+                    pool = Pool(add_batch, int(50 * seconds) + 2 * in_flight)
                     methods, requests = [m.AddMemories for m in memory[:n_channels]], pool
                 elif scenario == "get_memory":
                     methods = [m.GetMemory for m in memory[:n_channels]]

@@ -140,7 +140,7 @@ class MemoryService:
             raise _not_found(namespace, memory_id)
         return row
 
-    def list(
+    def list_page(
         self,
         namespace: str,
         *,
@@ -181,7 +181,7 @@ class MemoryService:
                 raise InvalidArgument("page_token", "is not a token this server issued")
             filters["cursor_at"], filters["cursor_id"] = at, last_id
         # One row more than asked tells whether another page follows.
-        rows = self._store.list(namespace, filters, limit + 1)
+        rows = self._store.page(namespace, filters, limit + 1)
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]

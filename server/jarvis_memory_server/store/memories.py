@@ -106,7 +106,7 @@ class MemoryStore:
         attributes and now; the change is recorded in ``txn``.
         """
         values["revision"] = txn.next_revision
-        row = MemoryRow._make(txn.cursor.execute(_UPSERT, values).fetchone())
+        row = MemoryRow._make(txn.cursor.execute(_UPSERT, values).fetchone() or ())
         deduplicated = row.restated_count > 0  # a fresh insert always has count 0
         txn.record(row.namespace, "memory", str(row.id),
                    "update" if deduplicated else "create", values["now"])
@@ -118,7 +118,7 @@ class MemoryStore:
             row = self._db.conn.execute(_GET, {"namespace": namespace, "id": memory_id}).fetchone()
         return None if row is None else MemoryRow._make(row)
 
-    def list(self, namespace: str, filters: dict[str, Any], limit: int) -> list[MemoryRow]:
+    def page(self, namespace: str, filters: dict[str, Any], limit: int) -> list[MemoryRow]:
         """Return up to ``limit`` memories newest first, matching every filter given.
 
         ``filters`` keys are those of _LIST_FILTERS, except that the cursor is given as
@@ -188,7 +188,7 @@ class MemoryStore:
 
     def explain_list(self, namespace: str, filters: dict[str, Any], limit: int) -> list[str]:
         """Return SQLite's query plan for a list query (used by the tests on index use)."""
-        self.list(namespace, filters, limit)  # compiles the SQL for this shape
+        self.page(namespace, filters, limit)  # compiles the SQL for this shape
         sql = self._list_sql[self._shape(filters)]
         rows = self._db.conn.execute(
             "EXPLAIN QUERY PLAN " + sql, {**filters, "namespace": namespace, "limit": limit}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 import peewee as pw
@@ -67,7 +68,13 @@ LATEST_VERSION = MIGRATIONS[-1].version
 
 def schema_version(conn: apsw.Connection) -> int:
     """Return the schema version recorded in the file (0 for a new file)."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    return int(scalar(conn, "PRAGMA user_version"))
+
+
+def scalar(conn: apsw.Connection, sql: str) -> Any:
+    """Return the first column of the first row of a query (None when there is no row)."""
+    row = conn.execute(sql).fetchone()
+    return None if row is None else row[0]
 
 
 def migrate(db: pw.Database, conn: apsw.Connection) -> None:
@@ -90,9 +97,9 @@ def migrate(db: pw.Database, conn: apsw.Connection) -> None:
             if current == LATEST_VERSION:
                 cursor.execute("COMMIT")
                 return
-            if current == 0 and conn.execute(
-                "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
-            ).fetchone()[0]:
+            if current == 0 and scalar(
+                conn, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
+            ):
                 raise StartupError(
                     "the file holds tables but no jarvis-memory schema version; "
                     "it is not a jarvis-memory database"

@@ -107,7 +107,7 @@ class Database:
         try:
             self.peewee.connect(reuse_if_open=True)
             conn = self.peewee.connection()
-            mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+            mode = migrations.scalar(conn, "PRAGMA journal_mode")
             if str(mode).lower() != "wal":
                 raise StartupError(f"{self.path}: could not switch the database to WAL mode")
             migrations.migrate(self.peewee, conn)
@@ -154,8 +154,7 @@ class Database:
         return self._conn
 
     def _load_revision(self) -> int:
-        row = self.conn.execute('SELECT max("revision") FROM "changes"').fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        return int(migrations.scalar(self.conn, 'SELECT max("revision") FROM "changes"') or 0)
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -184,7 +183,7 @@ class Database:
         """Copy the WAL back into the database file and truncate it; return (log, copied) pages."""
         with storage_errors():
             row = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return int(row[1]), int(row[2])
+        return (int(row[1]), int(row[2])) if row else (0, 0)
 
 
 @contextmanager

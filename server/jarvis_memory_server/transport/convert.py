@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from jarvis_memory_server.errors import InvalidArgument
 
@@ -43,14 +42,15 @@ class EnumNames:
     ``MEMORY_CATEGORY_FACT`` <-> ``"fact"``; the zero value is "not given".
     """
 
-    def __init__(self, enum: EnumTypeWrapper, prefix: str) -> None:
+    def __init__(self, enum: Any, prefix: str) -> None:
         self.type_name = enum.DESCRIPTOR.name
         self.to_name: dict[int, str] = {
             v.number: v.name.removeprefix(prefix).lower()
             for v in enum.DESCRIPTOR.values
             if v.number != 0
         }
-        self.to_number: dict[str, int] = {name: number for number, name in self.to_name.items()}
+        # Any: the generated stubs type enum fields as NewTypes of int.
+        self.to_number: dict[str, Any] = {name: number for number, name in self.to_name.items()}
 
     def required(self, number: int, field: str) -> str:
         """Return the name of a value that must be given. Raises InvalidArgument."""

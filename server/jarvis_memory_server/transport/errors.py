@@ -63,7 +63,9 @@ def unary(
     method = handler.__name__
 
     @functools.wraps(handler)
-    async def wrapper(self: Servicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
+    async def wrapper(
+        self: Servicer, request: Request, context: grpc.aio.ServicerContext
+    ) -> Response:
         try:
             return handler(self, request, context)
         except errors.JarvisError as exc:

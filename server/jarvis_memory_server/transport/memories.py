@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import grpc
 from jarvis.memory.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
@@ -19,7 +21,7 @@ from jarvis_memory_server.transport.errors import unary
 
 CATEGORY = EnumNames(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_")
 SOURCE = EnumNames(memory_pb2.MemorySource, "MEMORY_SOURCE_")
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 def memory_to_pb(row: MemoryRow) -> memory_pb2.Memory:
@@ -68,7 +70,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         return common_pb2.ResponseHeader(revision=self._memories.revision)
 
     @unary
-    def AddMemory(  # noqa: N802 - gRPC method names
+    def AddMemory(
         self, request: memory_pb2.AddMemoryRequest, context: Context
     ) -> memory_pb2.AddMemoryResponse:
         namespace = resolve_namespace(request.namespace)
@@ -78,7 +80,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
     @unary
-    def AddMemories(  # noqa: N802
+    def AddMemories(
         self, request: memory_pb2.AddMemoriesRequest, context: Context
     ) -> memory_pb2.AddMemoriesResponse:
         namespace = resolve_namespace(request.namespace)
@@ -93,17 +95,17 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
     @unary
-    def GetMemory(  # noqa: N802
+    def GetMemory(
         self, request: memory_pb2.GetMemoryRequest, context: Context
     ) -> memory_pb2.GetMemoryResponse:
         row = self._memories.get(resolve_namespace(request.namespace), request.id)
         return memory_pb2.GetMemoryResponse(header=self._header(), memory=memory_to_pb(row))
 
     @unary
-    def ListMemories(  # noqa: N802
+    def ListMemories(
         self, request: memory_pb2.ListMemoriesRequest, context: Context
     ) -> memory_pb2.ListMemoriesResponse:
-        rows, next_token = self._memories.list(
+        rows, next_token = self._memories.list_page(
             resolve_namespace(request.namespace),
             size=request.page_size,
             token=request.page_token,
@@ -127,7 +129,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
     @unary
-    def UpdateMemory(  # noqa: N802
+    def UpdateMemory(
         self, request: memory_pb2.UpdateMemoryRequest, context: Context
     ) -> memory_pb2.UpdateMemoryResponse:
         namespace = resolve_namespace(request.namespace)
@@ -158,7 +160,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         return memory_pb2.UpdateMemoryResponse(header=self._header(), memory=memory_to_pb(row))
 
     @unary
-    def DeleteMemory(  # noqa: N802
+    def DeleteMemory(
         self, request: memory_pb2.DeleteMemoryRequest, context: Context
     ) -> memory_pb2.DeleteMemoryResponse:
         self._memories.delete(resolve_namespace(request.namespace), request.id)
