@@ -64,14 +64,15 @@ LIST_SHAPES = [
     {"category": "fact"},
     {"source": "user_explicit"},
     {"subject": "music"},
-    {"stale": 1},
+    {"stale": True},
+    {"stale": False},
     {"created_after": 0},
     {"created_before": 10**15},
     {"created_after": 0, "created_before": 10**15},
-    {"category": "fact", "stale": 0, "subject": "x"},
+    {"category": "fact", "stale": False, "subject": "x"},
     {"cursor_at": 5, "cursor_id": 100},
     {"category": "fact", "cursor_at": 5, "cursor_id": 100},
-    {"created_after": 0, "stale": 1, "cursor_at": 5, "cursor_id": 100},
+    {"created_after": 0, "stale": True, "cursor_at": 5, "cursor_id": 100},
 ]
 
 

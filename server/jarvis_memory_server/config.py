@@ -19,7 +19,7 @@ class Config:
     durability: str = "normal"
     busy_timeout_ms: int = 5000
     grace_period_s: float = 10.0
-    checkpoint_interval_s: float = 30.0
+    checkpoint_interval_s: float = 1.0
     max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
 
@@ -58,8 +58,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--checkpoint-interval", dest="checkpoint_interval_s", type=float,
-        default=float(_env("CHECKPOINT_INTERVAL", "30")),
-        help="seconds between WAL truncating checkpoints (env JARVIS_MEMORY_CHECKPOINT_INTERVAL; "
+        default=float(_env("CHECKPOINT_INTERVAL", "1")),
+        help="seconds between background WAL checkpoints (env JARVIS_MEMORY_CHECKPOINT_INTERVAL; "
         "default %(default)s)",
     )
     parser.add_argument(

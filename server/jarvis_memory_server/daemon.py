@@ -10,7 +10,6 @@ and makes every write a single-writer transaction with no lock contention.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -22,9 +21,9 @@ from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
-from jarvis_memory_server.errors import JarvisError, StartupError
+from jarvis_memory_server.errors import StartupError
 from jarvis_memory_server.service.memories import MemoryService
-from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.store.sqlite import Checkpointer, Database
 from jarvis_memory_server.transport.memories import MemoryServicer
 
 log = logging.getLogger("jarvis_memory")
@@ -45,7 +44,7 @@ class Daemon:
         self.bound_addr = config.addr
         self.health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.checkpointer: Checkpointer | None = None
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT. Raises StartupError when the daemon cannot start."""
@@ -56,7 +55,8 @@ class Daemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+            self.checkpointer = Checkpointer(self.db, self.config.checkpoint_interval_s)
+            self.checkpointer.start()
             log.info(
                 "jarvis-memory %s serving on %s (database %s, durability %s, revision %d, "
                 "ready in %.0f ms)",
@@ -68,7 +68,8 @@ class Daemon:
                      self.config.grace_period_s)
         finally:
             await self._shutdown()
-        log.info("stopped cleanly")
+        log.info("stopped cleanly (%d writes in %d group commits)",
+                 self.db.writes.committed_writes, self.db.writes.commits)
 
     def stop(self) -> None:
         """Ask the daemon to stop (as SIGTERM does)."""
@@ -101,24 +102,12 @@ class Daemon:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def _checkpoint_loop(self) -> None:
-        # SQLite's automatic checkpoints keep the WAL from growing while the daemon is the only
-        # reader; a periodic TRUNCATE also returns its disk space.
-        while True:
-            await asyncio.sleep(self.config.checkpoint_interval_s)
-            try:
-                self.db.checkpoint()
-            except JarvisError as exc:
-                log.warning("checkpoint skipped: %s", exc.message)
-
     async def _shutdown(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(self.config.grace_period_s)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.db.close()
 
 

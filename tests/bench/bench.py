@@ -140,6 +140,10 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_column(percent: float) -> str:
+    return f"{'-' if math.isnan(percent) else f'{percent:.0f}':>6}"
+
+
 async def measure(
     methods: list[Callable[[Any], Awaitable[Any]]], requests: Iterator[Any], in_flight: int,
     warmup: float, duration: float, daemon_pid: int | None,
@@ -287,7 +291,7 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                 results.append(row)
                 print(f"{scenario:<18}{in_flight:>9}{row['rps']:>11.1f}{row['p50_ms']:>9.2f}"
                       f"{row['p99_ms']:>9.2f}{'-' if ratio is None else f'{ratio:.3f}':>17}"
-                      f"{stats['cli']:>6.0f}{stats['srv']:>6.0f}", flush=True)
+                      f"{stats['cli']:>6.0f}{cpu_column(stats['srv'])}", flush=True)
                 if pool is not None and pool.extra:
                     print(f"  note: {pool.extra} requests were built during the run", flush=True)
         return results

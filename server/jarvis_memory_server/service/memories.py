@@ -59,8 +59,12 @@ class MemoryService:
 
     @property
     def revision(self) -> int:
-        """The store's current revision (for response headers)."""
+        """The store's last committed revision (for response headers)."""
         return self._db.revision
+
+    async def writable(self) -> None:
+        """Wait until writes may run (see store.writes)."""
+        await self._db.writes.writable()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class MemoryService:
         if subject is not None:
             filters["subject"] = subject
         if stale is not None:
-            filters["stale"] = int(stale)
+            filters["stale"] = stale
         if created_after_us is not None:
             filters["created_after"] = created_after_us
         if created_before_us is not None:

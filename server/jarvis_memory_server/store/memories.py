@@ -8,8 +8,10 @@ import apsw
 import peewee as pw
 
 from jarvis_memory_server.errors import AlreadyExists
+from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import Memory
-from jarvis_memory_server.store.sqlite import Database, WriteTxn, compile_sql, storage_errors
+from jarvis_memory_server.store.sqlite import Database, compile_sql
+from jarvis_memory_server.store.writes import WriteTxn
 
 P = pw.SQL  # a named parameter, bound from the dict passed at execution time
 
@@ -80,7 +82,9 @@ _LIST_FILTERS: dict[str, pw.Expression] = {
     "category": Memory.category == P(":category"),
     "source": Memory.source == P(":source"),
     "subject": Memory.subject == P(":subject"),
-    "stale": Memory.stale == P(":stale"),
+    # Literal values, so that SQLite can match stale=1 to the partial index of stale memories.
+    "stale=1": Memory.stale == P("1"),
+    "stale=0": Memory.stale == P("0"),
     "created_after": Memory.created_at >= P(":created_after"),
     "created_before": Memory.created_at < P(":created_before"),
     # The keyset cursor: strictly after the last memory of the previous page in list order.
@@ -115,14 +119,16 @@ class MemoryStore:
     def get(self, namespace: str, memory_id: int) -> MemoryRow | None:
         """Return one memory, or None when there is none with this id in the namespace."""
         with storage_errors():
-            row = self._db.conn.execute(_GET, {"namespace": namespace, "id": memory_id}).fetchone()
+            params = {"namespace": namespace, "id": memory_id}
+            row = self._db.reader.execute(_GET, params).fetchone()
         return None if row is None else MemoryRow._make(row)
 
     def page(self, namespace: str, filters: dict[str, Any], limit: int) -> list[MemoryRow]:
         """Return up to ``limit`` memories newest first, matching every filter given.
 
-        ``filters`` keys are those of _LIST_FILTERS, except that the cursor is given as
-        ``cursor_at`` and ``cursor_id`` (the created_at and id of the previous page's last row).
+        ``filters`` keys are those of _LIST_FILTERS, except that ``stale`` takes a bool and the
+        cursor is given as ``cursor_at`` and ``cursor_id`` (the created_at and id of the
+        previous page's last row).
         """
         shape = self._shape(filters)
         sql = self._list_sql.get(shape)
@@ -137,12 +143,18 @@ class MemoryStore:
             )
             sql = self._list_sql[shape] = compile_sql(query.limit(P(":limit")))
         with storage_errors():
-            rows = self._db.conn.execute(sql, {**filters, "namespace": namespace, "limit": limit})
+            rows = self._db.reader.execute(sql, {**filters, "namespace": namespace, "limit": limit})
             return [MemoryRow._make(r) for r in rows]
 
     @staticmethod
     def _shape(filters: dict[str, Any]) -> tuple[str, ...]:
-        names = {"cursor" if name.startswith("cursor_") else name for name in filters}
+        names = set()
+        for name, value in filters.items():
+            if name.startswith("cursor_"):
+                name = "cursor"
+            elif name == "stale":
+                name = f"stale={int(value)}"
+            names.add(name)
         return tuple(sorted(names))
 
     def update(
@@ -190,7 +202,7 @@ class MemoryStore:
         """Return SQLite's query plan for a list query (used by the tests on index use)."""
         self.page(namespace, filters, limit)  # compiles the SQL for this shape
         sql = self._list_sql[self._shape(filters)]
-        rows = self._db.conn.execute(
+        rows = self._db.reader.execute(
             "EXPLAIN QUERY PLAN " + sql, {**filters, "namespace": namespace, "limit": limit}
         )
         return [str(r[3]) for r in rows]

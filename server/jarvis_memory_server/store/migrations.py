@@ -53,12 +53,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             'ON "memories" ("namespace", "created_at")',
             'CREATE INDEX "memories_namespace_category_created_at" '
             'ON "memories" ("namespace", "category", "created_at")',
-            'CREATE INDEX "memories_namespace_source_created_at" '
-            'ON "memories" ("namespace", "source", "created_at")',
             'CREATE INDEX "memories_namespace_subject_created_at" '
             'ON "memories" ("namespace", "subject", "created_at")',
-            'CREATE INDEX "memories_namespace_stale_created_at" '
-            'ON "memories" ("namespace", "stale", "created_at")',
+            'CREATE INDEX "memories_stale_namespace_created_at" '
+            'ON "memories" ("namespace", "created_at") WHERE ("stale" = 1)',
         ),
     ),
 )

@@ -17,7 +17,7 @@ from jarvis_memory_server.transport.convert import (
     struct_to_dict,
     timestamp,
 )
-from jarvis_memory_server.transport.errors import unary
+from jarvis_memory_server.transport.rpc import read_rpc, write_rpc
 
 CATEGORY = EnumNames(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_")
 SOURCE = EnumNames(memory_pb2.MemorySource, "MEMORY_SOURCE_")
@@ -65,11 +65,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
 
     def __init__(self, memories: MemoryService) -> None:
         self._memories = memories
+        self.writable = memories.writable
 
     def _header(self) -> common_pb2.ResponseHeader:
         return common_pb2.ResponseHeader(revision=self._memories.revision)
 
-    @unary
+    @write_rpc
     def AddMemory(
         self, request: memory_pb2.AddMemoryRequest, context: Context
     ) -> memory_pb2.AddMemoryResponse:
@@ -79,7 +80,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             header=self._header(), memory=memory_to_pb(row), deduplicated=deduplicated
         )
 
-    @unary
+    @write_rpc
     def AddMemories(
         self, request: memory_pb2.AddMemoriesRequest, context: Context
     ) -> memory_pb2.AddMemoriesResponse:
@@ -94,14 +95,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             ],
         )
 
-    @unary
+    @read_rpc
     def GetMemory(
         self, request: memory_pb2.GetMemoryRequest, context: Context
     ) -> memory_pb2.GetMemoryResponse:
         row = self._memories.get(resolve_namespace(request.namespace), request.id)
         return memory_pb2.GetMemoryResponse(header=self._header(), memory=memory_to_pb(row))
 
-    @unary
+    @read_rpc
     def ListMemories(
         self, request: memory_pb2.ListMemoriesRequest, context: Context
     ) -> memory_pb2.ListMemoriesResponse:
@@ -128,7 +129,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             next_page_token=next_token,
         )
 
-    @unary
+    @write_rpc
     def UpdateMemory(
         self, request: memory_pb2.UpdateMemoryRequest, context: Context
     ) -> memory_pb2.UpdateMemoryResponse:
@@ -159,7 +160,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         row = self._memories.update(namespace, given.id, changes)
         return memory_pb2.UpdateMemoryResponse(header=self._header(), memory=memory_to_pb(row))
 
-    @unary
+    @write_rpc
     def DeleteMemory(
         self, request: memory_pb2.DeleteMemoryRequest, context: Context
     ) -> memory_pb2.DeleteMemoryResponse:

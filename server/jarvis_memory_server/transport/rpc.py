@@ -1,11 +1,14 @@
-"""The one table that turns the daemon's named errors into gRPC statuses (with ErrorInfo)."""
+"""How every unary RPC is run: write scheduling, commit wait, and the one error table.
+
+The table turns the daemon's named errors into gRPC statuses with a google.rpc.ErrorInfo.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -13,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from jarvis_memory_server import errors
+from jarvis_memory_server.store.writes import pending_commit
 
 log = logging.getLogger("jarvis_memory.rpc")
 
@@ -31,7 +35,18 @@ STATUS_OF: dict[type[errors.JarvisError], grpc.StatusCode] = {
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Servicer = TypeVar("Servicer")
+
+
+class Servicer(Protocol):
+    """What the RPC wrappers need from a servicer: a way to wait for the writer."""
+
+    async def writable(self) -> None:
+        """Wait until writes may run (no commit in progress)."""
+
+
+S = TypeVar("S", bound=Servicer)
+Handler = Callable[[S, Request, grpc.aio.ServicerContext], Response]
+Wrapped = Callable[[S, Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
 def status_of(exc: errors.JarvisError) -> grpc.StatusCode:
@@ -52,22 +67,37 @@ def rich_status(code: grpc.StatusCode, message: str, reason: str, metadata: dict
     )
 
 
-def unary(
-    handler: Callable[[Servicer, Request, grpc.aio.ServicerContext], Response],
-) -> Callable[[Servicer, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
-    """Wrap a synchronous unary handler: run it on the loop, map errors, log failures.
+def read_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Response]:
+    """Wrap a synchronous handler that only reads."""
+    return _wrap(handler, writes=False)
 
-    Handlers are plain functions: the database work is synchronous on the event loop thread, so
-    a coroutine per handler would only add cost.
+
+def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Response]:
+    """Wrap a synchronous handler that may write.
+
+    It runs once the writer connection is free, and is answered only after the group commit
+    holding its writes succeeded; its response header then carries its last revision.
     """
+    return _wrap(handler, writes=True)
+
+
+def _wrap(handler: Handler[S, Request, Response], *, writes: bool) -> Wrapped[S, Request, Response]:
+    # Handlers are plain functions: their database work is synchronous on the event loop
+    # thread, so nothing else runs between a handler's statements.
     method = handler.__name__
 
     @functools.wraps(handler)
-    async def wrapper(
-        self: Servicer, request: Request, context: grpc.aio.ServicerContext
-    ) -> Response:
+    async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
-            return handler(self, request, context)
+            if writes:
+                await self.writable()
+            pending_commit()  # clear: a failed handler must not leave its state to this call
+            response = handler(self, request, context)
+            pending = pending_commit()
+            if pending is not None:
+                await pending.committed
+                response.header.revision = pending.revision  # type: ignore[attr-defined]
+            return response
         except errors.JarvisError as exc:
             code = status_of(exc)
             log.info("rpc %s failed: %s %s", method, code.name, exc.message)
@@ -81,5 +111,3 @@ def unary(
         raise AssertionError("abort_with_status returned")  # pragma: no cover
 
     return wrapper
-
-

@@ -1,0 +1,234 @@
+"""The write path: group commit on the writer connection, with COMMIT off the event loop.
+
+Every write request runs its statements on the event loop thread, inside the batch transaction
+that is open at that moment (the first write opens it with ``BEGIN IMMEDIATE``). At the end of
+the loop iteration the batch is handed to a commit thread, which runs ``COMMIT`` while the loop
+keeps serving: APSW releases the GIL inside SQLite, so the commit's page writes overlap with the
+next requests' gRPC work on the other core. Writes that arrive while a commit runs wait for it
+(``writable()``) and then join the next batch together; the busier the daemon, the larger the
+batches. A commit writes every b-tree page the batch touched (about ten per memory), so one
+commit for many writes is where SQLite's write throughput is.
+
+A request is answered only after the batch holding its writes committed (the transport awaits
+``pending_commit()``): an acknowledged write is in the WAL and survives a crash of the daemon.
+Reads go to a separate connection that sees committed data only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from jarvis_memory_server.errors import JarvisError, Unavailable
+from jarvis_memory_server.store.failures import storage_errors, translate_error
+
+if TYPE_CHECKING:
+    from jarvis_memory_server.store.sqlite import Database
+
+log = logging.getLogger("jarvis_memory.store")
+
+_INSERT_CHANGE = (
+    'INSERT INTO "changes" ("revision", "namespace", "kind", "key", "operation", "created_at") '
+    "VALUES (:revision, :namespace, :kind, :key, :operation, :created_at)"
+)
+
+
+class WriteTxn:
+    """The open batch transaction: its cursor, and the revisions it assigns."""
+
+    __slots__ = ("cursor", "revision")
+
+    def __init__(self, cursor: apsw.Cursor, revision: int) -> None:
+        self.cursor = cursor
+        self.revision = revision
+
+    @property
+    def next_revision(self) -> int:
+        """The revision the next recorded change will get."""
+        return self.revision + 1
+
+    def record(self, namespace: str, kind: str, key: str, operation: str, at_us: int) -> int:
+        """Log one change of a resource in the change log; return its revision."""
+        self.revision += 1
+        self.cursor.execute(
+            _INSERT_CHANGE,
+            {"revision": self.revision, "namespace": namespace, "kind": kind,
+             "key": key, "operation": operation, "created_at": at_us},
+        )
+        return self.revision
+
+
+@dataclass
+class _Batch:
+    txn: WriteTxn
+    committed: asyncio.Future[None] | None  # None: no event loop, commit inline
+    writes: int = 0
+
+
+@dataclass(frozen=True)
+class PendingCommit:
+    """What a request that wrote must wait for before answering, and its last revision."""
+
+    committed: asyncio.Future[None]
+    revision: int
+
+
+# Set by write() for the request being handled, read by the transport right after the
+# (synchronous) handler returns, so it always belongs to the current call.
+_pending: ContextVar[PendingCommit | None] = ContextVar("jarvis_memory_pending", default=None)
+
+
+def pending_commit() -> PendingCommit | None:
+    """Return and clear the commit the current request's writes wait on (None: no writes)."""
+    pending = _pending.get()
+    if pending is not None:
+        _pending.set(None)
+    return pending
+
+
+@dataclass
+class GroupCommitter:
+    """Batches the writes of the writer connection into shared transactions."""
+
+    db: Database
+    revision: int = 0  # the last committed revision
+    commits: int = 0  # batches committed, and the writes they held
+    committed_writes: int = 0
+    _batch: _Batch | None = None
+    _committing: asyncio.Future[None] | None = None  # set while the commit thread runs
+    _thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="commit")
+    )
+
+    async def writable(self) -> None:
+        """Wait until the writer connection is free (no COMMIT running in the commit thread)."""
+        while self._committing is not None:
+            await asyncio.shield(self._committing)
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTxn]:
+        """Run the body as one atomic unit of the current batch.
+
+        A body may raise a JarvisError only before it has changed any row (validate and check
+        first; a statement that fails, such as a unique violation, undoes itself): the batch
+        then carries on without it. Any other failure, or one after rows changed, rolls the
+        whole batch back and fails every write in it, so nothing half-done is ever committed.
+        (Per-write SAVEPOINTs would isolate failures too, but cost more than the write itself
+        on batches of hundreds.)
+
+        Inside an event loop the caller must first await ``writable()`` and, before answering,
+        ``pending_commit()``; without a loop the batch commits before write() returns.
+        """
+        if self._committing is not None:
+            raise RuntimeError("write() while a commit runs: await writable() first")
+        conn = self.db.conn
+        batch = self._batch or self._begin()
+        batch.writes += 1
+        txn = batch.txn
+        start, changes_before = txn.revision, conn.total_changes()
+        try:
+            with storage_errors():
+                yield txn
+        except BaseException as exc:
+            if not (isinstance(exc, JarvisError) and conn.total_changes() == changes_before):
+                self._abort(batch, exc)
+            elif batch.committed is None:
+                self._commit_inline()
+            raise
+        if batch.committed is None:
+            self._commit_inline()
+        elif txn.revision != start:
+            _pending.set(PendingCommit(batch.committed, txn.revision))
+
+    def _begin(self) -> _Batch:
+        cursor = self.db.conn.cursor()
+        with storage_errors():
+            cursor.execute("BEGIN IMMEDIATE")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            committed = None
+        else:
+            committed = loop.create_future()
+            # Writes handled later in this loop iteration join the batch before it commits.
+            loop.call_soon(self._start_commit, loop)
+        self._batch = _Batch(WriteTxn(cursor, self.revision), committed)
+        return self._batch
+
+    def _start_commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._batch
+        if batch is None:  # aborted meanwhile
+            return
+        if batch.writes == 1:
+            # A lone write: the daemon is not busy, and a thread hand-off would only add latency.
+            self._commit_inline()
+            return
+        self._batch = None
+        self._committing = loop.create_future()
+        done = loop.run_in_executor(self._thread, batch.txn.cursor.execute, "COMMIT")
+        done.add_done_callback(lambda outcome: self._finish_commit(batch, outcome))
+
+    def _finish_commit(self, batch: _Batch, outcome: asyncio.Future[Any]) -> None:
+        committing, self._committing = self._committing, None
+        error = outcome.exception()
+        if error is None:
+            self._committed(batch)
+        else:
+            self._failed(batch, error)
+        if committing is not None:
+            committing.set_result(None)  # waiting writers may go on
+
+    def _commit_inline(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        try:
+            batch.txn.cursor.execute("COMMIT")
+        except apsw.Error as exc:
+            self._failed(batch, exc)
+            if batch.committed is None:
+                raise
+            return
+        self._committed(batch)
+
+    def _committed(self, batch: _Batch) -> None:
+        self.revision = batch.txn.revision
+        self.commits += 1
+        self.committed_writes += batch.writes
+        if batch.committed is not None:
+            batch.committed.set_result(None)
+
+    def _failed(self, batch: _Batch, error: BaseException) -> None:
+        log.error("commit of a batch of %d writes failed, rolled back: %r", batch.writes, error)
+        if not self.db.conn.getautocommit():
+            batch.txn.cursor.execute("ROLLBACK")
+        if batch.committed is not None:
+            batch.committed.set_exception(translate_error(error))
+            batch.committed.exception()  # its waiters re-raise it; nobody else should
+
+    def _abort(self, batch: _Batch, cause: BaseException) -> None:
+        """Roll back the whole batch; its other writers get UNAVAILABLE and may retry."""
+        log.error("a write failed after changing rows; rolling back its batch: %r", cause)
+        self._batch = None
+        if not self.db.conn.getautocommit():
+            batch.txn.cursor.execute("ROLLBACK")
+        if batch.committed is not None:
+            batch.committed.set_exception(
+                Unavailable("the write batch was rolled back because of another write; retry")
+            )
+            batch.committed.exception()
+
+    def close(self) -> None:
+        """Commit what is open and stop the commit thread (call once no request is running)."""
+        if self._batch is not None:
+            self._batch.committed = None  # nobody waits any more: commit inline
+            self._commit_inline()
+        self._thread.shutdown(wait=True)
