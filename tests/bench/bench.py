@@ -8,7 +8,10 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 - get_memory: random ids among the 100k memories of a preloaded namespace;
 - list_memories: the first page of 50 of that 100k-memory namespace.
 
-ratio_to_health is the scenario's rps over health_check's at the same in_flight level.
+ratio_to_health is the scenario's rps over health_check's at the same in_flight level. This
+machine is noisy (health_check alone varies by +-15% between runs), so each in-flight level runs
+all scenarios --rounds times in turn, health_check first in each round; every figure reported is
+the median over the rounds, and each round's ratio uses that same round's health_check rate.
 The client is grpc.aio with the generated stubs, N worker coroutines keeping N calls in flight,
 and requests built before timing, so that it stays cheap next to the daemon on a small machine.
 The cli%/srv% columns are the CPU used by this process and by the daemon (100% = one core).
@@ -29,6 +32,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -257,43 +261,51 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
               f"{'ratio_to_health':>17}{'cli%':>6}{'srv%':>6}", flush=True)
         for in_flight in args.in_flight:
             n_channels = 2 if in_flight > 1 else 1
-            health_rps: float | None = None
-            for scenario in args.only:
-                pool: Pool | None = None
-                if scenario == "health_check":
-                    methods = [h.Check for h in health[:n_channels]]
-                    requests: Iterator[Any] = itertools.repeat(health_pb2.HealthCheckRequest())
-                elif scenario == "add_memory":
-                    # health_check is the ceiling, so its rate sizes the pool of unique requests.
-                    pool = Pool(add_one, int((health_rps or 5000) * seconds * 1.2) + in_flight)
-                    methods, requests = [m.AddMemory for m in memory[:n_channels]], pool
-                elif scenario == "add_memories_500":
-                    pool = Pool(add_batch, int(50 * seconds) + 2 * in_flight)
-                    methods, requests = [m.AddMemories for m in memory[:n_channels]], pool
-                elif scenario == "get_memory":
-                    methods = [m.GetMemory for m in memory[:n_channels]]
-                    requests = itertools.cycle(gets)
-                else:
-                    methods = [m.ListMemories for m in memory[:n_channels]]
-                    requests = itertools.repeat(first_page)
-                stats = await measure(methods, requests, in_flight, args.warmup, args.duration,
-                                      daemon_pid)
-                if scenario == "health_check":
-                    health_rps = stats["rps"]
-                ratio = None
-                if scenario == "add_memories_500":
-                    stats["rps"] *= BATCH  # memories/s; latency stays per call
-                elif health_rps:
-                    ratio = round(stats["rps"] / health_rps, 3)
+            rounds: dict[str, list[dict[str, float]]] = {scenario: [] for scenario in args.only}
+            for _ in range(args.rounds):
+                health_rps: float | None = None
+                for scenario in args.only:
+                    pool: Pool | None = None
+                    if scenario == "health_check":
+                        methods = [h.Check for h in health[:n_channels]]
+                        requests: Iterator[Any] = itertools.repeat(health_pb2.HealthCheckRequest())
+                    elif scenario == "add_memory":
+                        # health_check is the ceiling, so its rate sizes the pool of requests.
+                        pool = Pool(add_one, int((health_rps or 5000) * seconds * 1.2) + in_flight)
+                        methods, requests = [m.AddMemory for m in memory[:n_channels]], pool
+                    elif scenario == "add_memories_500":
+                        pool = Pool(add_batch, int(50 * seconds) + 2 * in_flight)
+                        methods, requests = [m.AddMemories for m in memory[:n_channels]], pool
+                    elif scenario == "get_memory":
+                        methods = [m.GetMemory for m in memory[:n_channels]]
+                        requests = itertools.cycle(gets)
+                    else:
+                        methods = [m.ListMemories for m in memory[:n_channels]]
+                        requests = itertools.repeat(first_page)
+                    stats = await measure(methods, requests, in_flight, args.warmup,
+                                          args.duration, daemon_pid)
+                    if scenario == "health_check":
+                        health_rps = stats["rps"]
+                    if scenario == "add_memories_500":
+                        stats["rps"] *= BATCH  # memories/s; latency stays per call
+                        stats["ratio"] = math.nan
+                    else:
+                        stats["ratio"] = stats["rps"] / health_rps if health_rps else math.nan
+                    rounds[scenario].append(stats)
+                    if pool is not None and pool.extra:
+                        print(f"  note: {pool.extra} requests were built during the run")
+            for scenario, measured in rounds.items():
+                med = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
+                ratios = [m["ratio"] for m in measured]
+                ratio = None if math.isnan(med["ratio"]) else round(med["ratio"], 3)
                 row = {"scenario": scenario, "in_flight": in_flight,
-                       "rps": round(stats["rps"], 1), "p50_ms": round(stats["p50_ms"], 3),
-                       "p99_ms": round(stats["p99_ms"], 3), "ratio_to_health": ratio}
+                       "rps": round(med["rps"], 1), "p50_ms": round(med["p50_ms"], 3),
+                       "p99_ms": round(med["p99_ms"], 3), "ratio_to_health": ratio}
                 results.append(row)
+                spread = "" if ratio is None else f"  ({min(ratios):.2f}-{max(ratios):.2f})"
                 print(f"{scenario:<18}{in_flight:>9}{row['rps']:>11.1f}{row['p50_ms']:>9.2f}"
                       f"{row['p99_ms']:>9.2f}{'-' if ratio is None else f'{ratio:.3f}':>17}"
-                      f"{stats['cli']:>6.0f}{cpu_column(stats['srv'])}", flush=True)
-                if pool is not None and pool.extra:
-                    print(f"  note: {pool.extra} requests were built during the run", flush=True)
+                      f"{med['cli']:>6.0f}{cpu_column(med['srv'])}{spread}", flush=True)
         return results
     finally:
         for channel in channels:
@@ -302,8 +314,10 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=3.0,
-                        help="timed seconds per scenario and in-flight level (default 3)")
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="timed seconds per scenario, level and round (default 2)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of all scenarios per level; medians are reported (default 3)")
     parser.add_argument("--warmup", type=float, default=0.5,
                         help="untimed seconds before each measurement (default 0.5)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
@@ -318,6 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.in_flight = [int(n) for n in args.in_flight.split(",")]
     if any(n < 1 for n in args.in_flight):
         parser.error("--in-flight levels must be positive")
+    if args.rounds < 1:
+        parser.error("--rounds must be positive")
     return args
 
 
@@ -328,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         addr = args.addr or daemon.start()  # type: ignore[union-attr]
         pid = daemon.proc.pid if daemon and daemon.proc else None
         print(f"daemon at {addr}, pid {pid if pid else 'unknown (--addr)'}; bench pid {os.getpid()}"
-              f"; {args.duration:g} s per measurement after {args.warmup:g} s warm-up", flush=True)
+              f"; {args.rounds} rounds of {args.duration:g} s per measurement after {args.warmup:g} s "
+              "warm-up; medians over rounds (ratio spread in brackets)", flush=True)
         results = asyncio.run(run(args, addr, pid))
     finally:
         if daemon is not None:

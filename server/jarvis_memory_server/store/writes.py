@@ -71,6 +71,18 @@ class _Batch:
     txn: WriteTxn
     committed: asyncio.Future[None] | None  # None: no event loop, commit inline
     writes: int = 0
+    opened_at: float = 0.0
+
+
+# A batch waits for the loop to run out of other work, within these bounds.
+MAX_BATCH_DELAY_S = 0.002
+MAX_BATCH_WRITES = 2000
+
+
+def _loop_busy(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether callbacks other than ours are ready to run (asyncio's default loop only)."""
+    ready = getattr(loop, "_ready", None)
+    return bool(ready)
 
 
 @dataclass(frozen=True)
@@ -161,11 +173,18 @@ class GroupCommitter:
             # Writes handled later in this loop iteration join the batch before it commits.
             loop.call_soon(self._start_commit, loop)
         self._batch = _Batch(WriteTxn(cursor, self.revision), committed)
+        if committed is not None:
+            self._batch.opened_at = loop.time()
         return self._batch
 
     def _start_commit(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._batch
         if batch is None:  # aborted meanwhile
+            return
+        if (_loop_busy(loop) and batch.writes < MAX_BATCH_WRITES
+                and loop.time() - batch.opened_at < MAX_BATCH_DELAY_S):
+            # Other requests are being handled: let them join before paying for a commit.
+            loop.call_soon(self._start_commit, loop)
             return
         if batch.writes == 1:
             # A lone write: the daemon is not busy, and a thread hand-off would only add latency.
