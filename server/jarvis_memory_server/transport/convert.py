@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -10,10 +9,11 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from jarvis_memory_server.errors import InvalidArgument
 
 
-def timestamp(us: int) -> timestamp_pb2.Timestamp:
-    """Microseconds since the epoch -> Timestamp."""
-    seconds, micros = divmod(us, 1_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+def set_timestamp(ts: timestamp_pb2.Timestamp, us: int) -> None:
+    """Set a Timestamp field to microseconds since the epoch."""
+    seconds, rest = divmod(us, 1_000_000)
+    ts.seconds = seconds
+    ts.nanos = rest * 1000
 
 
 def micros(ts: timestamp_pb2.Timestamp, field: str) -> int:
@@ -27,13 +27,6 @@ def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """Struct -> plain dict (numbers become floats, as JSON over protobuf defines them)."""
     result: dict[str, Any] = json_format.MessageToDict(value)
     return result
-
-
-def json_to_struct(text: str) -> struct_pb2.Struct:
-    """JSON object text -> Struct."""
-    struct = struct_pb2.Struct()
-    struct.update(json.loads(text))
-    return struct
 
 
 class EnumNames:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeAlias
 
 import grpc
@@ -12,10 +13,9 @@ from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.memories import MemoryRow, MemoryService, NewMemory
 from jarvis_memory_server.transport.convert import (
     EnumNames,
-    json_to_struct,
     micros,
+    set_timestamp,
     struct_to_dict,
-    timestamp,
 )
 from jarvis_memory_server.transport.rpc import read_rpc, write_rpc
 
@@ -24,26 +24,24 @@ SOURCE = EnumNames(memory_pb2.MemorySource, "MEMORY_SOURCE_")
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
-def memory_to_pb(row: MemoryRow) -> memory_pb2.Memory:
-    """Stored memory -> Memory message."""
-    message = memory_pb2.Memory(
-        id=row.id,
-        namespace=row.namespace,
-        content=row.content,
-        content_hash=row.content_hash.hex(),
-        category=CATEGORY.to_number[row.category],
-        source=SOURCE.to_number[row.source],
-        subject=row.subject,
-        stale=bool(row.stale),
-        created_at=timestamp(row.created_at),
-        updated_at=timestamp(row.updated_at),
-        restated_count=row.restated_count,
-        revision=row.revision,
-    )
+def fill_memory(message: memory_pb2.Memory, row: MemoryRow) -> memory_pb2.Memory:
+    """Write a stored memory into a Memory message (in place: no copy into the response)."""
+    message.id = row.id
+    message.namespace = row.namespace
+    message.content = row.content
+    message.content_hash = row.content_hash.hex()
+    message.category = CATEGORY.to_number[row.category]
+    message.source = SOURCE.to_number[row.source]
+    message.subject = row.subject
+    message.stale = bool(row.stale)
+    message.restated_count = row.restated_count
+    message.revision = row.revision
+    set_timestamp(message.created_at, row.created_at)
+    set_timestamp(message.updated_at, row.updated_at)
     if row.last_accessed_at is not None:
-        message.last_accessed_at.CopyFrom(timestamp(row.last_accessed_at))
+        set_timestamp(message.last_accessed_at, row.last_accessed_at)
     if row.attributes is not None:
-        message.attributes.CopyFrom(json_to_struct(row.attributes))
+        message.attributes.update(json.loads(row.attributes))
     return message
 
 
@@ -76,9 +74,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AddMemoryResponse:
         namespace = resolve_namespace(request.namespace)
         row, deduplicated = self._memories.add(namespace, new_memory(request))
-        return memory_pb2.AddMemoryResponse(
-            header=self._header(), memory=memory_to_pb(row), deduplicated=deduplicated
-        )
+        response = memory_pb2.AddMemoryResponse(header=self._header(), deduplicated=deduplicated)
+        fill_memory(response.memory, row)
+        return response
 
     @write_rpc
     def AddMemories(
@@ -86,21 +84,19 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AddMemoriesResponse:
         namespace = resolve_namespace(request.namespace)
         batch = [new_memory(m, f"memories[{i}].") for i, m in enumerate(request.memories)]
-        results = self._memories.add_many(namespace, batch)
-        return memory_pb2.AddMemoriesResponse(
-            header=self._header(),
-            results=[
-                memory_pb2.AddMemoryResult(memory=memory_to_pb(row), deduplicated=dedup)
-                for row, dedup in results
-            ],
-        )
+        response = memory_pb2.AddMemoriesResponse(header=self._header())
+        for row, deduplicated in self._memories.add_many(namespace, batch):
+            fill_memory(response.results.add(deduplicated=deduplicated).memory, row)
+        return response
 
     @read_rpc
     def GetMemory(
         self, request: memory_pb2.GetMemoryRequest, context: Context
     ) -> memory_pb2.GetMemoryResponse:
         row = self._memories.get(resolve_namespace(request.namespace), request.id)
-        return memory_pb2.GetMemoryResponse(header=self._header(), memory=memory_to_pb(row))
+        response = memory_pb2.GetMemoryResponse(header=self._header())
+        fill_memory(response.memory, row)
+        return response
 
     @read_rpc
     def ListMemories(
@@ -123,11 +119,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 if request.HasField("created_before") else None
             ),
         )
-        return memory_pb2.ListMemoriesResponse(
-            header=self._header(),
-            memories=[memory_to_pb(row) for row in rows],
-            next_page_token=next_token,
+        response = memory_pb2.ListMemoriesResponse(
+            header=self._header(), next_page_token=next_token
         )
+        for row in rows:
+            fill_memory(response.memories.add(), row)
+        return response
 
     @write_rpc
     def UpdateMemory(
@@ -158,7 +155,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                     "attributes, stale)",
                 )
         row = self._memories.update(namespace, given.id, changes)
-        return memory_pb2.UpdateMemoryResponse(header=self._header(), memory=memory_to_pb(row))
+        response = memory_pb2.UpdateMemoryResponse(header=self._header())
+        fill_memory(response.memory, row)
+        return response
 
     @write_rpc
     def DeleteMemory(
