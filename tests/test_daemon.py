@@ -167,3 +167,25 @@ def test_failed_calls_are_logged_with_method_and_status(daemon: Daemon) -> None:
     with Client(daemon.addr) as jm, pytest.raises(JarvisMemoryError):
         jm.get_memory(987654321)
     assert "rpc GetMemory failed: NOT_FOUND memory 987654321" in daemon.output
+
+
+def test_durability_full_is_accepted_from_the_environment(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db", env={"JARVIS_MEMORY_DURABILITY": "full"}).start()
+    try:
+        assert "durability full" in d.output
+        with d.client() as jm:
+            m = jm.add_memory("fsynced", category="fact", source="user_explicit")
+            assert jm.get_memory(m.id).content == "fsynced"
+    finally:
+        assert d.stop() == 0
+
+
+def test_python_dash_m_and_help_work(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "jarvis_memory_server", "serve", "--help"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    for flag in ("--addr", "--db", "--durability", "JARVIS_MEMORY_ADDR", "JARVIS_MEMORY_DB"):
+        assert flag in result.stdout

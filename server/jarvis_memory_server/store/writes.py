@@ -120,6 +120,11 @@ class GroupCommitter:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="commit")
     )
 
+    @property
+    def commit_running(self) -> bool:
+        """Whether a batch is being committed in the commit thread right now."""
+        return self._committing is not None
+
     async def writable(self) -> None:
         """Wait until the writer connection is free (no COMMIT running in the commit thread)."""
         while self._committing is not None:
