@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from jarvis.memory.v1 import memory_pb2_grpc
 from jarvis_memory import Client
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import apsw
 import grpc
 import pytest
-from conftest import Daemon, run_daemon_expecting_failure
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import Daemon, run_daemon_expecting_failure
 from jarvis_memory import Client, JarvisMemoryError
 
 
@@ -181,9 +184,6 @@ def test_durability_full_is_accepted_from_the_environment(tmp_path: Path) -> Non
 
 
 def test_python_dash_m_and_help_work(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-m", "jarvis_memory_server", "serve", "--help"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 from jarvis_memory import AlreadyExists, Client, InvalidArgument, NotFound
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import apsw
 import pytest
+from playhouse.apsw_ext import APSWDatabase
+
 from jarvis_memory_server.store import migrations, models
 from jarvis_memory_server.store.memories import MemoryStore
 from jarvis_memory_server.store.sqlite import Database
-from playhouse.apsw_ext import APSWDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 

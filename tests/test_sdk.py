@@ -8,6 +8,7 @@ from datetime import datetime
 
 import grpc
 import pytest
+
 from conftest import Daemon
 from jarvis_memory import (
     NO_RETRY,

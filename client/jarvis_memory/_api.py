@@ -12,8 +12,8 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
-from jarvis.memory.v1 import memory_pb2
 
+from jarvis.memory.v1 import memory_pb2
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import JarvisMemoryError
 from jarvis_memory.types import Memory, Page

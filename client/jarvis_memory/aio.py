@@ -10,8 +10,8 @@ from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 from google.protobuf.message import Message
-from jarvis.memory.v1 import memory_pb2
 
+from jarvis.memory.v1 import memory_pb2
 from jarvis_memory import _api as api
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.client import DEFAULT_TARGET, DEFAULT_TIMEOUT

@@ -17,8 +17,8 @@ import time
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 
+from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
 from jarvis_memory_server.errors import StartupError

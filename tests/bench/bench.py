@@ -43,6 +43,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories")

@@ -6,8 +6,8 @@ import json
 from typing import TypeAlias
 
 import grpc
-from jarvis.memory.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
+from jarvis.memory.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.memories import MemoryRow, MemoryService, NewMemory
