@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypedDict, TypeVar
@@ -35,16 +35,39 @@ class Rpc(Generic[R]):
 
 
 
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 10.0
+
+
 class ClientBase:
-    """State and rules shared by Client and AsyncClient (the channel is made by each)."""
+    """A connection to a jarvis-memory daemon: what Client and AsyncClient share.
+
+    ``namespace`` is used by every call that does not name its own ("" means "default").
+    ``timeout`` is each call's deadline in seconds, retries included; ``retry`` says how calls
+    that are safe to repeat are retried on UNAVAILABLE. ``options`` are gRPC channel options.
+    Errors are raised as jarvis_memory.errors.JarvisMemoryError subclasses. The raw channel
+    stays reachable as ``channel`` for the generated stubs.
+    """
 
     channel: Any
 
-    def __init__(self, *, namespace: str, timeout: float, retry: RetryPolicy | None) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        namespace: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         self.namespace = namespace
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.channel = self._open_channel(target, list(options))
         self._methods: dict[str, Any] = {}
+
+    def _open_channel(self, target: str, options: list[tuple[str, Any]]) -> Any:
+        raise NotImplementedError
 
     def _method(self, rpc: Rpc[Any]) -> Any:
         method = self._methods.get(rpc.path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -13,35 +13,20 @@ from google.protobuf.message import Message
 
 from jarvis.memory.v1 import memory_pb2
 from jarvis_memory import _api as api
-from jarvis_memory._retry import RetryPolicy
-from jarvis_memory.client import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import Memory, Page
 
 R = TypeVar("R")
 
 
-
 class AsyncClient(api.ClientBase):
-    """An asyncio connection to a jarvis-memory daemon; use inside a running event loop.
+    """An asyncio connection to a jarvis-memory daemon; use it inside a running event loop.
 
-    ``namespace`` is used by every call that does not name its own ("" means "default").
-    ``timeout`` is each call's deadline in seconds, retries included. Errors are raised as
-    jarvis_memory.errors.JarvisMemoryError subclasses. The raw channel stays reachable as
-    ``channel`` for the generated stubs.
+    The arguments are ClientBase's.
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        namespace: str = "",
-        timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        super().__init__(namespace=namespace, timeout=timeout, retry=retry)
-        self.channel = grpc.aio.insecure_channel(target, options=list(options))
+    def _open_channel(self, target: str, options: list[tuple[str, Any]]) -> Any:
+        return grpc.aio.insecure_channel(target, options=options)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -12,36 +12,16 @@ from google.protobuf.message import Message
 
 from jarvis.memory.v1 import memory_pb2
 from jarvis_memory import _api as api
-from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import Memory, Page
 
 R = TypeVar("R")
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_TIMEOUT = 10.0
-
-
 class Client(api.ClientBase):
-    """A connection to a jarvis-memory daemon.
+    """A connection to a jarvis-memory daemon (see ClientBase for the arguments)."""
 
-    ``namespace`` is used by every call that does not name its own ("" means "default").
-    ``timeout`` is each call's deadline in seconds, retries included. Errors are raised as
-    jarvis_memory.errors.JarvisMemoryError subclasses. The raw channel stays reachable as
-    ``channel`` for the generated stubs.
-    """
-
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        namespace: str = "",
-        timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        super().__init__(namespace=namespace, timeout=timeout, retry=retry)
-        self.channel = grpc.insecure_channel(target, options=list(options))
+    def _open_channel(self, target: str, options: list[tuple[str, Any]]) -> Any:
+        return grpc.insecure_channel(target, options=options)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
