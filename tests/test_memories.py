@@ -420,3 +420,18 @@ def test_fifty_clients_adding_the_same_fact_make_one_memory(daemon, namespace: s
     with daemon.client() as jm:
         stored = jm.list_memories(namespace=namespace)
         assert len(stored) == 1 and stored[0].restated_count == 49
+
+
+def test_response_headers_carry_the_store_revision(stub, namespace: str) -> None:  # type: ignore[no-untyped-def]
+    added = stub.AddMemory(memory_pb2.AddMemoryRequest(namespace=namespace, content="rev one",
+                                                       category=FACT, source=USER))
+    assert added.header.revision == added.memory.revision > 0
+    again = stub.AddMemory(memory_pb2.AddMemoryRequest(namespace=namespace, content="REV ONE",
+                                                       category=FACT, source=USER))
+    assert again.header.revision == again.memory.revision > added.header.revision
+    got = stub.GetMemory(memory_pb2.GetMemoryRequest(namespace=namespace, id=added.memory.id))
+    assert got.header.revision >= again.header.revision
+    deleted = stub.DeleteMemory(memory_pb2.DeleteMemoryRequest(namespace=namespace, id=added.memory.id))
+    assert deleted.header.revision > again.header.revision
+    listed = stub.ListMemories(memory_pb2.ListMemoriesRequest(namespace=namespace))
+    assert listed.header.revision >= deleted.header.revision and not listed.memories

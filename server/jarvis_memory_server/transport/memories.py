@@ -7,7 +7,7 @@ from typing import TypeAlias
 
 import grpc
 
-from jarvis.memory.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.memories import MemoryRow, MemoryService, NewMemory
@@ -65,8 +65,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self._memories = memories
         self.writable = memories.writable
 
-    def _header(self) -> common_pb2.ResponseHeader:
-        return common_pb2.ResponseHeader(revision=self._memories.revision)
+    @property
+    def revision(self) -> int:
+        """The last committed revision (for read responses' headers)."""
+        return self._memories.revision
 
     @write_rpc
     def AddMemory(
@@ -74,7 +76,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AddMemoryResponse:
         namespace = resolve_namespace(request.namespace)
         row, deduplicated = self._memories.add(namespace, new_memory(request))
-        response = memory_pb2.AddMemoryResponse(header=self._header(), deduplicated=deduplicated)
+        response = memory_pb2.AddMemoryResponse(deduplicated=deduplicated)
         fill_memory(response.memory, row)
         return response
 
@@ -84,7 +86,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AddMemoriesResponse:
         namespace = resolve_namespace(request.namespace)
         batch = [new_memory(m, f"memories[{i}].") for i, m in enumerate(request.memories)]
-        response = memory_pb2.AddMemoriesResponse(header=self._header())
+        response = memory_pb2.AddMemoriesResponse()
         for row, deduplicated in self._memories.add_many(namespace, batch):
             fill_memory(response.results.add(deduplicated=deduplicated).memory, row)
         return response
@@ -94,7 +96,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.GetMemoryRequest, context: Context
     ) -> memory_pb2.GetMemoryResponse:
         row = self._memories.get(resolve_namespace(request.namespace), request.id)
-        response = memory_pb2.GetMemoryResponse(header=self._header())
+        response = memory_pb2.GetMemoryResponse()
         fill_memory(response.memory, row)
         return response
 
@@ -119,9 +121,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 if request.HasField("created_before") else None
             ),
         )
-        response = memory_pb2.ListMemoriesResponse(
-            header=self._header(), next_page_token=next_token
-        )
+        response = memory_pb2.ListMemoriesResponse(next_page_token=next_token)
         for row in rows:
             fill_memory(response.memories.add(), row)
         return response
@@ -155,7 +155,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                     "attributes, stale)",
                 )
         row = self._memories.update(namespace, given.id, changes)
-        response = memory_pb2.UpdateMemoryResponse(header=self._header())
+        response = memory_pb2.UpdateMemoryResponse()
         fill_memory(response.memory, row)
         return response
 
@@ -164,4 +164,4 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.DeleteMemoryRequest, context: Context
     ) -> memory_pb2.DeleteMemoryResponse:
         self._memories.delete(resolve_namespace(request.namespace), request.id)
-        return memory_pb2.DeleteMemoryResponse(header=self._header())
+        return memory_pb2.DeleteMemoryResponse()

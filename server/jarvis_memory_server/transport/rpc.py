@@ -38,7 +38,11 @@ Response = TypeVar("Response")
 
 
 class Servicer(Protocol):
-    """What the RPC wrappers need from a servicer: a way to wait for the writer."""
+    """What the RPC wrappers need from a servicer."""
+
+    @property
+    def revision(self) -> int:
+        """The store's last committed revision, for the headers of read responses."""
 
     async def writable(self) -> None:
         """Wait until writes may run (no commit in progress)."""
@@ -68,8 +72,22 @@ def rich_status(code: grpc.StatusCode, message: str, reason: str, metadata: dict
 
 
 def read_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Response]:
-    """Wrap a synchronous handler that only reads."""
-    return _wrap(handler, writes=False)
+    """Wrap a synchronous handler that only reads; fill its response header."""
+    method = handler.__name__
+
+    @functools.wraps(handler)
+    async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            response = handler(self, request, context)
+            if pending_commit() is not None:  # a write here would be answered uncommitted
+                raise RuntimeError(f"{method} is a read_rpc but wrote")
+            response.header.revision = self.revision  # type: ignore[attr-defined]
+            return response
+        except Exception as exc:
+            await abort(context, method, exc)
+            raise  # pragma: no cover - abort raises
+
+    return wrapper
 
 
 def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Response]:
@@ -78,36 +96,38 @@ def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Res
     It runs once the writer connection is free, and is answered only after the group commit
     holding its writes succeeded; its response header then carries its last revision.
     """
-    return _wrap(handler, writes=True)
-
-
-def _wrap(handler: Handler[S, Request, Response], *, writes: bool) -> Wrapped[S, Request, Response]:
-    # Handlers are plain functions: their database work is synchronous on the event loop
-    # thread, so nothing else runs between a handler's statements.
     method = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
-            if writes:
-                await self.writable()
+            await self.writable()
             pending_commit()  # clear: a failed handler must not leave its state to this call
             response = handler(self, request, context)
             pending = pending_commit()
-            if pending is not None:
+            if pending is None:  # nothing changed (only possible for a no-op write)
+                revision = self.revision
+            else:
                 await pending.committed
-                response.header.revision = pending.revision  # type: ignore[attr-defined]
+                revision = pending.revision
+            response.header.revision = revision  # type: ignore[attr-defined]
             return response
-        except errors.JarvisError as exc:
-            code = status_of(exc)
-            log.info("rpc %s failed: %s %s", method, code.name, exc.message)
-            status = rich_status(code, exc.message, exc.reason, exc.metadata)
-        except Exception:
-            log.exception("rpc %s failed: INTERNAL", method)
-            status = rich_status(
-                grpc.StatusCode.INTERNAL, "internal error; see the daemon's log", "INTERNAL", {}
-            )
-        await context.abort_with_status(status)
-        raise AssertionError("abort_with_status returned")  # pragma: no cover
+        except Exception as exc:
+            await abort(context, method, exc)
+            raise  # pragma: no cover - abort raises
 
     return wrapper
+
+
+async def abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """End the call with the status for ``exc``, and log it (with a traceback if INTERNAL)."""
+    if isinstance(exc, errors.JarvisError):
+        code = status_of(exc)
+        log.info("rpc %s failed: %s %s", method, code.name, exc.message)
+        status = rich_status(code, exc.message, exc.reason, exc.metadata)
+    else:
+        log.error("rpc %s failed: INTERNAL", method, exc_info=exc)
+        status = rich_status(
+            grpc.StatusCode.INTERNAL, "internal error; see the daemon's log", "INTERNAL", {}
+        )
+    await context.abort_with_status(status)
