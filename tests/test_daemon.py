@@ -189,3 +189,20 @@ def test_python_dash_m_and_help_work(tmp_path: Path) -> None:
     assert result.returncode == 0
     for flag in ("--addr", "--db", "--durability", "JARVIS_MEMORY_ADDR", "JARVIS_MEMORY_DB"):
         assert flag in result.stdout
+
+
+def test_a_lock_held_by_another_process_is_unavailable_and_reads_go_on(fresh_daemon: Daemon) -> None:
+    with fresh_daemon.client(retry=None) as jm:
+        kept = jm.add_memory("written before the lock", category="fact", source="user_explicit")
+        other = apsw.Connection(str(fresh_daemon.db_path))
+        other.execute("BEGIN IMMEDIATE")  # another process takes the write lock
+        try:
+            with pytest.raises(JarvisMemoryError) as info:
+                jm.add_memory("blocked", category="fact", source="user_explicit")
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            assert "busy" in info.value.message
+            assert jm.get_memory(kept.id).content == "written before the lock"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert jm.add_memory("after the lock", category="fact", source="user_explicit").id > kept.id

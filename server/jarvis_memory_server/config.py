@@ -17,7 +17,7 @@ class Config:
     addr: str = DEFAULT_ADDR
     db_path: str = DEFAULT_DB
     durability: str = "normal"
-    busy_timeout_ms: int = 5000
+    busy_timeout_ms: int = 250
     grace_period_s: float = 10.0
     checkpoint_interval_s: float = 1.0
     max_message_bytes: int = 16 * 1024 * 1024
@@ -46,8 +46,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "default %(default)s)",
     )
     parser.add_argument(
-        "--busy-timeout-ms", type=int, default=int(_env("BUSY_TIMEOUT_MS", "5000")),
-        help="how long to wait for a lock held by another process on the file "
+        "--busy-timeout-ms", type=int, default=int(_env("BUSY_TIMEOUT_MS", "250")),
+        help="how long a write waits for a lock held by another process on the file before "
+        "failing with UNAVAILABLE; the event loop waits with it, so keep it short "
         "(env JARVIS_MEMORY_BUSY_TIMEOUT_MS; default %(default)s)",
     )
     parser.add_argument(

@@ -34,6 +34,9 @@ Durability = Literal["normal", "full"]
 _SYNCHRONOUS: dict[str, str] = {"normal": "NORMAL", "full": "FULL"}
 
 
+MIGRATION_BUSY_TIMEOUT_MS = 30_000
+
+
 def now_us() -> int:
     """Return the current time in microseconds since the Unix epoch (UTC)."""
     return time.time_ns() // 1000
@@ -47,7 +50,7 @@ class Database:
         path: str | os.PathLike[str],
         *,
         durability: Durability = "normal",
-        busy_timeout_ms: int = 5000,
+        busy_timeout_ms: int = 250,
     ) -> None:
         self.path = pathlib.Path(path)
         self.durability = durability
@@ -70,7 +73,8 @@ class Database:
         self.peewee.init(
             str(self.path),
             pragmas=self.pragmas(),
-            timeout=self.busy_timeout_ms / 1000,
+            # Migrations may wait longer, for another daemon migrating the same file.
+            timeout=max(self.busy_timeout_ms, MIGRATION_BUSY_TIMEOUT_MS) / 1000,
         )
         models.database_proxy.initialize(self.peewee)
         try:
@@ -90,6 +94,7 @@ class Database:
         except StartupError:
             self.close()
             raise
+        conn.setbusytimeout(self.busy_timeout_ms)
         self._conn = conn
         self.writes.revision = self._load_revision()
         self._reader = self._connect_reader()
