@@ -206,3 +206,40 @@ def test_a_lock_held_by_another_process_is_unavailable_and_reads_go_on(fresh_dae
             other.execute("ROLLBACK")
             other.close()
         assert jm.add_memory("after the lock", category="fact", source="user_explicit").id > kept.id
+
+
+def test_sigterm_under_load_finishes_in_flight_calls_and_loses_nothing(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db").start()
+    acknowledged: list[int] = []
+    failures: list[grpc.StatusCode] = []
+    lock = threading.Lock()
+    started = threading.Event()
+
+    def writer(n: int) -> None:
+        with d.client(retry=None, timeout=10) as jm:
+            for i in range(10_000):
+                try:
+                    m = jm.add_memory(f"shutdown writer {n} fact {i}", category="fact",
+                                      source="agent_inferred")
+                except JarvisMemoryError as exc:
+                    with lock:
+                        failures.append(exc.code)
+                    return
+                with lock:
+                    acknowledged.append(m.id)
+                started.set()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    assert started.wait(30)
+    assert d.stop() == 0  # SIGTERM while 8 clients write
+    for t in threads:
+        t.join(30)
+    assert "stopped cleanly" in d.output
+    # Calls arriving after the stop began are refused, never half-done.
+    assert set(failures) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    conn = open_file(d.db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = {row[0] for row in conn.execute("SELECT id FROM memories")}
+    assert set(acknowledged) <= stored
