@@ -27,7 +27,7 @@ from jarvis_memory.errors import (
     Unauthenticated,
     Unavailable,
 )
-from jarvis_memory.types import Memory, Page
+from jarvis_memory.types import Memory, Message, Page, Session, SessionEvent
 
 __all__ = [
     "NO_RETRY",
@@ -42,12 +42,15 @@ __all__ = [
     "InvalidArgument",
     "JarvisMemoryError",
     "Memory",
+    "Message",
     "NotFound",
     "OutOfRange",
     "Page",
     "PermissionDenied",
     "ResourceExhausted",
     "RetryPolicy",
+    "Session",
+    "SessionEvent",
     "Unauthenticated",
     "Unavailable",
 ]

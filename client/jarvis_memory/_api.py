@@ -5,22 +5,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Generic, TypedDict, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.message import Message
+from google.protobuf.message import Message as ProtoMessage
 
-from jarvis.memory.v1 import memory_pb2
+from jarvis.memory.v1 import memory_pb2, session_pb2
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import JarvisMemoryError
-from jarvis_memory.types import Memory, Page
+from jarvis_memory.types import Memory, Message, Page, Session, SessionEvent
 
 R = TypeVar("R")
 
 _MEMORY_SERVICE = "/jarvis.memory.v1.MemoryService/"
+_SESSION_SERVICE = "/jarvis.memory.v1.SessionService/"
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class Rpc(Generic[R]):
     """One unary method: its path, message types, whether a retry is safe, and the result."""
 
     path: str
-    request: type[Message]
-    response: type[Message]
+    request: type[ProtoMessage]
+    response: type[ProtoMessage]
     convert: Callable[[Any], R]
     idempotent: bool
 
@@ -336,3 +337,205 @@ UPDATE_MEMORY = Rpc(_MEMORY_SERVICE + "UpdateMemory", memory_pb2.UpdateMemoryReq
                     memory_pb2.UpdateMemoryResponse, _memory, idempotent=False)
 DELETE_MEMORY = Rpc(_MEMORY_SERVICE + "DeleteMemory", memory_pb2.DeleteMemoryRequest,
                     memory_pb2.DeleteMemoryResponse, _nothing, idempotent=False)
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+def trigger_value(value: str | int) -> Any:
+    """End trigger name ("explicit", "timeout", "client_closed") or number -> enum number."""
+    return _enum_value(session_pb2.SessionEndTrigger, "SESSION_END_TRIGGER_", value, "trigger")
+
+
+def role_value(value: str | int) -> Any:
+    """Role name ("user", "assistant", "system", "tool") or number -> enum number."""
+    return _enum_value(session_pb2.MessageRole, "MESSAGE_ROLE_", value, "role")
+
+
+def state_value(value: str | int) -> Any:
+    """Session state name ("active", "ended") or number -> enum number."""
+    return _enum_value(session_pb2.SessionState, "SESSION_STATE_", value, "state")
+
+
+def order_value(value: str | int) -> Any:
+    """Session order ("start_time", "last_activity") or number -> enum number."""
+    return _enum_value(session_pb2.SessionOrder, "SESSION_ORDER_", value, "order_by")
+
+
+def _optional_struct(message: Any, field: str) -> dict[str, Any] | None:
+    if not message.HasField(field):
+        return None
+    result: dict[str, Any] = json_format.MessageToDict(getattr(message, field))
+    return result
+
+
+def to_session(message: session_pb2.Session) -> Session:
+    """Session message -> Session."""
+    ended = message.HasField("ended_at")
+    return Session(
+        id=message.id,
+        namespace=message.namespace,
+        state=_enum_name(session_pb2.SessionState, "SESSION_STATE_", message.state),
+        started_at=to_datetime(message.started_at),
+        ended_at=to_datetime(message.ended_at) if ended else None,
+        end_trigger=(
+            _enum_name(session_pb2.SessionEndTrigger, "SESSION_END_TRIGGER_", message.end_trigger)
+            if message.end_trigger else None
+        ),
+        summary=message.summary,
+        last_activity_at=to_datetime(message.last_activity_at),
+        message_count=message.message_count,
+        duration=message.duration.ToTimedelta() if message.HasField("duration") else None,
+        metadata=_optional_struct(message, "metadata"),
+        revision=message.revision,
+    )
+
+
+def to_message(message: session_pb2.Message) -> Message:
+    """Message message -> Message."""
+    return Message(
+        id=message.id,
+        namespace=message.namespace,
+        session_id=message.session_id,
+        sequence=message.sequence,
+        role=_enum_name(session_pb2.MessageRole, "MESSAGE_ROLE_", message.role),
+        content=message.content,
+        model=message.model,
+        tokens_used=message.tokens_used,
+        tool_calls=(
+            json_format.MessageToDict(message.tool_calls)
+            if message.HasField("tool_calls") else None
+        ),
+        created_at=to_datetime(message.created_at),
+        revision=message.revision,
+    )
+
+
+def to_event(message: session_pb2.SessionEvent) -> SessionEvent:
+    """SessionEvent message -> SessionEvent."""
+    return SessionEvent(
+        id=message.id,
+        namespace=message.namespace,
+        session_id=message.session_id,
+        event_type=message.event_type,
+        data=_optional_struct(message, "data"),
+        logged_at=to_datetime(message.logged_at),
+        revision=message.revision,
+    )
+
+
+class MessageFields(TypedDict, total=False):
+    """Optional fields of append_message."""
+
+    model: str
+    tokens_used: int
+    tool_calls: Any
+
+
+def start_session_request(
+    namespace: str, session_id: str | None, metadata: Mapping[str, Any] | None
+) -> session_pb2.StartSessionRequest:
+    """Build a StartSessionRequest."""
+    request = session_pb2.StartSessionRequest(namespace=namespace, session_id=session_id or "")
+    if metadata is not None:
+        request.metadata.CopyFrom(to_struct(metadata))
+    return request
+
+
+def log_session_event_request(
+    namespace: str, session_id: str, event_type: str, data: Mapping[str, Any] | None
+) -> session_pb2.LogSessionEventRequest:
+    """Build a LogSessionEventRequest."""
+    request = session_pb2.LogSessionEventRequest(
+        namespace=namespace, session_id=session_id, event_type=event_type
+    )
+    if data is not None:
+        request.data.CopyFrom(to_struct(data))
+    return request
+
+
+def append_message_request(
+    namespace: str, session_id: str, role: str | int, content: str, fields: MessageFields
+) -> session_pb2.AppendMessageRequest:
+    """Build an AppendMessageRequest."""
+    request = session_pb2.AppendMessageRequest(
+        namespace=namespace, session_id=session_id, role=role_value(role), content=content,
+        model=fields.get("model", ""), tokens_used=fields.get("tokens_used", 0),
+    )
+    tool_calls = fields.get("tool_calls")
+    if tool_calls is not None:
+        json_format.ParseDict(tool_calls, request.tool_calls)
+    return request
+
+
+def list_sessions_request(
+    namespace: str, page_size: int, page_token: str, state: str | int | None,
+    order_by: str | int | None,
+) -> session_pb2.ListSessionsRequest:
+    """Build a ListSessionsRequest."""
+    request = session_pb2.ListSessionsRequest(
+        namespace=namespace, page_size=page_size, page_token=page_token
+    )
+    if state is not None:
+        request.state = state_value(state)
+    if order_by is not None:
+        request.order_by = order_value(order_by)
+    return request
+
+
+def list_session_events_request(
+    namespace: str, session_id: str | None, day: str | date | None, page_size: int,
+    page_token: str,
+) -> session_pb2.ListSessionEventsRequest:
+    """Build a ListSessionEventsRequest for one session or one UTC day."""
+    request = session_pb2.ListSessionEventsRequest(
+        namespace=namespace, page_size=page_size, page_token=page_token
+    )
+    if session_id is not None:
+        request.session_id = session_id
+    if day is not None:
+        request.day = day.isoformat() if isinstance(day, date) else day
+    return request
+
+
+def _session(response: Any) -> Session:
+    return to_session(response.session)
+
+
+def _session_page(response: session_pb2.ListSessionsResponse) -> Page[Session]:
+    return Page([to_session(s) for s in response.sessions], response.next_page_token)
+
+
+def _event(response: session_pb2.LogSessionEventResponse) -> SessionEvent:
+    return to_event(response.event)
+
+
+def _event_page(response: session_pb2.ListSessionEventsResponse) -> Page[SessionEvent]:
+    return Page([to_event(e) for e in response.events], response.next_page_token)
+
+
+def _message(response: session_pb2.AppendMessageResponse) -> Message:
+    return to_message(response.message)
+
+
+def _message_page(response: session_pb2.ListMessagesResponse) -> Page[Message]:
+    return Page([to_message(m) for m in response.messages], response.next_page_token)
+
+
+START_SESSION = Rpc(_SESSION_SERVICE + "StartSession", session_pb2.StartSessionRequest,
+                    session_pb2.StartSessionResponse, _session, idempotent=False)
+END_SESSION = Rpc(_SESSION_SERVICE + "EndSession", session_pb2.EndSessionRequest,
+                  session_pb2.EndSessionResponse, _session, idempotent=False)
+GET_SESSION = Rpc(_SESSION_SERVICE + "GetSession", session_pb2.GetSessionRequest,
+                  session_pb2.GetSessionResponse, _session, idempotent=True)
+LIST_SESSIONS = Rpc(_SESSION_SERVICE + "ListSessions", session_pb2.ListSessionsRequest,
+                    session_pb2.ListSessionsResponse, _session_page, idempotent=True)
+LOG_SESSION_EVENT = Rpc(_SESSION_SERVICE + "LogSessionEvent", session_pb2.LogSessionEventRequest,
+                        session_pb2.LogSessionEventResponse, _event, idempotent=False)
+LIST_SESSION_EVENTS = Rpc(_SESSION_SERVICE + "ListSessionEvents",
+                          session_pb2.ListSessionEventsRequest,
+                          session_pb2.ListSessionEventsResponse, _event_page, idempotent=True)
+APPEND_MESSAGE = Rpc(_SESSION_SERVICE + "AppendMessage", session_pb2.AppendMessageRequest,
+                     session_pb2.AppendMessageResponse, _message, idempotent=False)
+LIST_MESSAGES = Rpc(_SESSION_SERVICE + "ListMessages", session_pb2.ListMessagesRequest,
+                    session_pb2.ListMessagesResponse, _message_page, idempotent=True)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
+from datetime import date
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import Message as ProtoMessage
 
-from jarvis.memory.v1 import memory_pb2
+from jarvis.memory.v1 import memory_pb2, session_pb2
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
-from jarvis_memory.types import Memory, Page
+from jarvis_memory.types import Memory, Message, Page, Session, SessionEvent
 
 R = TypeVar("R")
 
@@ -43,7 +44,9 @@ class AsyncClient(api.ClientBase):
     ) -> None:
         await self.close()
 
-    async def _unary(self, rpc: api.Rpc[R], request: Message, timeout: float | None = None) -> R:
+    async def _unary(
+        self, rpc: api.Rpc[R], request: ProtoMessage, timeout: float | None = None
+    ) -> R:
         method = self._method(rpc)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         attempt = 1
@@ -124,3 +127,91 @@ class AsyncClient(api.ClientBase):
         """Delete a memory. Raises NotFound."""
         request = memory_pb2.DeleteMemoryRequest(namespace=self._ns(namespace), id=memory_id)
         await self._unary(api.DELETE_MEMORY, request)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def start_session(
+        self, id: str | None = None, *, metadata: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
+    ) -> Session:
+        """Start a session with this id (a new one when None) and log its session_start.
+
+        Raises AlreadyExists when the id is taken, InvalidArgument for a malformed one.
+        """
+        request = api.start_session_request(self._ns(namespace), id, metadata)
+        return await self._unary(api.START_SESSION, request)
+
+    async def end_session(
+        self, session_id: str, *, trigger: str | int = "explicit", summary: str = "",
+        namespace: str | None = None,
+    ) -> Session:
+        """End a session ("explicit", "client_closed" or "timeout"); logs session_end.
+
+        Raises NotFound, FailedPrecondition when it has already ended.
+        """
+        request = session_pb2.EndSessionRequest(
+            namespace=self._ns(namespace), session_id=session_id,
+            trigger=api.trigger_value(trigger), summary=summary,
+        )
+        return await self._unary(api.END_SESSION, request)
+
+    async def get_session(self, session_id: str, *, namespace: str | None = None) -> Session:
+        """Return a session. Raises NotFound."""
+        request = session_pb2.GetSessionRequest(
+            namespace=self._ns(namespace), session_id=session_id
+        )
+        return await self._unary(api.GET_SESSION, request)
+
+    async def list_sessions(
+        self, *, state: str | int | None = None, order_by: str | int | None = None,
+        page_size: int = 0, page_token: str = "", namespace: str | None = None,
+    ) -> Page[Session]:
+        """Return one page of sessions, newest first.
+
+        ``order_by`` is "start_time" (the default) or "last_activity"; ``state`` keeps only
+        "active" or "ended" sessions.
+        """
+        request = api.list_sessions_request(
+            self._ns(namespace), page_size, page_token, state, order_by
+        )
+        return await self._unary(api.LIST_SESSIONS, request)
+
+    async def log_session_event(
+        self, session_id: str, event_type: str, data: Mapping[str, Any] | None = None, *,
+        namespace: str | None = None,
+    ) -> SessionEvent:
+        """Log an event of an active session. Raises NotFound, FailedPrecondition."""
+        request = api.log_session_event_request(self._ns(namespace), session_id, event_type, data)
+        return await self._unary(api.LOG_SESSION_EVENT, request)
+
+    async def list_session_events(
+        self, session_id: str | None = None, *, day: str | date | None = None,
+        page_size: int = 0, page_token: str = "", namespace: str | None = None,
+    ) -> Page[SessionEvent]:
+        """Return one page of events, oldest first: of one session, or of one UTC ``day``."""
+        request = api.list_session_events_request(
+            self._ns(namespace), session_id, day, page_size, page_token
+        )
+        return await self._unary(api.LIST_SESSION_EVENTS, request)
+
+    async def append_message(
+        self, session_id: str, *, role: str | int, content: str, namespace: str | None = None,
+        **fields: Unpack[api.MessageFields],
+    ) -> Message:
+        """Append a message ("user", "assistant", "system" or "tool") to an active session.
+
+        Raises NotFound, FailedPrecondition when the session has ended, InvalidArgument.
+        """
+        request = api.append_message_request(self._ns(namespace), session_id, role, content, fields)
+        return await self._unary(api.APPEND_MESSAGE, request)
+
+    async def list_messages(
+        self, session_id: str, *, page_size: int = 0, page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[Message]:
+        """Return one page of a session's messages, oldest first."""
+        request = session_pb2.ListMessagesRequest(
+            namespace=self._ns(namespace), session_id=session_id, page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._unary(api.LIST_MESSAGES, request)

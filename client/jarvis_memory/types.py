@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -45,3 +45,60 @@ class Memory:
     restated_count: int
     revision: int
     deduplicated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A conversation.
+
+    ``state`` is "active" or "ended"; ``end_trigger`` is "timeout", "explicit" or
+    "client_closed" once ended (None before); ``duration`` is set once ended.
+    """
+
+    id: str
+    namespace: str
+    state: str
+    started_at: datetime
+    ended_at: datetime | None
+    end_trigger: str | None
+    summary: str
+    last_activity_at: datetime
+    message_count: int
+    duration: timedelta | None
+    metadata: dict[str, Any] | None
+    revision: int
+
+    @property
+    def active(self) -> bool:
+        """Whether the session has not ended."""
+        return self.state == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message of a session; ``sequence`` is its position (1, 2, 3, ...)."""
+
+    id: int
+    namespace: str
+    session_id: str
+    sequence: int
+    role: str
+    content: str
+    model: str
+    tokens_used: int
+    tool_calls: Any
+    created_at: datetime
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """An entry of a session's log."""
+
+    id: int
+    namespace: str
+    session_id: str
+    event_type: str
+    data: dict[str, Any] | None
+    logged_at: datetime
+    revision: int

@@ -20,8 +20,16 @@ class Config:
     busy_timeout_ms: int = 250
     grace_period_s: float = 10.0
     checkpoint_interval_s: float = 1.0
+    session_idle_timeout_s: float = 1800.0
     max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
 
 
 def _env(name: str, default: str) -> str:
@@ -52,16 +60,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(env JARVIS_MEMORY_BUSY_TIMEOUT_MS; default %(default)s)",
     )
     parser.add_argument(
-        "--grace-period", dest="grace_period_s", type=float,
+        "--grace-period", dest="grace_period_s", type=_positive,
         default=float(_env("GRACE_PERIOD", "10")),
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT "
         "(env JARVIS_MEMORY_GRACE_PERIOD; default %(default)s)",
     )
     parser.add_argument(
-        "--checkpoint-interval", dest="checkpoint_interval_s", type=float,
+        "--checkpoint-interval", dest="checkpoint_interval_s", type=_positive,
         default=float(_env("CHECKPOINT_INTERVAL", "1")),
         help="seconds between background WAL checkpoints (env JARVIS_MEMORY_CHECKPOINT_INTERVAL; "
         "default %(default)s)",
+    )
+    parser.add_argument(
+        "--session-idle-timeout", dest="session_idle_timeout_s", type=_positive,
+        default=float(_env("SESSION_IDLE_TIMEOUT", "1800")),
+        help="seconds without a message or event after which the daemon ends a session with "
+        "trigger TIMEOUT (env JARVIS_MEMORY_SESSION_IDLE_TIMEOUT; default %(default)s)",
     )
     parser.add_argument(
         "--log-level", default=_env("LOG_LEVEL", "INFO"),
@@ -79,5 +93,6 @@ def from_args(args: argparse.Namespace) -> Config:
         busy_timeout_ms=args.busy_timeout_ms,
         grace_period_s=args.grace_period_s,
         checkpoint_interval_s=args.checkpoint_interval_s,
+        session_idle_timeout_s=args.session_idle_timeout_s,
         log_level=args.log_level,
     )

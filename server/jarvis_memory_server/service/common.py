@@ -9,6 +9,24 @@ import re
 from typing import Any
 
 from jarvis_memory_server.errors import InvalidArgument
+from jarvis_memory_server.store.sqlite import Database
+
+
+class ServiceBase:
+    """What every service shares: the database, its revision, and the writer's availability."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def revision(self) -> int:
+        """The store's last committed revision (for response headers)."""
+        return self._db.revision
+
+    async def writable(self) -> None:
+        """Wait until writes may run (see store.writes)."""
+        await self._db.writes.writable()
+
 
 DEFAULT_NAMESPACE = "default"
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -38,6 +56,16 @@ def page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument("page_size", f"must not be negative (got {value})")
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def json_object(value: dict[str, Any] | None, field: str, max_bytes: int) -> str | None:
+    """Encode an optional JSON object for storage. Raises InvalidArgument when too large."""
+    if value is None:
+        return None
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > max_bytes:
+        raise InvalidArgument(field, f"encodes to more than {max_bytes} bytes of JSON")
+    return text
 
 
 def filter_fingerprint(namespace: str, filters: dict[str, Any]) -> str:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
+    ServiceBase,
     decode_page_token,
     encode_page_token,
     filter_fingerprint,
+    json_object,
     page_size,
 )
 from jarvis_memory_server.store.memories import UPDATABLE, MemoryRow, MemoryStore
@@ -50,21 +51,12 @@ class NewMemory:
     attributes: dict[str, Any] | None = None
 
 
-class MemoryService:
+class MemoryService(ServiceBase):
     """Adds, reads, lists, changes and deletes memories."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        super().__init__(db)
         self._store = MemoryStore(db)
-
-    @property
-    def revision(self) -> int:
-        """The store's last committed revision (for response headers)."""
-        return self._db.revision
-
-    async def writable(self) -> None:
-        """Wait until writes may run (see store.writes)."""
-        await self._db.writes.writable()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -244,11 +236,4 @@ def _subject(subject: str, field: str) -> str:
 
 
 def _attributes(attributes: dict[str, Any] | None, field: str) -> str | None:
-    if attributes is None:
-        return None
-    text = json.dumps(attributes, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode()) > MAX_ATTRIBUTES_BYTES:
-        raise InvalidArgument(
-            field, f"encode to more than {MAX_ATTRIBUTES_BYTES} bytes of JSON"
-        )
-    return text
+    return json_object(attributes, field, MAX_ATTRIBUTES_BYTES)

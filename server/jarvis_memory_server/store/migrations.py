@@ -59,6 +59,50 @@ MIGRATIONS: tuple[Migration, ...] = (
             'ON "memories" ("namespace", "created_at") WHERE ("stale" = 1)',
         ),
     ),
+    Migration(
+        2,
+        "sessions, messages and session events",
+        (
+            'CREATE TABLE "sessions" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "session_id" TEXT NOT NULL, '
+            '"state" TEXT NOT NULL CHECK (state IN (\'active\', \'ended\')), '
+            '"started_at" INTEGER NOT NULL, "ended_at" INTEGER, '
+            '"end_trigger" TEXT CHECK (end_trigger IN (\'timeout\', \'explicit\', '
+            '\'client_closed\')), "summary" TEXT NOT NULL, '
+            '"last_activity_at" INTEGER NOT NULL, "message_count" INTEGER NOT NULL, '
+            '"metadata" TEXT, "revision" INTEGER NOT NULL)',
+            'CREATE UNIQUE INDEX "sessions_namespace_session_id" ON "sessions" ("namespace", '
+            '"session_id")',
+            'CREATE INDEX "sessions_namespace_started_at" ON "sessions" ("namespace", '
+            '"started_at")',
+            'CREATE INDEX "sessions_namespace_last_activity_at" ON "sessions" ("namespace", '
+            '"last_activity_at")',
+            'CREATE INDEX "sessions_namespace_state_started_at" ON "sessions" ("namespace", '
+            '"state", "started_at")',
+            'CREATE INDEX "sessions_namespace_state_last_activity_at" ON "sessions" ("namespace", '
+            '"state", "last_activity_at")',
+            'CREATE INDEX "sessions_state_last_activity_at" ON "sessions" ("state", '
+            '"last_activity_at")',
+            'CREATE TABLE "messages" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "session_ref" INTEGER NOT NULL, '
+            '"sequence" INTEGER NOT NULL, "role" TEXT NOT NULL CHECK (role IN (\'user\', '
+            '\'assistant\', \'system\', \'tool\')), "content" TEXT NOT NULL, '
+            '"model" TEXT NOT NULL, "tokens_used" INTEGER NOT NULL, "tool_calls" TEXT, '
+            '"created_at" INTEGER NOT NULL, "revision" INTEGER NOT NULL, '
+            'FOREIGN KEY ("session_ref") REFERENCES "sessions" ("id") ON DELETE CASCADE)',
+            'CREATE UNIQUE INDEX "messages_session_ref_sequence" ON "messages" ("session_ref", '
+            '"sequence")',
+            'CREATE TABLE "session_events" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "session_ref" INTEGER NOT NULL, '
+            '"event_type" TEXT NOT NULL, "data" TEXT, "logged_at" INTEGER NOT NULL, '
+            '"revision" INTEGER NOT NULL, '
+            'FOREIGN KEY ("session_ref") REFERENCES "sessions" ("id") ON DELETE CASCADE)',
+            'CREATE INDEX "session_events_session_ref_id" ON "session_events" ("session_ref", '
+            '"id")',
+            'CREATE INDEX "session_events_namespace_logged_at" ON "session_events" ("namespace", '
+            '"logged_at")',
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -89,4 +89,86 @@ Memory.add_index(
 )
 
 
-ALL_MODELS: tuple[type[BaseModel], ...] = (Change, Memory)
+class Session(BaseModel):
+    """A conversation: started, maybe ended; its messages and events point at it."""
+
+    STATES: ClassVar[tuple[str, ...]] = ("active", "ended")
+    TRIGGERS: ClassVar[tuple[str, ...]] = ("timeout", "explicit", "client_closed")
+
+    id = AutoIncrementField()  # internal; clients name a session by (namespace, session_id)
+    namespace = pw.TextField()
+    session_id = pw.TextField()
+    state = pw.TextField(constraints=[pw.Check("state IN ('active', 'ended')")])
+    started_at = pw.BigIntegerField()
+    ended_at = pw.BigIntegerField(null=True)
+    end_trigger = pw.TextField(
+        null=True, constraints=[pw.Check("end_trigger IN ('timeout', 'explicit', 'client_closed')")]
+    )
+    summary = pw.TextField(default="")
+    last_activity_at = pw.BigIntegerField()
+    message_count = pw.IntegerField(default=0)
+    metadata = pw.TextField(null=True)
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "sessions"
+        # ListSessions: (namespace[, state], started_at | last_activity_at), newest first; the
+        # idle sweep: active sessions by last activity, across namespaces.
+        indexes = (
+            (("namespace", "session_id"), True),
+            (("namespace", "started_at"), False),
+            (("namespace", "last_activity_at"), False),
+            (("namespace", "state", "started_at"), False),
+            (("namespace", "state", "last_activity_at"), False),
+            (("state", "last_activity_at"), False),
+        )
+
+
+class Message(BaseModel):
+    """One message of a session, numbered 1, 2, 3, ... in append order."""
+
+    ROLES: ClassVar[tuple[str, ...]] = ("user", "assistant", "system", "tool")
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    # index=False: the (session, sequence) index below serves lookups by session.
+    session = pw.ForeignKeyField(
+        Session, column_name="session_ref", on_delete="CASCADE", index=False
+    )
+    sequence = pw.IntegerField()
+    role = pw.TextField(constraints=[pw.Check("role IN ('user', 'assistant', 'system', 'tool')")])
+    content = pw.TextField()
+    model = pw.TextField(default="")
+    tokens_used = pw.IntegerField(default=0)
+    tool_calls = pw.TextField(null=True)
+    created_at = pw.BigIntegerField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "messages"
+        indexes = ((("session", "sequence"), True),)
+
+
+class SessionEvent(BaseModel):
+    """One entry of a session's log (session_start, topic_change, ...)."""
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    session = pw.ForeignKeyField(
+        Session, column_name="session_ref", on_delete="CASCADE", index=False
+    )
+    event_type = pw.TextField()
+    data = pw.TextField(null=True)
+    logged_at = pw.BigIntegerField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "session_events"
+        # Per session in log order; per namespace and UTC day across sessions.
+        indexes = (
+            (("session", "id"), False),
+            (("namespace", "logged_at"), False),
+        )
+
+
+ALL_MODELS: tuple[type[BaseModel], ...] = (Change, Memory, Session, Message, SessionEvent)

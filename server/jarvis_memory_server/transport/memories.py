@@ -17,7 +17,7 @@ from jarvis_memory_server.transport.convert import (
     set_timestamp,
     struct_to_dict,
 )
-from jarvis_memory_server.transport.rpc import read_rpc, write_rpc
+from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 CATEGORY = EnumNames(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_")
 SOURCE = EnumNames(memory_pb2.MemorySource, "MEMORY_SOURCE_")
@@ -58,17 +58,12 @@ def new_memory(
     )
 
 
-class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
     """Serves jarvis.memory.v1.MemoryService."""
 
     def __init__(self, memories: MemoryService) -> None:
+        super().__init__(memories)
         self._memories = memories
-        self.writable = memories.writable
-
-    @property
-    def revision(self) -> int:
-        """The last committed revision (for read responses' headers)."""
-        return self._memories.revision
 
     @write_rpc
     def AddMemory(

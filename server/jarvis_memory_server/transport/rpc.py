@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from jarvis_memory_server import errors
+from jarvis_memory_server.service.common import ServiceBase
 from jarvis_memory_server.store.writes import pending_commit
 
 log = logging.getLogger("jarvis_memory.rpc")
@@ -46,6 +47,22 @@ class Servicer(Protocol):
 
     async def writable(self) -> None:
         """Wait until writes may run (no commit in progress)."""
+
+
+class ServicerBase:
+    """Gives a servicer what the RPC wrappers need, from its service."""
+
+    def __init__(self, service: ServiceBase) -> None:
+        self._service = service
+
+    @property
+    def revision(self) -> int:
+        """The last committed revision (for read responses' headers)."""
+        return self._service.revision
+
+    async def writable(self) -> None:
+        """Wait until writes may run."""
+        await self._service.writable()
 
 
 S = TypeVar("S", bound=Servicer)
