@@ -32,6 +32,7 @@ class Daemon:
         self.addr = ""
         self.log: list[str] = []
         self._ready = threading.Event()
+        self._logged = threading.Condition()
 
     def start(self) -> Daemon:
         self.log = []
@@ -52,12 +53,28 @@ class Daemon:
         assert proc.stdout is not None
         with proc.stdout:
             for line in proc.stdout:
-                self.log.append(line)
+                with self._logged:
+                    self.log.append(line)
+                    self._logged.notify_all()
                 match = READY.search(line)
                 if match:
                     self.addr = match.group(1)
                     self._ready.set()
         self._ready.set()  # exited: wake a waiting start()
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Block until the daemon logs a line matching ``pattern``; return the match."""
+        regex = re.compile(pattern)
+        found: list[re.Match[str]] = []
+
+        def logged() -> bool:
+            found.extend(m for line in self.log if (m := regex.search(line)))
+            return bool(found)
+
+        with self._logged:
+            if not self._logged.wait_for(logged, timeout):
+                raise AssertionError(f"the daemon never logged {pattern!r}:\n{self.output}")
+        return found[0]
 
     @property
     def output(self) -> str:
