@@ -6,7 +6,9 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 - add_memory: one new memory per call (unique English-ish sentences, 60-200 chars);
 - add_memories_500: 500 new memories per call (rps is memories/s, latency is per call);
 - get_memory: random ids among the 100k memories of a preloaded namespace;
-- list_memories: the first page of 50 of that 100k-memory namespace.
+- list_memories: the first page of 50 of that 100k-memory namespace;
+- append_message: one message per call, appended to one session;
+- list_messages: a page of 50 (at a random offset) of a session holding 10k messages.
 
 ratio_to_health is the scenario's rps over health_check's at the same in_flight level. This
 machine is noisy (health_check alone varies by +-15% between runs), so each in-flight level runs
@@ -44,9 +46,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
+from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc, session_pb2, session_pb2_grpc
 
-SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories")
+SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
+             "append_message", "list_messages")
+SESSION_MESSAGES = 10_000
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
 READY = re.compile(r"serving on (\S+:\d+)")
 PRELOAD_TOTAL, PRELOAD_BATCH, BATCH = 100_000, 1000, 500
@@ -226,6 +230,22 @@ async def preload(stub: memory_pb2_grpc.MemoryServiceStub, namespace: str,
     return ids
 
 
+async def preload_session(stub: session_pb2_grpc.SessionServiceStub, namespace: str,
+                          session_id: str, sentences: Sentences) -> None:
+    """Start a session and append SESSION_MESSAGES messages to it, 32 in flight."""
+    await stub.StartSession(session_pb2.StartSessionRequest(namespace=namespace,
+                                                            session_id=session_id))
+    remaining = iter(range(SESSION_MESSAGES))
+
+    async def appender() -> None:
+        for i in remaining:
+            await stub.AppendMessage(session_pb2.AppendMessageRequest(
+                namespace=namespace, session_id=session_id, content=sentences(),
+                role=session_pb2.MESSAGE_ROLE_USER if i % 2 else session_pb2.MESSAGE_ROLE_ASSISTANT))
+
+    await asyncio.gather(*(appender() for _ in range(32)))
+
+
 async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> list[dict[str, Any]]:
     tag = f"{random.SystemRandom().getrandbits(32):08x}"  # unique across runs on one daemon
     ns_writes, ns_100k = f"bench-writes-{tag}", f"bench-100k-{tag}"
@@ -235,6 +255,7 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), 10)
         memory = [memory_pb2_grpc.MemoryServiceStub(c) for c in channels]
+        sessions = [session_pb2_grpc.SessionServiceStub(c) for c in channels]
         health = [health_pb2_grpc.HealthStub(c) for c in channels]
         ids: list[int] = []
         if {"get_memory", "list_memories"} & set(args.only):
@@ -242,6 +263,33 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
             ids = await preload(memory[0], ns_100k, sentences)
             print(f"preloaded {len(ids)} memories into {ns_100k} "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        if "list_messages" in args.only:
+            t0 = time.perf_counter()
+            await preload_session(sessions[0], ns_writes, "bench-10k", sentences)
+            print(f"preloaded {SESSION_MESSAGES} messages into a session "
+                  f"in {time.perf_counter() - t0:.1f} s", flush=True)
+        if "append_message" in args.only:
+            await sessions[0].StartSession(session_pb2.StartSessionRequest(
+                namespace=ns_writes, session_id="bench-appends"))
+
+        def append_one() -> session_pb2.AppendMessageRequest:
+            return session_pb2.AppendMessageRequest(
+                namespace=ns_writes, session_id="bench-appends", content=sentences(),
+                role=session_pb2.MESSAGE_ROLE_USER, model="bench", tokens_used=12)
+
+        # A page of 50 at a random offset: the token is opaque, so walk once to collect them.
+        message_pages: list[session_pb2.ListMessagesRequest] = []
+        if "list_messages" in args.only:
+            token = ""
+            while True:
+                page_request = session_pb2.ListMessagesRequest(
+                    namespace=ns_writes, session_id="bench-10k", page_size=50, page_token=token)
+                message_pages.append(page_request)
+                token = (await sessions[0].ListMessages(page_request)).next_page_token
+                if not token:
+                    break
+            random.Random(3).shuffle(message_pages)
 
         def add_one() -> memory_pb2.AddMemoryRequest:
             return memory_pb2.AddMemoryRequest(namespace=ns_writes, content=sentences(),
@@ -280,9 +328,16 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                     elif scenario == "get_memory":
                         methods = [m.GetMemory for m in memory[:n_channels]]
                         requests = itertools.cycle(gets)
-                    else:
+                    elif scenario == "list_memories":
                         methods = [m.ListMemories for m in memory[:n_channels]]
                         requests = itertools.repeat(first_page)
+                    elif scenario == "append_message":
+                        pool = Pool(append_one, int((health_rps or 5000) * seconds * 1.2)
+                                    + in_flight)
+                        methods, requests = [m.AppendMessage for m in sessions[:n_channels]], pool
+                    else:
+                        methods = [m.ListMessages for m in sessions[:n_channels]]
+                        requests = itertools.cycle(message_pages)
                     stats = await measure(methods, requests, in_flight, args.warmup,
                                           args.duration, daemon_pid)
                     if scenario == "health_check":
