@@ -144,7 +144,8 @@ def test_refuses_somebody_elses_sqlite_database(tmp_path: Path) -> None:
 
 
 def test_refuses_an_address_it_cannot_bind(tmp_path: Path) -> None:
-    result = run_daemon_expecting_failure(tmp_path / "jarvis.db", "--addr", "256.1.1.1:1")
+    result = run_daemon_expecting_failure(tmp_path / "jarvis.db", "--addr", "256.1.1.1:1",
+                                          "--insecure")
     assert result.returncode == 2
     assert "cannot listen on 256.1.1.1:1" in result.stderr
 

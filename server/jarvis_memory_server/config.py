@@ -21,6 +21,13 @@ class Config:
     grace_period_s: float = 10.0
     checkpoint_interval_s: float = 1.0
     session_idle_timeout_s: float = 1800.0
+    jwt_secret: str = ""
+    require_auth: bool = False
+    insecure: bool = False
+    auth_cache_ttl_s: float = 1.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
 
@@ -77,6 +84,38 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without a message or event after which the daemon ends a session with "
         "trigger TIMEOUT (env JARVIS_MEMORY_SESSION_IDLE_TIMEOUT; default %(default)s)",
     )
+    auth = parser.add_argument_group("auth and TLS")
+    auth.add_argument(
+        "--jwt-secret", default=_env("JWT_SECRET", ""),
+        help="accept HS256 JWTs signed with this secret; turns auth on "
+        "(env JARVIS_MEMORY_JWT_SECRET; prefer the variable: flags show in ps)",
+    )
+    auth.add_argument(
+        "--require-auth", action="store_true",
+        default=_env("REQUIRE_AUTH", "") not in ("", "0", "false"),
+        help="require a credential even before any API token exists "
+        "(env JARVIS_MEMORY_REQUIRE_AUTH)",
+    )
+    auth.add_argument(
+        "--insecure", action="store_true",
+        default=_env("INSECURE", "") not in ("", "0", "false"),
+        help="allow listening on a non-loopback address with auth off (env JARVIS_MEMORY_INSECURE)",
+    )
+    auth.add_argument(
+        "--auth-cache-ttl", dest="auth_cache_ttl_s", type=float,
+        default=float(_env("AUTH_CACHE_TTL", "1")),
+        help="seconds within which created or revoked API tokens take effect "
+        "(env JARVIS_MEMORY_AUTH_CACHE_TTL; default %(default)s)",
+    )
+    auth.add_argument("--tls-cert", default=_env("TLS_CERT", ""),
+                      help="PEM certificate chain: serve TLS (env JARVIS_MEMORY_TLS_CERT)")
+    auth.add_argument("--tls-key", default=_env("TLS_KEY", ""),
+                      help="PEM private key of --tls-cert (env JARVIS_MEMORY_TLS_KEY)")
+    auth.add_argument(
+        "--tls-client-ca", default=_env("TLS_CLIENT_CA", ""),
+        help="PEM CA bundle: require client certificates it signed, mutual TLS "
+        "(env JARVIS_MEMORY_TLS_CLIENT_CA)",
+    )
     parser.add_argument(
         "--log-level", default=_env("LOG_LEVEL", "INFO"),
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -94,5 +133,12 @@ def from_args(args: argparse.Namespace) -> Config:
         grace_period_s=args.grace_period_s,
         checkpoint_interval_s=args.checkpoint_interval_s,
         session_idle_timeout_s=args.session_idle_timeout_s,
+        jwt_secret=args.jwt_secret,
+        require_auth=args.require_auth,
+        insecure=args.insecure,
+        auth_cache_ttl_s=args.auth_cache_ttl_s,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         log_level=args.log_level,
     )

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import pathlib
 import signal
 import time
 
@@ -24,6 +26,7 @@ from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc, session_pb2, session_p
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
 from jarvis_memory_server.errors import StartupError
+from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.memories import MemoryService
 from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionService
 from jarvis_memory_server.store.sqlite import Checkpointer, Database
@@ -54,6 +57,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self.checkpointer: Checkpointer | None = None
         self.sessions = SessionService(self.db)
+        self.auth = Authenticator(
+            self.db, jwt_secret=config.jwt_secret, require_auth=config.require_auth,
+            cache_ttl_s=config.auth_cache_ttl_s,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
@@ -70,9 +77,11 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._end_idle_sessions()))
             log.info(
                 "jarvis-memory %s serving on %s (database %s, durability %s, revision %d, "
-                "ready in %.0f ms)",
+                "auth %s, tls %s, ready in %.0f ms)",
                 __version__, self.bound_addr, self.db.path, self.config.durability,
-                self.db.revision, (time.monotonic() - started) * 1000,
+                self.db.revision, "on" if self.auth.enabled else "off",
+                "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
+                (time.monotonic() - started) * 1000,
             )
             await self._stop.wait()
             log.info("stopping: refusing new calls, %.0f s grace for in-flight ones",
@@ -95,17 +104,22 @@ class Daemon:
             ]
         )
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(
-            MemoryServicer(MemoryService(self.db)), server
+            MemoryServicer(MemoryService(self.db), self.auth), server
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(self.sessions), server
+            SessionServicer(self.sessions, self.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+        self._check_exposure()
         try:
-            port = server.add_insecure_port(self.config.addr)
+            credentials = self._tls_credentials()
+            if credentials is None:
+                port = server.add_insecure_port(self.config.addr)
+            else:
+                port = server.add_secure_port(self.config.addr, credentials)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.config.addr}: {exc}") from exc
         # With port 0 the OS picks one; report the real address (tests read it from the log).
@@ -115,6 +129,36 @@ class Daemon:
         # The database is open and migrated: only now does the daemon report SERVING.
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _check_exposure(self) -> None:
+        """Refuse to listen beyond loopback with auth off, unless --insecure says so."""
+        if self.auth.enabled or self.config.insecure or is_loopback(self.config.addr):
+            return
+        raise StartupError(
+            f"refusing to listen on {self.config.addr} with auth off: anyone who can reach it "
+            "could read and change every namespace. Set JARVIS_MEMORY_JWT_SECRET, create an "
+            "API token (jarvis-memory token create), listen on 127.0.0.1, or pass --insecure"
+        )
+
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        config = self.config
+        if not (config.tls_cert or config.tls_key):
+            if config.tls_client_ca:
+                raise StartupError("--tls-client-ca needs --tls-cert and --tls-key")
+            return None
+        if not (config.tls_cert and config.tls_key):
+            raise StartupError("TLS needs both --tls-cert and --tls-key")
+        try:
+            key = pathlib.Path(config.tls_key).read_bytes()
+            chain = pathlib.Path(config.tls_cert).read_bytes()
+            client_ca = (
+                pathlib.Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot read a TLS file: {exc}") from exc
+        return grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
 
     async def _end_idle_sessions(self) -> None:
         """End sessions idle longer than the timeout, checking a few times per timeout."""
@@ -146,6 +190,17 @@ class Daemon:
         if self.checkpointer is not None:
             self.checkpointer.stop()
         self.db.close()
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether host:port names a loopback address (127.0.0.0/8, ::1, localhost)."""
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(config: Config) -> None:

@@ -43,6 +43,18 @@ class AlreadyExists(JarvisError):
     reason = "ALREADY_EXISTS"
 
 
+class Unauthenticated(JarvisError):
+    """The credential is missing, malformed, expired, badly signed, unknown or revoked."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(JarvisError):
+    """The credential is valid but does not allow this call (role or namespace)."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class FailedPrecondition(JarvisError):
     """The resource's state forbids the operation (already ended, already finished...)."""
 

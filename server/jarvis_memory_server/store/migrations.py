@@ -103,6 +103,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             '"logged_at")',
         ),
     ),
+    Migration(
+        3,
+        "API tokens",
+        (
+            'CREATE TABLE "api_tokens" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"token_id" TEXT NOT NULL, "secret_sha256" BLOB NOT NULL, '
+            '"role" TEXT NOT NULL CHECK (role IN (\'reader\', \'writer\', \'admin\')), '
+            '"namespaces" TEXT NOT NULL, "label" TEXT NOT NULL, '
+            '"created_at" INTEGER NOT NULL, "revoked_at" INTEGER)',
+            'CREATE UNIQUE INDEX "api_tokens_token_id" ON "api_tokens" ("token_id")',
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -171,4 +171,24 @@ class SessionEvent(BaseModel):
         )
 
 
-ALL_MODELS: tuple[type[BaseModel], ...] = (Change, Memory, Session, Message, SessionEvent)
+class ApiToken(BaseModel):
+    """An API token the daemon issued. Only a hash of its secret is kept."""
+
+    ROLES: ClassVar[tuple[str, ...]] = ("reader", "writer", "admin")
+
+    id = AutoIncrementField()
+    token_id = pw.TextField(unique=True)  # the public part of the token, for list and revoke
+    secret_sha256 = pw.BlobField()
+    role = pw.TextField(constraints=[pw.Check("role IN ('reader', 'writer', 'admin')")])
+    namespaces = pw.TextField()  # JSON list of names; ["*"] is every namespace
+    label = pw.TextField(default="")
+    created_at = pw.BigIntegerField()
+    revoked_at = pw.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "api_tokens"
+
+
+ALL_MODELS: tuple[type[BaseModel], ...] = (
+    Change, Memory, Session, Message, SessionEvent, ApiToken
+)

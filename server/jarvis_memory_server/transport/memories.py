@@ -9,6 +9,7 @@ import grpc
 
 from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
+from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.memories import MemoryRow, MemoryService, NewMemory
 from jarvis_memory_server.transport.convert import (
@@ -61,8 +62,8 @@ def new_memory(
 class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
     """Serves jarvis.memory.v1.MemoryService."""
 
-    def __init__(self, memories: MemoryService) -> None:
-        super().__init__(memories)
+    def __init__(self, memories: MemoryService, auth: Authenticator) -> None:
+        super().__init__(memories, auth, memory_pb2.DESCRIPTOR.services_by_name["MemoryService"])
         self._memories = memories
 
     @write_rpc

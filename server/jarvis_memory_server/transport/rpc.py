@@ -12,11 +12,14 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from jarvis.memory.v1 import common_pb2
 from jarvis_memory_server import errors
-from jarvis_memory_server.service.common import ServiceBase
+from jarvis_memory_server.service.auth import Authenticator
+from jarvis_memory_server.service.common import DEFAULT_NAMESPACE, ServiceBase
 from jarvis_memory_server.store.writes import pending_commit
 
 log = logging.getLogger("jarvis_memory.rpc")
@@ -28,6 +31,8 @@ STATUS_OF: dict[type[errors.JarvisError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -41,6 +46,9 @@ Response = TypeVar("Response")
 class Servicer(Protocol):
     """What the RPC wrappers need from a servicer."""
 
+    auth: Authenticator
+    access: dict[str, str]
+
     @property
     def revision(self) -> int:
         """The store's last committed revision, for the headers of read responses."""
@@ -50,10 +58,27 @@ class Servicer(Protocol):
 
 
 class ServicerBase:
-    """Gives a servicer what the RPC wrappers need, from its service."""
+    """Gives a servicer what the RPC wrappers need: its service, auth, and each RPC's access.
 
-    def __init__(self, service: ServiceBase) -> None:
+    The access each RPC needs comes from its proto option (jarvis.memory.v1.access); start-up
+    fails if an RPC has none, or if a read_rpc handler serves an RPC declared as a write or
+    the other way round.
+    """
+
+    def __init__(
+        self, service: ServiceBase, auth: Authenticator, descriptor: ServiceDescriptor
+    ) -> None:
         self._service = service
+        self.auth = auth
+        self.access = {}
+        for method in descriptor.methods:
+            level = ACCESS_NAMES.get(method.GetOptions().Extensions[common_pb2.access])
+            if level is None:
+                raise TypeError(f"{method.full_name} declares no access option")
+            writes = getattr(getattr(type(self), method.name), "writes", None)
+            if writes is None or (writes != (level != "read") and level != "admin"):
+                raise TypeError(f"{method.full_name}: handler kind does not match {level} access")
+            self.access[method.name] = level
 
     @property
     def revision(self) -> int:
@@ -63,6 +88,30 @@ class ServicerBase:
     async def writable(self) -> None:
         """Wait until writes may run."""
         await self._service.writable()
+
+
+ACCESS_NAMES = {
+    common_pb2.ACCESS_READ: "read",
+    common_pb2.ACCESS_WRITE: "write",
+    common_pb2.ACCESS_ADMIN: "admin",
+}
+
+
+def check_credentials(servicer: Servicer, method: str, request: Any, context: Any) -> None:
+    """Authenticate and authorize a call when auth is on.
+
+    Raises Unauthenticated and PermissionDenied.
+    """
+    auth = servicer.auth
+    if not auth.enabled:
+        return
+    authorization = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = value
+            break
+    principal = auth.authenticate(authorization)
+    auth.authorize(principal, request.namespace or DEFAULT_NAMESPACE, servicer.access[method])
 
 
 S = TypeVar("S", bound=Servicer)
@@ -95,6 +144,7 @@ def read_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Resp
     @functools.wraps(handler)
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
+            check_credentials(self, method, request, context)
             response = handler(self, request, context)
             if pending_commit() is not None:  # a write here would be answered uncommitted
                 raise RuntimeError(f"{method} is a read_rpc but wrote")
@@ -104,6 +154,7 @@ def read_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Resp
             await abort(context, method, exc)
             raise  # pragma: no cover - abort raises
 
+    wrapper.writes = False  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -118,6 +169,7 @@ def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Res
     @functools.wraps(handler)
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
+            check_credentials(self, method, request, context)
             await self.writable()
             pending_commit()  # clear: a failed handler must not leave its state to this call
             response = handler(self, request, context)
@@ -133,6 +185,7 @@ def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Res
             await abort(context, method, exc)
             raise  # pragma: no cover - abort raises
 
+    wrapper.writes = True  # type: ignore[attr-defined]
     return wrapper
 
 

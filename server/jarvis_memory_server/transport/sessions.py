@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from jarvis.memory.v1 import session_pb2, session_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
+from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.sessions import (
     EventRow,
@@ -85,8 +86,8 @@ def fill_event(message: session_pb2.SessionEvent, row: EventRow) -> session_pb2.
 class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
     """Serves jarvis.memory.v1.SessionService."""
 
-    def __init__(self, sessions: SessionService) -> None:
-        super().__init__(sessions)
+    def __init__(self, sessions: SessionService, auth: Authenticator) -> None:
+        super().__init__(sessions, auth, session_pb2.DESCRIPTOR.services_by_name["SessionService"])
         self._sessions = sessions
 
     @write_rpc

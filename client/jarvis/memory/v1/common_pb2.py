@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djarvis/memory/v1/common.proto\x12\x10jarvis.memory.v1\"\"\n\x0eResponseHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djarvis/memory/v1/common.proto\x12\x10jarvis.memory.v1\x1a google/protobuf/descriptor.proto\"\"\n\x0eResponseHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03*U\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43\x43\x45SS_READ\x10\x01\x12\x10\n\x0c\x41\x43\x43\x45SS_WRITE\x10\x02\x12\x10\n\x0c\x41\x43\x43\x45SS_ADMIN\x10\x03:J\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0e\x32\x18.jarvis.memory.v1.AccessBIZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,6 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jarvis.memory.v1.common_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1'
-  _globals['_RESPONSEHEADER']._serialized_start=51
-  _globals['_RESPONSEHEADER']._serialized_end=85
+  _globals['_ACCESS']._serialized_start=121
+  _globals['_ACCESS']._serialized_end=206
+  _globals['_RESPONSEHEADER']._serialized_start=85
+  _globals['_RESPONSEHEADER']._serialized_end=119
 # @@protoc_insertion_point(module_scope)

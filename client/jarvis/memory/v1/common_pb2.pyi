@@ -4,7 +4,10 @@ isort:skip_file
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +18,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Access:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccessEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Access.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCESS_UNSPECIFIED: _Access.ValueType  # 0
+    """ACCESS_UNSPECIFIED is never used on an RPC."""
+    ACCESS_READ: _Access.ValueType  # 1
+    """ACCESS_READ: any role (reader, writer, admin) may call the RPC."""
+    ACCESS_WRITE: _Access.ValueType  # 2
+    """ACCESS_WRITE: the writer and admin roles may call the RPC."""
+    ACCESS_ADMIN: _Access.ValueType  # 3
+    """ACCESS_ADMIN: only the admin role may call the RPC."""
+
+class Access(_Access, metaclass=_AccessEnumTypeWrapper):
+    """Access is the least role a credential needs to call an RPC, once auth is on."""
+
+ACCESS_UNSPECIFIED: Access.ValueType  # 0
+"""ACCESS_UNSPECIFIED is never used on an RPC."""
+ACCESS_READ: Access.ValueType  # 1
+"""ACCESS_READ: any role (reader, writer, admin) may call the RPC."""
+ACCESS_WRITE: Access.ValueType  # 2
+"""ACCESS_WRITE: the writer and admin roles may call the RPC."""
+ACCESS_ADMIN: Access.ValueType  # 3
+"""ACCESS_ADMIN: only the admin role may call the RPC."""
+Global___Access: _TypeAlias = Access  # noqa: Y015
 
 @_typing.final
 class ResponseHeader(_message.Message):
@@ -43,3 +74,9 @@ class ResponseHeader(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResponseHeader: _TypeAlias = ResponseHeader  # noqa: Y015
+
+ACCESS_FIELD_NUMBER: _builtins.int
+access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Access.ValueType]
+"""access says which role may call the RPC; every RPC of the API sets it, and the daemon
+enforces it from this option.
+"""
