@@ -45,7 +45,10 @@ class ClientBase:
 
     ``namespace`` is used by every call that does not name its own ("" means "default").
     ``timeout`` is each call's deadline in seconds, retries included; ``retry`` says how calls
-    that are safe to repeat are retried on UNAVAILABLE. ``options`` are gRPC channel options.
+    that are safe to repeat are retried on UNAVAILABLE. ``token`` (an API token or a JWT) is
+    sent on every call as ``authorization: Bearer <token>``. TLS is used when ``tls`` is true or
+    any of ``ca_file`` (the CA to trust instead of the system's), ``cert_file`` and ``key_file``
+    (a client certificate, for mutual TLS) is given. ``options`` are gRPC channel options.
     Errors are raised as jarvis_memory.errors.JarvisMemoryError subclasses. The raw channel
     stays reachable as ``channel`` for the generated stubs.
     """
@@ -59,15 +62,32 @@ class ClientBase:
         namespace: str = "",
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.namespace = namespace
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.channel = self._open_channel(target, list(options))
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        credentials = None
+        if tls or ca_file or cert_file or key_file:
+            if bool(cert_file) != bool(key_file):
+                raise ValueError("a client certificate needs both cert_file and key_file")
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(ca_file),
+                private_key=_read(key_file),
+                certificate_chain=_read(cert_file),
+            )
+        self.channel = self._open_channel(target, list(options), credentials)
         self._methods: dict[str, Any] = {}
 
-    def _open_channel(self, target: str, options: list[tuple[str, Any]]) -> Any:
+    def _open_channel(
+        self, target: str, options: list[tuple[str, Any]], credentials: Any
+    ) -> Any:
         raise NotImplementedError
 
     def _method(self, rpc: Rpc[Any]) -> Any:
@@ -92,6 +112,13 @@ class ClientBase:
 
     def _ns(self, namespace: str | None) -> str:
         return self.namespace if namespace is None else namespace
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
 
 
 # -- conversions ----------------------------------------------------------------------------

@@ -26,8 +26,12 @@ class AsyncClient(api.ClientBase):
     The arguments are ClientBase's.
     """
 
-    def _open_channel(self, target: str, options: list[tuple[str, Any]]) -> Any:
-        return grpc.aio.insecure_channel(target, options=options)
+    def _open_channel(
+        self, target: str, options: list[tuple[str, Any]], credentials: Any
+    ) -> Any:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -53,7 +57,9 @@ class AsyncClient(api.ClientBase):
         while True:
             try:
                 remaining = max(0.0, deadline - time.monotonic())
-                return rpc.convert(await method(request, timeout=remaining))
+                return rpc.convert(
+                    await method(request, timeout=remaining, metadata=self._metadata)
+                )
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
             pause = self._retry_pause(rpc, error, attempt, deadline)

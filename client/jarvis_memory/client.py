@@ -21,8 +21,12 @@ R = TypeVar("R")
 class Client(api.ClientBase):
     """A connection to a jarvis-memory daemon (see ClientBase for the arguments)."""
 
-    def _open_channel(self, target: str, options: list[tuple[str, Any]]) -> Any:
-        return grpc.insecure_channel(target, options=options)
+    def _open_channel(
+        self, target: str, options: list[tuple[str, Any]], credentials: Any
+    ) -> Any:
+        if credentials is None:
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(target, credentials, options=options)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -46,7 +50,9 @@ class Client(api.ClientBase):
         while True:
             try:
                 remaining = max(0.0, deadline - time.monotonic())
-                return rpc.convert(method(request, timeout=remaining))
+                return rpc.convert(
+                    method(request, timeout=remaining, metadata=self._metadata)
+                )
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
             pause = self._retry_pause(rpc, error, attempt, deadline)
