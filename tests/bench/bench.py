@@ -18,6 +18,8 @@ The client is grpc.aio with the generated stubs, N worker coroutines keeping N c
 and requests built before timing, so that it stays cheap next to the daemon on a small machine.
 The cli%/srv% columns are the CPU used by this process and by the daemon (100% = one core).
 
+`--auth` runs the daemon with auth on and sends a JWT with every call, to measure its cost.
+
 Run: `make bench`, or `.venv/bin/python tests/bench/bench.py --duration 2 --only get_memory`;
 `--addr HOST:PORT` benches an already running daemon. Results go to bench-results.json at the
 repo root.
@@ -27,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import math
 import os
 import random
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -47,6 +51,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc, session_pb2, session_pb2_grpc
+from jarvis_memory_server.service.auth import sign_jwt
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
              "append_message", "list_messages")
@@ -105,7 +110,8 @@ class Pool:
 class LocalDaemon:
     """`python -m jarvis_memory_server serve` on a fresh temporary database."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.tmp = tempfile.TemporaryDirectory(prefix="jarvis-bench-")
         self.log_path = Path(self.tmp.name) / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -115,7 +121,7 @@ class LocalDaemon:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", "127.0.0.1:0",
                  "--db", str(Path(self.tmp.name) / "jarvis.db")],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -256,6 +262,11 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
             await asyncio.wait_for(channel.channel_ready(), 10)
         memory = [memory_pb2_grpc.MemoryServiceStub(c) for c in channels]
         sessions = [session_pb2_grpc.SessionServiceStub(c) for c in channels]
+        if args.token:  # send the credential on every call, as an authenticated client does
+            metadata = (("authorization", f"Bearer {args.token}"),)
+            for stub in (*memory, *sessions):
+                for name, value in list(vars(stub).items()):
+                    setattr(stub, name, functools.partial(value, metadata=metadata))
         health = [health_pb2_grpc.HealthStub(c) for c in channels]
         ids: list[int] = []
         if {"get_memory", "list_memories"} & set(args.only):
@@ -380,6 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated scenarios, from: {', '.join(SCENARIOS)}")
     parser.add_argument("--in-flight", default="1,64", help="comma-separated levels (default 1,64)")
     parser.add_argument("--addr", help="HOST:PORT of a running daemon; none: start one")
+    parser.add_argument("--auth", action="store_true",
+                        help="turn auth on in the daemon started here and send a JWT on every call")
+    parser.add_argument("--token", help="credential to send on every call (with --addr)")
     args = parser.parse_args(argv)
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     if unknown := wanted - set(SCENARIOS):
@@ -395,7 +409,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    daemon = None if args.addr else LocalDaemon()
+    env = {}
+    if args.auth and not args.addr:
+        secret = "bench-" + secrets.token_hex(16)
+        env["JARVIS_MEMORY_JWT_SECRET"] = secret
+        args.token = sign_jwt({"sub": "bench", "role": "admin", "namespaces": ["*"],
+                               "exp": int(time.time()) + 86_400}, secret.encode())
+    daemon = None if args.addr else LocalDaemon(env)
     try:
         addr = args.addr or daemon.start()  # type: ignore[union-attr]
         pid = daemon.proc.pid if daemon and daemon.proc else None
