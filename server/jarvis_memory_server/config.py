@@ -21,6 +21,8 @@ class Config:
     grace_period_s: float = 10.0
     checkpoint_interval_s: float = 1.0
     session_idle_timeout_s: float = 1800.0
+    snapshot_keep: int = 1000
+    snapshot_max_age_s: float = 0.0
     jwt_secret: str = ""
     require_auth: bool = False
     insecure: bool = False
@@ -84,6 +86,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without a message or event after which the daemon ends a session with "
         "trigger TIMEOUT (env JARVIS_MEMORY_SESSION_IDLE_TIMEOUT; default %(default)s)",
     )
+    parser.add_argument(
+        "--snapshot-keep", type=int, default=int(_env("SNAPSHOT_KEEP", "1000")),
+        help="keep the newest N snapshots of each kind, 0 for all "
+        "(env JARVIS_MEMORY_SNAPSHOT_KEEP; default %(default)s)",
+    )
+    parser.add_argument(
+        "--snapshot-max-age", dest="snapshot_max_age_s", type=float,
+        default=float(_env("SNAPSHOT_MAX_AGE", "0")),
+        help="drop snapshots older than this many seconds, 0 to keep them "
+        "(env JARVIS_MEMORY_SNAPSHOT_MAX_AGE; default %(default)s)",
+    )
     auth = parser.add_argument_group("auth and TLS")
     auth.add_argument(
         "--jwt-secret", default=_env("JWT_SECRET", ""),
@@ -133,6 +146,8 @@ def from_args(args: argparse.Namespace) -> Config:
         grace_period_s=args.grace_period_s,
         checkpoint_interval_s=args.checkpoint_interval_s,
         session_idle_timeout_s=args.session_idle_timeout_s,
+        snapshot_keep=max(0, args.snapshot_keep),
+        snapshot_max_age_s=max(0.0, args.snapshot_max_age_s),
         jwt_secret=args.jwt_secret,
         require_auth=args.require_auth,
         insecure=args.insecure,

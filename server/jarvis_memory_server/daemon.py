@@ -17,28 +17,47 @@ import logging
 import pathlib
 import signal
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc, session_pb2, session_pb2_grpc
+from jarvis.memory.v1 import (
+    event_pb2,
+    event_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    preference_pb2,
+    preference_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+    snapshot_pb2,
+    snapshot_pb2_grpc,
+)
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
 from jarvis_memory_server.errors import StartupError
 from jarvis_memory_server.service.auth import Authenticator
+from jarvis_memory_server.service.events import EventService
 from jarvis_memory_server.service.memories import MemoryService
+from jarvis_memory_server.service.preferences import PreferenceService
 from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionService
+from jarvis_memory_server.service.snapshots import AGE_SWEEP_BATCH, SnapshotService
 from jarvis_memory_server.store.sqlite import Checkpointer, Database
 from jarvis_memory_server.store.writes import pending_commit
+from jarvis_memory_server.transport.events import EventServicer
 from jarvis_memory_server.transport.memories import MemoryServicer
+from jarvis_memory_server.transport.preferences import PreferenceServicer
 from jarvis_memory_server.transport.sessions import SessionServicer
+from jarvis_memory_server.transport.snapshots import SnapshotServicer
 
 log = logging.getLogger("jarvis_memory")
 
-SERVICE_NAMES = (
-    memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
-    session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+SERVICE_NAMES = tuple(
+    service.full_name
+    for module in (memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
 )
 
 
@@ -57,6 +76,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self.checkpointer: Checkpointer | None = None
         self.sessions = SessionService(self.db)
+        self.snapshots = SnapshotService(
+            self.db, keep=config.snapshot_keep, max_age_s=config.snapshot_max_age_s
+        )
         self.auth = Authenticator(
             self.db, jwt_secret=config.jwt_secret, require_auth=config.require_auth,
             cache_ttl_s=config.auth_cache_ttl_s,
@@ -74,7 +96,18 @@ class Daemon:
                 loop.add_signal_handler(sig, self._stop.set)
             self.checkpointer = Checkpointer(self.db, self.config.checkpoint_interval_s)
             self.checkpointer.start()
-            self._tasks.append(asyncio.create_task(self._end_idle_sessions()))
+            idle_s = self.config.session_idle_timeout_s
+            self._tasks.append(asyncio.create_task(self._sweep(
+                min(max(idle_s / 4, 0.05), 30.0), IDLE_SWEEP_BATCH,
+                lambda: self.sessions.end_idle(int(idle_s * 1_000_000)),
+                f"ended %d sessions idle for over {idle_s:g} s",
+            )))
+            if self.snapshots.max_age_s > 0:
+                self._tasks.append(asyncio.create_task(self._sweep(
+                    min(max(self.snapshots.max_age_s / 4, 0.05), 60.0), AGE_SWEEP_BATCH,
+                    self.snapshots.drop_old,
+                    f"dropped %d snapshots older than {self.snapshots.max_age_s:g} s",
+                )))
             log.info(
                 "jarvis-memory %s serving on %s (database %s, durability %s, revision %d, "
                 "auth %s, tls %s, ready in %.0f ms)",
@@ -108,6 +141,15 @@ class Daemon:
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.sessions, self.auth), server
+        )
+        event_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(EventService(self.db), self.auth), server
+        )
+        snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server(
+            SnapshotServicer(self.snapshots, self.auth), server
+        )
+        preference_pb2_grpc.add_PreferenceServiceServicer_to_server(
+            PreferenceServicer(PreferenceService(self.db), self.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -160,24 +202,24 @@ class Daemon:
             [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
         )
 
-    async def _end_idle_sessions(self) -> None:
-        """End sessions idle longer than the timeout, checking a few times per timeout."""
-        timeout_s = self.config.session_idle_timeout_s
-        interval = min(max(timeout_s / 4, 0.05), 30.0)
+    async def _sweep(
+        self, interval_s: float, batch: int, step: Callable[[], int], done: str
+    ) -> None:
+        """Run a maintenance write every interval, repeating while it fills a batch."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval_s)
             try:
-                ended = IDLE_SWEEP_BATCH
-                while ended == IDLE_SWEEP_BATCH:
+                count = batch
+                while count == batch:
                     await self.db.writes.writable()
-                    ended = self.sessions.end_idle(int(timeout_s * 1_000_000))
+                    count = step()
                     pending = pending_commit()
                     if pending is not None:
                         await pending.committed
-                    if ended:
-                        log.info("ended %d sessions idle for over %g s", ended, timeout_s)
+                    if count:
+                        log.info(done, count)
             except Exception:  # keep sweeping: the next round may succeed
-                log.exception("ending idle sessions failed")
+                log.exception("maintenance failed: %s", done)
 
     async def _shutdown(self) -> None:
         for task in self._tasks:

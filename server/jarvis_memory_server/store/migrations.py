@@ -115,6 +115,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             'CREATE UNIQUE INDEX "api_tokens_token_id" ON "api_tokens" ("token_id")',
         ),
     ),
+    Migration(
+        4,
+        "events, snapshots and preferences",
+        (
+            'CREATE TABLE "events" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "occurred_at" INTEGER NOT NULL, '
+            '"type" TEXT NOT NULL CHECK (type IN (\'alert\', \'action\', \'status\', \'metric\')), '
+            '"severity" INTEGER NOT NULL CHECK (severity BETWEEN 1 AND 4), '
+            '"source" TEXT NOT NULL CHECK (source IN (\'monitor\', \'user\', \'agent\', '
+            '\'system\')), "node" TEXT NOT NULL, "summary" TEXT NOT NULL, "details" TEXT, '
+            '"resolved" INTEGER NOT NULL, "resolved_at" INTEGER, '
+            '"resolved_by" TEXT NOT NULL, "revision" INTEGER NOT NULL)',
+            'CREATE INDEX "events_namespace_occurred_at" ON "events" ("namespace", '
+            '"occurred_at")',
+            'CREATE INDEX "events_namespace_node_occurred_at" ON "events" ("namespace", '
+            '"node", "occurred_at")',
+            'CREATE INDEX "events_unresolved_namespace_occurred_at" ON "events" ("namespace", '
+            '"occurred_at") WHERE ("resolved" = 0)',
+            'CREATE TABLE "snapshots" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "kind" TEXT NOT NULL, "taken_at" INTEGER NOT NULL, '
+            '"data" TEXT NOT NULL, "revision" INTEGER NOT NULL)',
+            'CREATE INDEX "snapshots_namespace_kind_taken_at" ON "snapshots" ("namespace", '
+            '"kind", "taken_at")',
+            'CREATE INDEX "snapshots_taken_at" ON "snapshots" ("taken_at")',
+            'CREATE TABLE "preferences" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "key" TEXT NOT NULL, "value" TEXT NOT NULL, '
+            '"created_at" INTEGER NOT NULL, "updated_at" INTEGER NOT NULL, '
+            '"revision" INTEGER NOT NULL)',
+            'CREATE UNIQUE INDEX "preferences_namespace_key" ON "preferences" ("namespace", '
+            '"key")',
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -189,6 +189,76 @@ class ApiToken(BaseModel):
         table_name = "api_tokens"
 
 
+class Event(BaseModel):
+    """Something a monitor, user or agent observed or did; resolvable."""
+
+    TYPES: ClassVar[tuple[str, ...]] = ("alert", "action", "status", "metric")
+    SOURCES: ClassVar[tuple[str, ...]] = ("monitor", "user", "agent", "system")
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    occurred_at = pw.BigIntegerField()
+    type = pw.TextField(constraints=[pw.Check("type IN ('alert', 'action', 'status', 'metric')")])
+    # 1 info, 2 warning, 3 error, 4 critical: a number, so that "at least" is a comparison.
+    severity = pw.SmallIntegerField(constraints=[pw.Check("severity BETWEEN 1 AND 4")])
+    source = pw.TextField(
+        constraints=[pw.Check("source IN ('monitor', 'user', 'agent', 'system')")]
+    )
+    node = pw.TextField(default="")
+    summary = pw.TextField()
+    details = pw.TextField(null=True)
+    resolved = pw.BooleanField(default=False)
+    resolved_at = pw.BigIntegerField(null=True)
+    resolved_by = pw.TextField(default="")
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "events"
+        # Newest first on (occurred_at, id); node has its own index, unresolved events (the
+        # dashboard's question) a partial one; type, severity and source filter along them.
+        indexes = (
+            (("namespace", "occurred_at"), False),
+            (("namespace", "node", "occurred_at"), False),
+        )
+
+
+Event.add_index(
+    Event.index(Event.namespace, Event.occurred_at, name="events_unresolved_namespace_occurred_at")
+    .where(Event.resolved == False)  # noqa: E712 - a SQL expression
+)
+
+
+class Snapshot(BaseModel):
+    """A point-in-time JSON document of some kind."""
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    kind = pw.TextField()
+    taken_at = pw.BigIntegerField()
+    data = pw.TextField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "snapshots"
+        indexes = ((("namespace", "kind", "taken_at"), False), (("taken_at",), False))
+
+
+class Preference(BaseModel):
+    """A setting: key -> JSON value, unique per namespace."""
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    key = pw.TextField()
+    value = pw.TextField()
+    created_at = pw.BigIntegerField()
+    updated_at = pw.BigIntegerField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "preferences"
+        indexes = ((("namespace", "key"), True),)
+
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
-    Change, Memory, Session, Message, SessionEvent, ApiToken
+    Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference
 )

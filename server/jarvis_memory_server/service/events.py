@@ -1,0 +1,168 @@
+"""Event rules: validation, filters, pagination, resolving once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from jarvis_memory_server.service.common import (
+    ServiceBase,
+    decode_page_token,
+    encode_page_token,
+    filter_fingerprint,
+    json_object,
+    page_size,
+)
+from jarvis_memory_server.store.events import EventRow, EventStore
+from jarvis_memory_server.store.models import Event
+from jarvis_memory_server.store.sqlite import Database, now_us
+
+__all__ = ["SEVERITIES", "EventRow", "EventService", "NewEvent"]
+
+SEVERITIES = ("info", "warning", "error", "critical")  # stored as 1..4
+MAX_SUMMARY_CHARS = 1024
+MAX_NODE_CHARS = 128
+MAX_DETAILS_BYTES = 65536
+MAX_RESOLVED_BY_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to record; enums are lowercase names, occurred_at µs (None: now)."""
+
+    type: str
+    severity: str
+    source: str
+    summary: str
+    node: str = ""
+    details: dict[str, Any] | None = None
+    occurred_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """ListEvents filters; None (or empty) means "any"."""
+
+    types: tuple[str, ...] = ()
+    min_severity: str | None = None
+    node: str | None = None
+    source: str | None = None
+    since: int | None = None
+    until: int | None = None
+    resolved: bool | None = None
+
+
+class EventService(ServiceBase):
+    """Records, reads, lists and resolves events."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self._store = EventStore(db)
+
+    def record(self, namespace: str, event: NewEvent) -> EventRow:
+        """Record an event. Raises InvalidArgument for a missing or malformed field."""
+        _choice(event.type, Event.TYPES, "type")
+        _choice(event.severity, SEVERITIES, "severity")
+        _choice(event.source, Event.SOURCES, "source")
+        summary = event.summary.strip()
+        if not summary:
+            raise InvalidArgument("summary", "is required")
+        if "\n" in summary or "\r" in summary:
+            raise InvalidArgument("summary", "must be one line (no line breaks)")
+        if len(summary) > MAX_SUMMARY_CHARS:
+            raise InvalidArgument("summary", f"is longer than {MAX_SUMMARY_CHARS} characters")
+        if len(event.node) > MAX_NODE_CHARS:
+            raise InvalidArgument("node", f"is longer than {MAX_NODE_CHARS} characters")
+        now = now_us()
+        values = {
+            "namespace": namespace, "type": event.type,
+            "severity": SEVERITIES.index(event.severity) + 1, "source": event.source,
+            "node": event.node, "summary": summary,
+            "details": json_object(event.details, "details", MAX_DETAILS_BYTES),
+            "occurred_at": now if event.occurred_at is None else event.occurred_at, "now": now,
+        }
+        with self._db.write() as txn:
+            return self._store.insert(txn, values)
+
+    def get(self, namespace: str, event_id: int) -> EventRow:
+        """Return an event. Raises NotFound, InvalidArgument for a non-positive id."""
+        _check_id(event_id)
+        row = self._store.get(namespace, event_id)
+        if row is None:
+            raise _not_found(namespace, event_id)
+        return row
+
+    def resolve(self, namespace: str, event_id: int, resolved_by: str) -> EventRow:
+        """Mark an event resolved by someone, now.
+
+        Raises NotFound, FailedPrecondition when it is already resolved, InvalidArgument.
+        """
+        _check_id(event_id)
+        if not resolved_by.strip():
+            raise InvalidArgument("resolved_by", "is required")
+        if len(resolved_by) > MAX_RESOLVED_BY_CHARS:
+            raise InvalidArgument(
+                "resolved_by", f"is longer than {MAX_RESOLVED_BY_CHARS} characters"
+            )
+        with self._db.write() as txn:
+            event = self._store.get_for_write(txn, namespace, event_id)
+            if event is None:
+                raise _not_found(namespace, event_id)
+            resolved = None if event.resolved else self._store.resolve(
+                txn, event, resolved_by, now_us()
+            )
+            if resolved is None:
+                raise FailedPrecondition(
+                    f"event {event_id} was already resolved by {event.resolved_by!r}",
+                    reason="EVENT_RESOLVED", namespace=namespace, id=str(event_id),
+                )
+            return resolved
+
+    def list_page(
+        self, namespace: str, filters: EventFilter, *, size: int = 0, token: str = ""
+    ) -> tuple[list[EventRow], str]:
+        """Return one page of events newest first, and the next page's token."""
+        limit = page_size(size)
+        for t in filters.types:
+            _choice(t, Event.TYPES, "types")
+        values: dict[str, Any] = {}
+        if filters.min_severity is not None:
+            _choice(filters.min_severity, SEVERITIES, "min_severity")
+            values["min_severity"] = SEVERITIES.index(filters.min_severity) + 1
+        if filters.source is not None:
+            _choice(filters.source, Event.SOURCES, "source")
+            values["source"] = filters.source
+        for name in ("node", "since", "until", "resolved"):
+            if getattr(filters, name) is not None:
+                values[name] = getattr(filters, name)
+        types = tuple(sorted(set(filters.types)))
+        fingerprint = filter_fingerprint(namespace, {**values, "types": list(types)})
+        if token:
+            cursor = decode_page_token(token, fingerprint)
+            at, last = cursor.get("at"), cursor.get("id")
+            if not (isinstance(at, int) and isinstance(last, int)):
+                raise InvalidArgument("page_token", "is not a token this server issued")
+            values["cursor_at"], values["cursor_id"] = at, last
+        rows = self._store.page(namespace, values, types, limit + 1)
+        if len(rows) <= limit:
+            return rows, ""
+        rows = rows[:limit]
+        return rows, encode_page_token({"at": rows[-1].occurred_at, "id": rows[-1].id}, fingerprint)
+
+
+def _choice(value: str, allowed: tuple[str, ...], field: str) -> None:
+    if value not in allowed:
+        raise InvalidArgument(field, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_id(event_id: int) -> None:
+    if event_id <= 0:
+        raise InvalidArgument("id", f"must be a positive event id (got {event_id})")
+
+
+def _not_found(namespace: str, event_id: int) -> NotFound:
+    return NotFound(
+        f"event {event_id} does not exist in namespace {namespace!r}",
+        reason="EVENT_NOT_FOUND", namespace=namespace, id=str(event_id),
+    )
