@@ -27,7 +27,16 @@ from jarvis_memory.errors import (
     Unauthenticated,
     Unavailable,
 )
-from jarvis_memory.types import Memory, Message, Page, Session, SessionEvent
+from jarvis_memory.types import (
+    Event,
+    Memory,
+    Message,
+    Page,
+    Preference,
+    Session,
+    SessionEvent,
+    Snapshot,
+)
 
 __all__ = [
     "NO_RETRY",
@@ -37,6 +46,7 @@ __all__ = [
     "Client",
     "DataLoss",
     "DeadlineExceeded",
+    "Event",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
@@ -47,10 +57,12 @@ __all__ = [
     "OutOfRange",
     "Page",
     "PermissionDenied",
+    "Preference",
     "ResourceExhausted",
     "RetryPolicy",
     "Session",
     "SessionEvent",
+    "Snapshot",
     "Unauthenticated",
     "Unavailable",
 ]

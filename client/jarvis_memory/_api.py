@@ -13,15 +13,27 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message as ProtoMessage
 
-from jarvis.memory.v1 import memory_pb2, session_pb2
+from jarvis.memory.v1 import event_pb2, memory_pb2, preference_pb2, session_pb2, snapshot_pb2
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import JarvisMemoryError
-from jarvis_memory.types import Memory, Message, Page, Session, SessionEvent
+from jarvis_memory.types import (
+    Event,
+    Memory,
+    Message,
+    Page,
+    Preference,
+    Session,
+    SessionEvent,
+    Snapshot,
+)
 
 R = TypeVar("R")
 
 _MEMORY_SERVICE = "/jarvis.memory.v1.MemoryService/"
 _SESSION_SERVICE = "/jarvis.memory.v1.SessionService/"
+_EVENT_SERVICE = "/jarvis.memory.v1.EventService/"
+_SNAPSHOT_SERVICE = "/jarvis.memory.v1.SnapshotService/"
+_PREFERENCE_SERVICE = "/jarvis.memory.v1.PreferenceService/"
 
 
 @dataclass(frozen=True)
@@ -566,3 +578,182 @@ APPEND_MESSAGE = Rpc(_SESSION_SERVICE + "AppendMessage", session_pb2.AppendMessa
                      session_pb2.AppendMessageResponse, _message, idempotent=False)
 LIST_MESSAGES = Rpc(_SESSION_SERVICE + "ListMessages", session_pb2.ListMessagesRequest,
                     session_pb2.ListMessagesResponse, _message_page, idempotent=True)
+
+
+# -- events, snapshots, preferences ---------------------------------------------------------
+
+
+def _event_enum(enum: Any, prefix: str, field: str) -> Callable[[str | int], Any]:
+    return lambda value: _enum_value(enum, prefix, value, field)
+
+
+event_type_value = _event_enum(event_pb2.EventType, "EVENT_TYPE_", "type")
+severity_value = _event_enum(event_pb2.EventSeverity, "EVENT_SEVERITY_", "severity")
+event_source_value = _event_enum(event_pb2.EventSource, "EVENT_SOURCE_", "source")
+
+
+class EventFields(TypedDict, total=False):
+    """Optional fields of record_event."""
+
+    node: str
+    details: Mapping[str, Any] | None
+    occurred_at: datetime | None
+
+
+class EventFilters(TypedDict, total=False):
+    """Filters of list_events (combined with AND); ``unresolved=True`` is ``resolved=False``."""
+
+    types: Sequence[str | int]
+    min_severity: str | int | None
+    node: str | None
+    source: str | int | None
+    since: datetime | None
+    until: datetime | None
+    resolved: bool | None
+    unresolved: bool | None
+
+
+def to_event_record(message: event_pb2.Event) -> Event:
+    """Event message -> Event."""
+    return Event(
+        id=message.id,
+        namespace=message.namespace,
+        occurred_at=to_datetime(message.occurred_at),
+        type=_enum_name(event_pb2.EventType, "EVENT_TYPE_", message.type),
+        severity=_enum_name(event_pb2.EventSeverity, "EVENT_SEVERITY_", message.severity),
+        source=_enum_name(event_pb2.EventSource, "EVENT_SOURCE_", message.source),
+        node=message.node,
+        summary=message.summary,
+        details=_optional_struct(message, "details"),
+        resolved=message.resolved,
+        resolved_at=to_datetime(message.resolved_at) if message.HasField("resolved_at") else None,
+        resolved_by=message.resolved_by,
+        revision=message.revision,
+    )
+
+
+def record_event_request(
+    namespace: str, type: str | int, severity: str | int, source: str | int, summary: str,
+    fields: EventFields,
+) -> event_pb2.RecordEventRequest:
+    """Build a RecordEventRequest."""
+    request = event_pb2.RecordEventRequest(
+        namespace=namespace, type=event_type_value(type), severity=severity_value(severity),
+        source=event_source_value(source), summary=summary, node=fields.get("node", ""),
+    )
+    if (details := fields.get("details")) is not None:
+        request.details.CopyFrom(to_struct(details))
+    if (occurred_at := fields.get("occurred_at")) is not None:
+        request.occurred_at.CopyFrom(to_timestamp(occurred_at))
+    return request
+
+
+def list_events_request(
+    namespace: str, page_size: int, page_token: str, filters: EventFilters
+) -> event_pb2.ListEventsRequest:
+    """Build a ListEventsRequest."""
+    request = event_pb2.ListEventsRequest(
+        namespace=namespace, page_size=page_size, page_token=page_token,
+        types=[event_type_value(t) for t in filters.get("types", ())],
+    )
+    if (min_severity := filters.get("min_severity")) is not None:
+        request.min_severity = severity_value(min_severity)
+    if (node := filters.get("node")) is not None:
+        request.node = node
+    if (source := filters.get("source")) is not None:
+        request.source = event_source_value(source)
+    if (since := filters.get("since")) is not None:
+        request.since.CopyFrom(to_timestamp(since))
+    if (until := filters.get("until")) is not None:
+        request.until.CopyFrom(to_timestamp(until))
+    if (resolved := filters.get("resolved")) is not None:
+        request.resolved = resolved
+    if (unresolved := filters.get("unresolved")) is not None:
+        request.resolved = not unresolved
+    return request
+
+
+def to_snapshot(message: snapshot_pb2.Snapshot) -> Snapshot:
+    """Snapshot message -> Snapshot."""
+    return Snapshot(
+        id=message.id,
+        namespace=message.namespace,
+        kind=message.kind,
+        taken_at=to_datetime(message.taken_at),
+        data=json_format.MessageToDict(message.data),
+        revision=message.revision,
+    )
+
+
+def list_snapshots_request(
+    namespace: str, kind: str, since: datetime | None, page_size: int, page_token: str
+) -> snapshot_pb2.ListSnapshotsRequest:
+    """Build a ListSnapshotsRequest."""
+    request = snapshot_pb2.ListSnapshotsRequest(
+        namespace=namespace, kind=kind, page_size=page_size, page_token=page_token
+    )
+    if since is not None:
+        request.since.CopyFrom(to_timestamp(since))
+    return request
+
+
+def to_preference(message: preference_pb2.Preference) -> Preference:
+    """Preference message -> Preference."""
+    return Preference(
+        namespace=message.namespace,
+        key=message.key,
+        value=json_format.MessageToDict(message.value),
+        created_at=to_datetime(message.created_at),
+        updated_at=to_datetime(message.updated_at),
+        revision=message.revision,
+    )
+
+
+def set_preference_request(
+    namespace: str, key: str, value: Any
+) -> preference_pb2.SetPreferenceRequest:
+    """Build a SetPreferenceRequest (value: any JSON value)."""
+    request = preference_pb2.SetPreferenceRequest(namespace=namespace, key=key)
+    json_format.ParseDict(value, request.value)
+    return request
+
+
+RECORD_EVENT = Rpc(_EVENT_SERVICE + "RecordEvent", event_pb2.RecordEventRequest,
+                   event_pb2.RecordEventResponse, lambda r: to_event_record(r.event),
+                   idempotent=False)
+GET_EVENT = Rpc(_EVENT_SERVICE + "GetEvent", event_pb2.GetEventRequest,
+                event_pb2.GetEventResponse, lambda r: to_event_record(r.event), idempotent=True)
+LIST_EVENTS = Rpc(_EVENT_SERVICE + "ListEvents", event_pb2.ListEventsRequest,
+                  event_pb2.ListEventsResponse,
+                  lambda r: Page([to_event_record(e) for e in r.events], r.next_page_token),
+                  idempotent=True)
+RESOLVE_EVENT = Rpc(_EVENT_SERVICE + "ResolveEvent", event_pb2.ResolveEventRequest,
+                    event_pb2.ResolveEventResponse, lambda r: to_event_record(r.event),
+                    idempotent=False)
+SAVE_SNAPSHOT = Rpc(_SNAPSHOT_SERVICE + "SaveSnapshot", snapshot_pb2.SaveSnapshotRequest,
+                    snapshot_pb2.SaveSnapshotResponse, lambda r: to_snapshot(r.snapshot),
+                    idempotent=False)
+GET_LATEST_SNAPSHOT = Rpc(_SNAPSHOT_SERVICE + "GetLatestSnapshot",
+                          snapshot_pb2.GetLatestSnapshotRequest,
+                          snapshot_pb2.GetLatestSnapshotResponse,
+                          lambda r: to_snapshot(r.snapshot), idempotent=True)
+LIST_SNAPSHOTS = Rpc(_SNAPSHOT_SERVICE + "ListSnapshots", snapshot_pb2.ListSnapshotsRequest,
+                     snapshot_pb2.ListSnapshotsResponse,
+                     lambda r: Page([to_snapshot(s) for s in r.snapshots], r.next_page_token),
+                     idempotent=True)
+GET_PREFERENCE = Rpc(_PREFERENCE_SERVICE + "GetPreference", preference_pb2.GetPreferenceRequest,
+                     preference_pb2.GetPreferenceResponse,
+                     lambda r: to_preference(r.preference), idempotent=True)
+# Setting the same value twice leaves the same state: safe to retry.
+SET_PREFERENCE = Rpc(_PREFERENCE_SERVICE + "SetPreference", preference_pb2.SetPreferenceRequest,
+                     preference_pb2.SetPreferenceResponse,
+                     lambda r: to_preference(r.preference), idempotent=True)
+LIST_PREFERENCES = Rpc(_PREFERENCE_SERVICE + "ListPreferences",
+                       preference_pb2.ListPreferencesRequest,
+                       preference_pb2.ListPreferencesResponse,
+                       lambda r: Page([to_preference(p) for p in r.preferences],
+                                      r.next_page_token),
+                       idempotent=True)
+DELETE_PREFERENCE = Rpc(_PREFERENCE_SERVICE + "DeletePreference",
+                        preference_pb2.DeletePreferenceRequest,
+                        preference_pb2.DeletePreferenceResponse, _nothing, idempotent=False)

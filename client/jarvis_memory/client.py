@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from datetime import date
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
-from jarvis.memory.v1 import memory_pb2, session_pb2
+from jarvis.memory.v1 import event_pb2, memory_pb2, preference_pb2, session_pb2, snapshot_pb2
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
-from jarvis_memory.types import Memory, Message, Page, Session, SessionEvent
+from jarvis_memory.types import (
+    Event,
+    Memory,
+    Message,
+    Page,
+    Preference,
+    Session,
+    SessionEvent,
+    Snapshot,
+)
 
 R = TypeVar("R")
 
@@ -213,3 +222,95 @@ class Client(api.ClientBase):
             page_token=page_token,
         )
         return self._unary(api.LIST_MESSAGES, request)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def record_event(
+        self, *, type: str | int, severity: str | int, source: str | int, summary: str,
+        namespace: str | None = None, **fields: Unpack[api.EventFields],
+    ) -> Event:
+        """Record an event. Raises InvalidArgument.
+
+        ``type`` is "alert", "action", "status" or "metric"; ``severity`` "info", "warning",
+        "error" or "critical"; ``source`` "monitor", "user", "agent" or "system".
+        """
+        request = api.record_event_request(self._ns(namespace), type, severity, source, summary,
+                                           fields)
+        return self._unary(api.RECORD_EVENT, request)
+
+    def get_event(self, event_id: int, *, namespace: str | None = None) -> Event:
+        """Return an event. Raises NotFound."""
+        request = event_pb2.GetEventRequest(namespace=self._ns(namespace), id=event_id)
+        return self._unary(api.GET_EVENT, request)
+
+    def list_events(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None,
+        **filters: Unpack[api.EventFilters],
+    ) -> Page[Event]:
+        """Return one page of events, newest first (``unresolved=True``: open problems)."""
+        request = api.list_events_request(self._ns(namespace), page_size, page_token, filters)
+        return self._unary(api.LIST_EVENTS, request)
+
+    def resolve_event(
+        self, event_id: int, *, resolved_by: str, namespace: str | None = None
+    ) -> Event:
+        """Mark an event resolved. Raises NotFound, FailedPrecondition if already resolved."""
+        request = event_pb2.ResolveEventRequest(
+            namespace=self._ns(namespace), id=event_id, resolved_by=resolved_by
+        )
+        return self._unary(api.RESOLVE_EVENT, request)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def save_snapshot(
+        self, data: Mapping[str, Any], *, kind: str = "cluster", namespace: str | None = None
+    ) -> Snapshot:
+        """Save a JSON document as the newest snapshot of its kind."""
+        request = snapshot_pb2.SaveSnapshotRequest(
+            namespace=self._ns(namespace), kind=kind, data=api.to_struct(data)
+        )
+        return self._unary(api.SAVE_SNAPSHOT, request)
+
+    def get_latest_snapshot(
+        self, kind: str = "cluster", *, namespace: str | None = None
+    ) -> Snapshot:
+        """Return the newest snapshot of a kind. Raises NotFound when there is none."""
+        request = snapshot_pb2.GetLatestSnapshotRequest(namespace=self._ns(namespace), kind=kind)
+        return self._unary(api.GET_LATEST_SNAPSHOT, request)
+
+    def list_snapshots(
+        self, kind: str = "cluster", *, since: datetime | None = None, page_size: int = 0,
+        page_token: str = "", namespace: str | None = None,
+    ) -> Page[Snapshot]:
+        """Return one page of a kind's snapshots, newest first, taken at or after ``since``."""
+        request = api.list_snapshots_request(self._ns(namespace), kind, since, page_size,
+                                             page_token)
+        return self._unary(api.LIST_SNAPSHOTS, request)
+
+    # -- preferences ------------------------------------------------------------------------
+
+    def set_preference(self, key: str, value: Any, *, namespace: str | None = None) -> Preference:
+        """Create or replace a preference (any JSON value)."""
+        request = api.set_preference_request(self._ns(namespace), key, value)
+        return self._unary(api.SET_PREFERENCE, request)
+
+    def get_preference(self, key: str, *, namespace: str | None = None) -> Preference:
+        """Return a preference. Raises NotFound for an unknown key."""
+        request = preference_pb2.GetPreferenceRequest(namespace=self._ns(namespace), key=key)
+        return self._unary(api.GET_PREFERENCE, request)
+
+    def list_preferences(
+        self, *, prefix: str = "", page_size: int = 0, page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[Preference]:
+        """Return one page of preferences in key order, optionally under a key prefix."""
+        request = preference_pb2.ListPreferencesRequest(
+            namespace=self._ns(namespace), key_prefix=prefix, page_size=page_size,
+            page_token=page_token,
+        )
+        return self._unary(api.LIST_PREFERENCES, request)
+
+    def delete_preference(self, key: str, *, namespace: str | None = None) -> None:
+        """Delete a preference. Raises NotFound for an unknown key."""
+        request = preference_pb2.DeletePreferenceRequest(namespace=self._ns(namespace), key=key)
+        self._unary(api.DELETE_PREFERENCE, request)

@@ -102,3 +102,46 @@ class SessionEvent:
     data: dict[str, Any] | None
     logged_at: datetime
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A recorded event; enums are lowercase names ("alert", "warning", "monitor")."""
+
+    id: int
+    namespace: str
+    occurred_at: datetime
+    type: str
+    severity: str
+    source: str
+    node: str
+    summary: str
+    details: dict[str, Any] | None
+    resolved: bool
+    resolved_at: datetime | None
+    resolved_by: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A stored JSON document of some kind."""
+
+    id: int
+    namespace: str
+    kind: str
+    taken_at: datetime
+    data: dict[str, Any]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """A setting; ``value`` is any JSON value."""
+
+    namespace: str
+    key: str
+    value: Any
+    created_at: datetime
+    updated_at: datetime
+    revision: int
