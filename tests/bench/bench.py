@@ -8,7 +8,11 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 - get_memory: random ids among the 100k memories of a preloaded namespace;
 - list_memories: the first page of 50 of that 100k-memory namespace;
 - append_message: one message per call, appended to one session;
-- list_messages: a page of 50 (at a random offset) of a session holding 10k messages.
+- list_messages: a page of 50 (at a random offset) of a session holding 10k messages;
+- record_event: one event per call;
+- list_events: the first page of 50 unresolved events of a namespace holding 100k events
+  (written into the file before the daemon starts, or through RecordEvent with --addr);
+- set_preference: an upsert of one of 1000 keys per call.
 
 ratio_to_health is the scenario's rps over health_check's at the same in_flight level. This
 machine is noisy (health_check alone varies by +-15% between runs), so each in-flight level runs
@@ -48,13 +52,24 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc, session_pb2, session_pb2_grpc
+from jarvis.memory.v1 import (
+    event_pb2,
+    event_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    preference_pb2,
+    preference_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 from jarvis_memory_server.service.auth import sign_jwt
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
-             "append_message", "list_messages")
+             "append_message", "list_messages", "record_event", "list_events", "set_preference")
+EVENTS = 100_000
 SESSION_MESSAGES = 10_000
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
 READY = re.compile(r"serving on (\S+:\d+)")
@@ -116,11 +131,15 @@ class LocalDaemon:
         self.log_path = Path(self.tmp.name) / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def db_path(self) -> Path:
+        return Path(self.tmp.name) / "jarvis.db"
+
     def start(self, timeout: float = 30.0) -> str:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", "127.0.0.1:0",
-                 "--db", str(Path(self.tmp.name) / "jarvis.db")],
+                 "--db", str(self.db_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + timeout
@@ -236,6 +255,49 @@ async def preload(stub: memory_pb2_grpc.MemoryServiceStub, namespace: str,
     return ids
 
 
+EVENT_NODES = ("pve1", "pve2", "pve3", "nas", "router")
+
+
+def event_values(i: int, namespace: str, now_us: int) -> dict[str, Any]:
+    """The columns of the i-th preloaded event: every tenth one resolved."""
+    return {"namespace": namespace, "occurred_at": now_us - (EVENTS - i) * 1000,
+            "type": ("alert", "status", "metric", "action")[i % 4], "severity": 1 + i % 4,
+            "source": ("monitor", "system", "agent", "user")[i % 4],
+            "node": EVENT_NODES[i % len(EVENT_NODES)], "summary": f"event {i} on the cluster",
+            "details": None, "now": now_us}
+
+
+def preload_events_into_file(path: Path, namespace: str) -> None:
+    """Write EVENTS events straight into a database file no daemon has open (fast)."""
+    from jarvis_memory_server.store.events import EventStore
+    from jarvis_memory_server.store.sqlite import Database, now_us
+
+    db = Database(path)
+    db.open()
+    try:
+        store, now = EventStore(db), now_us()
+        with db.write() as txn:
+            for i in range(EVENTS):
+                row = store.insert(txn, event_values(i, namespace, now))
+                if i % 10 == 0:
+                    store.resolve(txn, row, "bench", now)
+    finally:
+        db.close()
+
+
+async def preload_events_over_rpc(stub: event_pb2_grpc.EventServiceStub, namespace: str) -> None:
+    """Record EVENTS events through RecordEvent, 64 in flight (for a daemon started elsewhere)."""
+    remaining = iter(range(EVENTS))
+
+    async def recorder() -> None:
+        for i in remaining:
+            await stub.RecordEvent(event_pb2.RecordEventRequest(
+                namespace=namespace, type=1 + i % 4, severity=1 + i % 4, source=1 + i % 4,
+                node=EVENT_NODES[i % len(EVENT_NODES)], summary=f"event {i} on the cluster"))
+
+    await asyncio.gather(*(recorder() for _ in range(64)))
+
+
 async def preload_session(stub: session_pb2_grpc.SessionServiceStub, namespace: str,
                           session_id: str, sentences: Sentences) -> None:
     """Start a session and append SESSION_MESSAGES messages to it, 32 in flight."""
@@ -262,9 +324,11 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
             await asyncio.wait_for(channel.channel_ready(), 10)
         memory = [memory_pb2_grpc.MemoryServiceStub(c) for c in channels]
         sessions = [session_pb2_grpc.SessionServiceStub(c) for c in channels]
+        events = [event_pb2_grpc.EventServiceStub(c) for c in channels]
+        preferences = [preference_pb2_grpc.PreferenceServiceStub(c) for c in channels]
         if args.token:  # send the credential on every call, as an authenticated client does
             metadata = (("authorization", f"Bearer {args.token}"),)
-            for stub in (*memory, *sessions):
+            for stub in (*memory, *sessions, *events, *preferences):
                 for name, value in list(vars(stub).items()):
                     setattr(stub, name, functools.partial(value, metadata=metadata))
         health = [health_pb2_grpc.HealthStub(c) for c in channels]
@@ -283,6 +347,28 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
         if "append_message" in args.only:
             await sessions[0].StartSession(session_pb2.StartSessionRequest(
                 namespace=ns_writes, session_id="bench-appends"))
+
+        if "list_events" in args.only and args.events_namespace is None:
+            t0 = time.perf_counter()
+            await preload_events_over_rpc(events[0], f"bench-events-{tag}")
+            args.events_namespace = f"bench-events-{tag}"
+            print(f"preloaded {EVENTS} events in {time.perf_counter() - t0:.1f} s", flush=True)
+        unresolved_page = event_pb2.ListEventsRequest(
+            namespace=args.events_namespace or "", resolved=False, page_size=50)
+        event_counter = itertools.count()
+
+        def record_one() -> event_pb2.RecordEventRequest:
+            i = next(event_counter)
+            return event_pb2.RecordEventRequest(
+                namespace=ns_writes, type=1 + i % 4, severity=1 + i % 4, source=1 + i % 4,
+                node=EVENT_NODES[i % len(EVENT_NODES)], summary=f"bench event {tag}-{i}")
+
+        preference_sets = [
+            preference_pb2.SetPreferenceRequest(
+                namespace=ns_writes, key=f"bench/key-{i % 1000}",
+                value=struct_pb2.Value(string_value=f"value {i}"))
+            for i in range(5000)
+        ]
 
         def append_one() -> session_pb2.AppendMessageRequest:
             return session_pb2.AppendMessageRequest(
@@ -346,9 +432,19 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                         pool = Pool(append_one, int((health_rps or 5000) * seconds * 1.2)
                                     + in_flight)
                         methods, requests = [m.AppendMessage for m in sessions[:n_channels]], pool
-                    else:
+                    elif scenario == "list_messages":
                         methods = [m.ListMessages for m in sessions[:n_channels]]
                         requests = itertools.cycle(message_pages)
+                    elif scenario == "record_event":
+                        pool = Pool(record_one, int((health_rps or 5000) * seconds * 1.2)
+                                    + in_flight)
+                        methods, requests = [m.RecordEvent for m in events[:n_channels]], pool
+                    elif scenario == "list_events":
+                        methods = [m.ListEvents for m in events[:n_channels]]
+                        requests = itertools.repeat(unresolved_page)
+                    else:
+                        methods = [m.SetPreference for m in preferences[:n_channels]]
+                        requests = itertools.cycle(preference_sets)
                     stats = await measure(methods, requests, in_flight, args.warmup,
                                           args.duration, daemon_pid)
                     if scenario == "health_check":
@@ -416,6 +512,12 @@ def main(argv: list[str] | None = None) -> None:
         args.token = sign_jwt({"sub": "bench", "role": "admin", "namespaces": ["*"],
                                "exp": int(time.time()) + 86_400}, secret.encode())
     daemon = None if args.addr else LocalDaemon(env)
+    args.events_namespace = None
+    if daemon is not None and "list_events" in args.only:
+        t0 = time.perf_counter()
+        args.events_namespace = "bench-events"
+        preload_events_into_file(daemon.db_path, args.events_namespace)
+        print(f"preloaded {EVENTS} events into the file in {time.perf_counter() - t0:.1f} s")
     try:
         addr = args.addr or daemon.start()  # type: ignore[union-attr]
         pid = daemon.proc.pid if daemon and daemon.proc else None
