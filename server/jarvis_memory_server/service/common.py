@@ -80,6 +80,42 @@ def encode_page_token(cursor: dict[str, Any], fingerprint: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
+    """Return ``value`` if it is one of ``allowed``. Raises InvalidArgument naming them."""
+    if value not in allowed:
+        raise InvalidArgument(field, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def identifier(value: str, pattern: re.Pattern[str], field: str, what: str) -> str:
+    """Return ``value`` if it is present and matches ``pattern`` (described by ``what``).
+
+    Raises InvalidArgument.
+    """
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if pattern.fullmatch(value) is None:
+        raise InvalidArgument(field, f"{value[:64]!r} is not a valid {field}: {what}")
+    return value
+
+
+def decode_cursor(token: str, fingerprint: str) -> tuple[int, int]:
+    """Return the (sort value, id) keyset cursor inside a page token.
+
+    Raises InvalidArgument when the token is malformed or was issued for other filters.
+    """
+    cursor = decode_page_token(token, fingerprint)
+    at, last = cursor.get("at"), cursor.get("id")
+    if not (isinstance(at, int) and isinstance(last, int)):
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return at, last
+
+
+def encode_cursor(at: int, last: int, fingerprint: str) -> str:
+    """Make the page token of a (sort value, id) keyset cursor."""
+    return encode_page_token({"at": at, "id": last}, fingerprint)
+
+
 def decode_page_token(token: str, fingerprint: str) -> dict[str, Any]:
     """Return the cursor inside a page token.
 

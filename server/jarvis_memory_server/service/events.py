@@ -8,8 +8,9 @@ from typing import Any
 from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
-    decode_page_token,
-    encode_page_token,
+    choice,
+    decode_cursor,
+    encode_cursor,
     filter_fingerprint,
     json_object,
     page_size,
@@ -62,9 +63,9 @@ class EventService(ServiceBase):
 
     def record(self, namespace: str, event: NewEvent) -> EventRow:
         """Record an event. Raises InvalidArgument for a missing or malformed field."""
-        _choice(event.type, Event.TYPES, "type")
-        _choice(event.severity, SEVERITIES, "severity")
-        _choice(event.source, Event.SOURCES, "source")
+        choice(event.type, Event.TYPES, "type")
+        choice(event.severity, SEVERITIES, "severity")
+        choice(event.source, Event.SOURCES, "source")
         summary = event.summary.strip()
         if not summary:
             raise InvalidArgument("summary", "is required")
@@ -125,13 +126,13 @@ class EventService(ServiceBase):
         """Return one page of events newest first, and the next page's token."""
         limit = page_size(size)
         for t in filters.types:
-            _choice(t, Event.TYPES, "types")
+            choice(t, Event.TYPES, "types")
         values: dict[str, Any] = {}
         if filters.min_severity is not None:
-            _choice(filters.min_severity, SEVERITIES, "min_severity")
+            choice(filters.min_severity, SEVERITIES, "min_severity")
             values["min_severity"] = SEVERITIES.index(filters.min_severity) + 1
         if filters.source is not None:
-            _choice(filters.source, Event.SOURCES, "source")
+            choice(filters.source, Event.SOURCES, "source")
             values["source"] = filters.source
         for name in ("node", "since", "until", "resolved"):
             if getattr(filters, name) is not None:
@@ -139,21 +140,12 @@ class EventService(ServiceBase):
         types = tuple(sorted(set(filters.types)))
         fingerprint = filter_fingerprint(namespace, {**values, "types": list(types)})
         if token:
-            cursor = decode_page_token(token, fingerprint)
-            at, last = cursor.get("at"), cursor.get("id")
-            if not (isinstance(at, int) and isinstance(last, int)):
-                raise InvalidArgument("page_token", "is not a token this server issued")
-            values["cursor_at"], values["cursor_id"] = at, last
+            values["cursor_at"], values["cursor_id"] = decode_cursor(token, fingerprint)
         rows = self._store.page(namespace, values, types, limit + 1)
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]
-        return rows, encode_page_token({"at": rows[-1].occurred_at, "id": rows[-1].id}, fingerprint)
-
-
-def _choice(value: str, allowed: tuple[str, ...], field: str) -> None:
-    if value not in allowed:
-        raise InvalidArgument(field, f"{value!r} is not one of {', '.join(allowed)}")
+        return rows, encode_cursor(rows[-1].occurred_at, rows[-1].id, fingerprint)
 
 
 def _check_id(event_id: int) -> None:

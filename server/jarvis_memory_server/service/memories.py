@@ -10,8 +10,9 @@ from typing import Any
 from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
-    decode_page_token,
-    encode_page_token,
+    choice,
+    decode_cursor,
+    encode_cursor,
     filter_fingerprint,
     json_object,
     page_size,
@@ -100,9 +101,9 @@ class MemoryService(ServiceBase):
                 columns["content"] = _content(value, "content")
                 columns["content_hash"] = content_hash(value)
             elif name == "category":
-                columns["category"] = _choice(value, Memory.CATEGORIES, "category")
+                columns["category"] = choice(value, Memory.CATEGORIES, "category")
             elif name == "source":
-                columns["source"] = _choice(value, Memory.SOURCES, "source")
+                columns["source"] = choice(value, Memory.SOURCES, "source")
             elif name == "subject":
                 columns["subject"] = _subject(value, "subject")
             elif name == "attributes":
@@ -158,9 +159,9 @@ class MemoryService(ServiceBase):
         limit = page_size(size)
         filters: dict[str, Any] = {}
         if category is not None:
-            filters["category"] = _choice(category, Memory.CATEGORIES, "category")
+            filters["category"] = choice(category, Memory.CATEGORIES, "category")
         if source is not None:
-            filters["source"] = _choice(source, Memory.SOURCES, "source")
+            filters["source"] = choice(source, Memory.SOURCES, "source")
         if subject is not None:
             filters["subject"] = subject
         if stale is not None:
@@ -171,18 +172,13 @@ class MemoryService(ServiceBase):
             filters["created_before"] = created_before_us
         fingerprint = filter_fingerprint(namespace, filters)
         if token:
-            cursor = decode_page_token(token, fingerprint)
-            at, last_id = cursor.get("at"), cursor.get("id")
-            if not (isinstance(at, int) and isinstance(last_id, int)):
-                raise InvalidArgument("page_token", "is not a token this server issued")
-            filters["cursor_at"], filters["cursor_id"] = at, last_id
+            filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
         # One row more than asked tells whether another page follows.
         rows = self._store.page(namespace, filters, limit + 1)
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]
-        last = rows[-1]
-        return rows, encode_page_token({"at": last.created_at, "id": last.id}, fingerprint)
+        return rows, encode_cursor(rows[-1].created_at, rows[-1].id, fingerprint)
 
     # -- validation -------------------------------------------------------------------------
 
@@ -192,8 +188,8 @@ class MemoryService(ServiceBase):
             "namespace": namespace,
             "content": _content(memory.content, prefix + "content"),
             "content_hash": content_hash(memory.content),
-            "category": _choice(memory.category, Memory.CATEGORIES, prefix + "category"),
-            "source": _choice(memory.source, Memory.SOURCES, prefix + "source"),
+            "category": choice(memory.category, Memory.CATEGORIES, prefix + "category"),
+            "source": choice(memory.source, Memory.SOURCES, prefix + "source"),
             "subject": _subject(memory.subject, prefix + "subject"),
             "attributes": _attributes(memory.attributes, prefix + "attributes"),
             "now": now_us(),
@@ -219,12 +215,6 @@ def _content(content: str, field: str) -> str:
     if size > MAX_CONTENT_BYTES:
         raise InvalidArgument(field, f"is {size} bytes; at most {MAX_CONTENT_BYTES} are allowed")
     return content
-
-
-def _choice(value: str, allowed: tuple[str, ...], field: str) -> str:
-    if value not in allowed:
-        raise InvalidArgument(field, f"{value!r} is not one of {', '.join(allowed)}")
-    return value
 
 
 def _subject(subject: str, field: str) -> str:

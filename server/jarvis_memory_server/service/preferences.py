@@ -12,6 +12,7 @@ from jarvis_memory_server.service.common import (
     decode_page_token,
     encode_page_token,
     filter_fingerprint,
+    identifier,
     page_size,
 )
 from jarvis_memory_server.store.preferences import PreferenceRow, PreferenceStore
@@ -80,14 +81,8 @@ class PreferenceService(ServiceBase):
 
 
 def _check_key(key: str) -> None:
-    if not key:
-        raise InvalidArgument("key", "is required")
-    if _KEY.fullmatch(key) is None:
-        raise InvalidArgument(
-            "key",
-            f"{key[:64]!r} is not a valid key: 1 to 128 letters, digits or '._:/-', starting "
-            "with a letter or digit",
-        )
+    identifier(key, _KEY, "key",
+               "1 to 128 letters, digits or '._:/-', starting with a letter or digit")
 
 
 def _not_found(namespace: str, key: str) -> NotFound:

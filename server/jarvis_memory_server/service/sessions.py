@@ -12,9 +12,11 @@ from typing import Any
 from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
-    decode_page_token,
-    encode_page_token,
+    choice,
+    decode_cursor,
+    encode_cursor,
     filter_fingerprint,
+    identifier,
     json_object,
     page_size,
 )
@@ -82,7 +84,7 @@ class SessionService(ServiceBase):
 
         Raises NotFound, FailedPrecondition when it has already ended, InvalidArgument.
         """
-        _check_choice(trigger, Session.TRIGGERS, "trigger")
+        choice(trigger, Session.TRIGGERS, "trigger")
         if len(summary.encode()) > MAX_SUMMARY_BYTES:
             raise InvalidArgument("summary", f"is longer than {MAX_SUMMARY_BYTES} bytes")
         with self._db.write() as txn:
@@ -122,7 +124,7 @@ class SessionService(ServiceBase):
 
         Raises NotFound, FailedPrecondition for an ended session, InvalidArgument.
         """
-        _check_choice(message.role, Message.ROLES, "role")
+        choice(message.role, Message.ROLES, "role")
         size = len(message.content.encode())
         if size > MAX_CONTENT_BYTES:
             raise InvalidArgument("content", f"is {size} bytes; at most {MAX_CONTENT_BYTES}")
@@ -182,16 +184,16 @@ class SessionService(ServiceBase):
         """Return one page of sessions, newest first by ``order``, and the next page's token."""
         limit = page_size(size)
         if state is not None:
-            _check_choice(state, Session.STATES, "state")
+            choice(state, Session.STATES, "state")
         fingerprint = filter_fingerprint(namespace, {"state": state, "order": order})
-        cursor = _cursor(token, fingerprint) if token else None
+        cursor = decode_cursor(token, fingerprint) if token else None
         rows = self._store.page_sessions(namespace, state, order, cursor, limit + 1)
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]
         last = rows[-1]
         at = last.started_at if order == "started_at" else last.last_activity_at
-        return rows, encode_page_token({"at": at, "id": last.id}, fingerprint)
+        return rows, encode_cursor(at, last.id, fingerprint)
 
     def list_messages(
         self, namespace: str, session_id: str, *, size: int = 0, token: str = ""
@@ -200,12 +202,12 @@ class SessionService(ServiceBase):
         session = self.get(namespace, session_id)
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"messages_of": session_id})
-        after = _cursor(token, fingerprint)[1] if token else 0
+        after = decode_cursor(token, fingerprint)[1] if token else 0
         rows = self._store.page_messages(session.id, after, limit + 1)
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]
-        return rows, encode_page_token({"at": 0, "id": rows[-1].sequence}, fingerprint)
+        return rows, encode_cursor(0, rows[-1].sequence, fingerprint)
 
     def list_events(
         self, namespace: str, *, session_id: str | None = None, day: str | None = None,
@@ -219,7 +221,7 @@ class SessionService(ServiceBase):
         if (session_id is None) == (day is None):
             raise InvalidArgument("scope", "give exactly one of session_id and day")
         fingerprint = filter_fingerprint(namespace, {"session": session_id, "day": day})
-        at, after = _cursor(token, fingerprint) if token else (0, 0)
+        at, after = decode_cursor(token, fingerprint) if token else (0, 0)
         if session_id is not None:
             session = self.get(namespace, session_id)
             rows = self._store.page_session_events(session.id, after, limit + 1)
@@ -229,7 +231,7 @@ class SessionService(ServiceBase):
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]
-        return rows, encode_page_token({"at": rows[-1].logged_at, "id": rows[-1].id}, fingerprint)
+        return rows, encode_cursor(rows[-1].logged_at, rows[-1].id, fingerprint)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -244,27 +246,8 @@ class SessionService(ServiceBase):
 
 
 def _check_session_id(session_id: str) -> None:
-    if not session_id:
-        raise InvalidArgument("session_id", "is required")
-    if _SESSION_ID.fullmatch(session_id) is None:
-        raise InvalidArgument(
-            "session_id",
-            f"{session_id[:64]!r} is not a valid session id: use 1 to 128 letters, digits or "
-            "'._:-', starting with a letter or digit",
-        )
-
-
-def _check_choice(value: str, allowed: tuple[str, ...], field: str) -> None:
-    if value not in allowed:
-        raise InvalidArgument(field, f"{value!r} is not one of {', '.join(allowed)}")
-
-
-def _cursor(token: str, fingerprint: str) -> tuple[int, int]:
-    cursor = decode_page_token(token, fingerprint)
-    at, after = cursor.get("at"), cursor.get("id")
-    if not (isinstance(at, int) and isinstance(after, int)):
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return at, after
+    identifier(session_id, _SESSION_ID, "session_id",
+               "use 1 to 128 letters, digits or '._:-', starting with a letter or digit")
 
 
 def _day_range(day: str) -> tuple[int, int]:

@@ -9,9 +9,10 @@ from typing import Any
 from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
-    decode_page_token,
-    encode_page_token,
+    decode_cursor,
+    encode_cursor,
     filter_fingerprint,
+    identifier,
     page_size,
 )
 from jarvis_memory_server.store.snapshots import SnapshotRow, SnapshotStore
@@ -73,18 +74,12 @@ class SnapshotService(ServiceBase):
         kind = _kind(kind)
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"kind": kind, "since": since})
-        cursor = (_FAR_FUTURE, _FAR_FUTURE)
-        if token:
-            decoded = decode_page_token(token, fingerprint)
-            at, last = decoded.get("at"), decoded.get("id")
-            if not (isinstance(at, int) and isinstance(last, int)):
-                raise InvalidArgument("page_token", "is not a token this server issued")
-            cursor = (at, last)
+        cursor = decode_cursor(token, fingerprint) if token else (_FAR_FUTURE, _FAR_FUTURE)
         rows = self._store.page(namespace, kind, since or 0, cursor, limit + 1)
         if len(rows) <= limit:
             return rows, ""
         rows = rows[:limit]
-        return rows, encode_page_token({"at": rows[-1].taken_at, "id": rows[-1].id}, fingerprint)
+        return rows, encode_cursor(rows[-1].taken_at, rows[-1].id, fingerprint)
 
     def drop_old(self) -> int:
         """Delete up to AGE_SWEEP_BATCH snapshots older than the maximum age (if one is set)."""
@@ -98,9 +93,4 @@ class SnapshotService(ServiceBase):
 
 
 def _kind(kind: str) -> str:
-    kind = kind or DEFAULT_KIND
-    if _KIND.fullmatch(kind) is None:
-        raise InvalidArgument(
-            "kind", f"{kind[:64]!r} is not a valid kind: 1 to 64 letters, digits or '._:-'"
-        )
-    return kind
+    return identifier(kind or DEFAULT_KIND, _KIND, "kind", "1 to 64 letters, digits or '._:-'")
