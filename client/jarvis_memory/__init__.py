@@ -36,6 +36,7 @@ from jarvis_memory.types import (
     Session,
     SessionEvent,
     Snapshot,
+    StateEntry,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "Session",
     "SessionEvent",
     "Snapshot",
+    "StateEntry",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Generic, TypedDict, TypeVar
 
 import grpc
@@ -13,7 +13,14 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message as ProtoMessage
 
-from jarvis.memory.v1 import event_pb2, memory_pb2, preference_pb2, session_pb2, snapshot_pb2
+from jarvis.memory.v1 import (
+    event_pb2,
+    memory_pb2,
+    preference_pb2,
+    session_pb2,
+    snapshot_pb2,
+    state_pb2,
+)
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import JarvisMemoryError
 from jarvis_memory.types import (
@@ -25,6 +32,7 @@ from jarvis_memory.types import (
     Session,
     SessionEvent,
     Snapshot,
+    StateEntry,
 )
 
 R = TypeVar("R")
@@ -34,6 +42,7 @@ _SESSION_SERVICE = "/jarvis.memory.v1.SessionService/"
 _EVENT_SERVICE = "/jarvis.memory.v1.EventService/"
 _SNAPSHOT_SERVICE = "/jarvis.memory.v1.SnapshotService/"
 _PREFERENCE_SERVICE = "/jarvis.memory.v1.PreferenceService/"
+_STATE_SERVICE = "/jarvis.memory.v1.StateService/"
 
 
 @dataclass(frozen=True)
@@ -757,3 +766,47 @@ LIST_PREFERENCES = Rpc(_PREFERENCE_SERVICE + "ListPreferences",
 DELETE_PREFERENCE = Rpc(_PREFERENCE_SERVICE + "DeletePreference",
                         preference_pb2.DeletePreferenceRequest,
                         preference_pb2.DeletePreferenceResponse, _nothing, idempotent=False)
+
+
+# -- agent state ----------------------------------------------------------------------------
+
+
+def to_state_entry(message: state_pb2.StateEntry) -> StateEntry:
+    """StateEntry message -> StateEntry."""
+    return StateEntry(
+        namespace=message.namespace,
+        key=message.key,
+        value=json_format.MessageToDict(message.value),
+        version=message.version,
+        updated_at=to_datetime(message.updated_at),
+        expires_at=to_datetime(message.expires_at) if message.HasField("expires_at") else None,
+        revision=message.revision,
+    )
+
+
+def put_state_request(
+    namespace: str, key: str, value: Any, expected_version: int | None,
+    ttl: float | timedelta | None,
+) -> state_pb2.PutStateRequest:
+    """Build a PutStateRequest (ttl in seconds or a timedelta)."""
+    request = state_pb2.PutStateRequest(namespace=namespace, key=key)
+    json_format.ParseDict(value, request.value)
+    if expected_version is not None:
+        request.expected_version = expected_version
+    if ttl is not None:
+        request.ttl.FromTimedelta(ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl))
+    return request
+
+
+_STATE = lambda r: to_state_entry(r.entry)  # noqa: E731 - a converter, like the others
+GET_STATE = Rpc(_STATE_SERVICE + "GetState", state_pb2.GetStateRequest,
+                state_pb2.GetStateResponse, _STATE, idempotent=True)
+# Retrying a put is only safe when it is conditional; the clients retry no put.
+PUT_STATE = Rpc(_STATE_SERVICE + "PutState", state_pb2.PutStateRequest,
+                state_pb2.PutStateResponse, _STATE, idempotent=False)
+DELETE_STATE = Rpc(_STATE_SERVICE + "DeleteState", state_pb2.DeleteStateRequest,
+                   state_pb2.DeleteStateResponse, _nothing, idempotent=False)
+LIST_STATE = Rpc(_STATE_SERVICE + "ListState", state_pb2.ListStateRequest,
+                 state_pb2.ListStateResponse,
+                 lambda r: Page([to_state_entry(e) for e in r.entries], r.next_page_token),
+                 idempotent=True)

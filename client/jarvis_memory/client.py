@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
-from jarvis.memory.v1 import event_pb2, memory_pb2, preference_pb2, session_pb2, snapshot_pb2
+from jarvis.memory.v1 import (
+    event_pb2,
+    memory_pb2,
+    preference_pb2,
+    session_pb2,
+    snapshot_pb2,
+    state_pb2,
+)
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import (
@@ -23,6 +30,7 @@ from jarvis_memory.types import (
     Session,
     SessionEvent,
     Snapshot,
+    StateEntry,
 )
 
 R = TypeVar("R")
@@ -314,3 +322,42 @@ class Client(api.ClientBase):
         """Delete a preference. Raises NotFound for an unknown key."""
         request = preference_pb2.DeletePreferenceRequest(namespace=self._ns(namespace), key=key)
         self._unary(api.DELETE_PREFERENCE, request)
+
+    # -- agent state ------------------------------------------------------------------------
+
+    def get_state(self, key: str, *, namespace: str | None = None) -> StateEntry:
+        """Return a state entry. Raises NotFound (also once it expired)."""
+        request = state_pb2.GetStateRequest(namespace=self._ns(namespace), key=key)
+        return self._unary(api.GET_STATE, request)
+
+    def put_state(
+        self, key: str, value: Any, *, expected_version: int | None = None,
+        ttl: float | timedelta | None = None, namespace: str | None = None,
+    ) -> StateEntry:
+        """Create or replace a state entry (any JSON value); returns it with its new version.
+
+        With ``expected_version`` (0: must not exist) it only happens at that version, else
+        Aborted: re-read and retry. ``ttl`` (seconds) makes the entry expire.
+        """
+        request = api.put_state_request(self._ns(namespace), key, value, expected_version, ttl)
+        return self._unary(api.PUT_STATE, request)
+
+    def delete_state(
+        self, key: str, *, expected_version: int | None = None, namespace: str | None = None
+    ) -> None:
+        """Delete a state entry (at ``expected_version`` if given, else Aborted)."""
+        request = state_pb2.DeleteStateRequest(namespace=self._ns(namespace), key=key)
+        if expected_version is not None:
+            request.expected_version = expected_version
+        self._unary(api.DELETE_STATE, request)
+
+    def list_state(
+        self, *, prefix: str = "", page_size: int = 0, page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[StateEntry]:
+        """Return one page of state entries in key order, optionally under a key prefix."""
+        request = state_pb2.ListStateRequest(
+            namespace=self._ns(namespace), key_prefix=prefix, page_size=page_size,
+            page_token=page_token,
+        )
+        return self._unary(api.LIST_STATE, request)

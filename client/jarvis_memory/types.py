@@ -145,3 +145,16 @@ class Preference:
     created_at: datetime
     updated_at: datetime
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """An agent state entry; ``version`` is for compare-and-swap (put/delete_state)."""
+
+    namespace: str
+    key: str
+    value: Any
+    version: int
+    updated_at: datetime
+    expires_at: datetime | None
+    revision: int

@@ -23,6 +23,7 @@ class Config:
     session_idle_timeout_s: float = 1800.0
     snapshot_keep: int = 1000
     snapshot_max_age_s: float = 0.0
+    state_purge_interval_s: float = 10.0
     jwt_secret: str = ""
     require_auth: bool = False
     insecure: bool = False
@@ -97,6 +98,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="drop snapshots older than this many seconds, 0 to keep them "
         "(env JARVIS_MEMORY_SNAPSHOT_MAX_AGE; default %(default)s)",
     )
+    parser.add_argument(
+        "--state-purge-interval", dest="state_purge_interval_s", type=_positive,
+        default=float(_env("STATE_PURGE_INTERVAL", "10")),
+        help="seconds between purges of expired state entries (they read as absent at once) "
+        "(env JARVIS_MEMORY_STATE_PURGE_INTERVAL; default %(default)s)",
+    )
     auth = parser.add_argument_group("auth and TLS")
     auth.add_argument(
         "--jwt-secret", default=_env("JWT_SECRET", ""),
@@ -148,6 +155,7 @@ def from_args(args: argparse.Namespace) -> Config:
         session_idle_timeout_s=args.session_idle_timeout_s,
         snapshot_keep=max(0, args.snapshot_keep),
         snapshot_max_age_s=max(0.0, args.snapshot_max_age_s),
+        state_purge_interval_s=args.state_purge_interval_s,
         jwt_secret=args.jwt_secret,
         require_auth=args.require_auth,
         insecure=args.insecure,

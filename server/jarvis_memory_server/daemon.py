@@ -34,6 +34,8 @@ from jarvis.memory.v1 import (
     session_pb2_grpc,
     snapshot_pb2,
     snapshot_pb2_grpc,
+    state_pb2,
+    state_pb2_grpc,
 )
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
@@ -44,6 +46,7 @@ from jarvis_memory_server.service.memories import MemoryService
 from jarvis_memory_server.service.preferences import PreferenceService
 from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionService
 from jarvis_memory_server.service.snapshots import AGE_SWEEP_BATCH, SnapshotService
+from jarvis_memory_server.service.state import PURGE_BATCH, StateService
 from jarvis_memory_server.store.sqlite import Checkpointer, Database
 from jarvis_memory_server.store.writes import pending_commit
 from jarvis_memory_server.transport.events import EventServicer
@@ -51,12 +54,13 @@ from jarvis_memory_server.transport.memories import MemoryServicer
 from jarvis_memory_server.transport.preferences import PreferenceServicer
 from jarvis_memory_server.transport.sessions import SessionServicer
 from jarvis_memory_server.transport.snapshots import SnapshotServicer
+from jarvis_memory_server.transport.state import StateServicer
 
 log = logging.getLogger("jarvis_memory")
 
 SERVICE_NAMES = tuple(
     service.full_name
-    for module in (memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2)
+    for module in (memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2, state_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 
@@ -76,6 +80,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self.checkpointer: Checkpointer | None = None
         self.sessions = SessionService(self.db)
+        self.state = StateService(self.db)
         self.snapshots = SnapshotService(
             self.db, keep=config.snapshot_keep, max_age_s=config.snapshot_max_age_s
         )
@@ -101,6 +106,10 @@ class Daemon:
                 min(max(idle_s / 4, 0.05), 30.0), IDLE_SWEEP_BATCH,
                 lambda: self.sessions.end_idle(int(idle_s * 1_000_000)),
                 f"ended %d sessions idle for over {idle_s:g} s",
+            )))
+            self._tasks.append(asyncio.create_task(self._sweep(
+                self.config.state_purge_interval_s, PURGE_BATCH, self.state.purge_expired,
+                "purged %d expired state entries",
             )))
             if self.snapshots.max_age_s > 0:
                 self._tasks.append(asyncio.create_task(self._sweep(
@@ -150,6 +159,9 @@ class Daemon:
         )
         preference_pb2_grpc.add_PreferenceServiceServicer_to_server(
             PreferenceServicer(PreferenceService(self.db), self.auth), server
+        )
+        state_pb2_grpc.add_StateServiceServicer_to_server(
+            StateServicer(self.state, self.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

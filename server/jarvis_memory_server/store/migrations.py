@@ -147,6 +147,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             '"key")',
         ),
     ),
+    Migration(
+        5,
+        "agent state",
+        (
+            'CREATE TABLE "state" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "key" TEXT NOT NULL, "value" TEXT NOT NULL, '
+            '"version" INTEGER NOT NULL, "updated_at" INTEGER NOT NULL, '
+            '"expires_at" INTEGER, "revision" INTEGER NOT NULL)',
+            'CREATE UNIQUE INDEX "state_namespace_key" ON "state" ("namespace", "key")',
+            'CREATE INDEX "state_expires_at" ON "state" ("expires_at") '
+            'WHERE ("expires_at" IS NOT NULL)',
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

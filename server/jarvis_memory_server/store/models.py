@@ -259,6 +259,31 @@ class Preference(BaseModel):
         indexes = ((("namespace", "key"), True),)
 
 
+class StateEntry(BaseModel):
+    """An agent's state: key -> JSON value with a version for compare-and-swap."""
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    key = pw.TextField()
+    value = pw.TextField()
+    version = pw.BigIntegerField()
+    updated_at = pw.BigIntegerField()
+    expires_at = pw.BigIntegerField(null=True)
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "state"
+        indexes = ((("namespace", "key"), True),)
+
+
+# The purge of expired entries reads only entries that have an expiry.
+StateEntry.add_index(
+    StateEntry.index(StateEntry.expires_at, name="state_expires_at")
+    .where(StateEntry.expires_at.is_null(False))
+)
+
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
-    Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference
+    Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference,
+    StateEntry,
 )
