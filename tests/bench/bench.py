@@ -12,7 +12,9 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 - record_event: one event per call;
 - list_events: the first page of 50 unresolved events of a namespace holding 100k events
   (written into the file before the daemon starts, or through RecordEvent with --addr);
-- set_preference: an upsert of one of 1000 keys per call.
+- set_preference: an upsert of one of 1000 keys per call;
+- put_state: an unconditional put of one of 1000 keys per call;
+- put_state_cas: a put with expected_version, each worker owning its key (no conflicts).
 
 ratio_to_health is the scenario's rps over health_check's at the same in_flight level. This
 machine is noisy (health_check alone varies by +-15% between runs), so each in-flight level runs
@@ -64,11 +66,14 @@ from jarvis.memory.v1 import (
     preference_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
+    state_pb2,
+    state_pb2_grpc,
 )
 from jarvis_memory_server.service.auth import sign_jwt
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
-             "append_message", "list_messages", "record_event", "list_events", "set_preference")
+             "append_message", "list_messages", "record_event", "list_events", "set_preference",
+             "put_state", "put_state_cas")
 EVENTS = 100_000
 SESSION_MESSAGES = 10_000
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
@@ -298,6 +303,22 @@ async def preload_events_over_rpc(stub: event_pb2_grpc.EventServiceStub, namespa
     await asyncio.gather(*(recorder() for _ in range(64)))
 
 
+def cas_putter(stub: state_pb2_grpc.StateServiceStub, namespace: str,
+               key: str) -> Callable[[Any], Awaitable[Any]]:
+    """A worker's PutState with expected_version on a key of its own: it knows the version."""
+    version = 0
+
+    async def put(_: Any) -> Any:
+        nonlocal version
+        response = await stub.PutState(state_pb2.PutStateRequest(
+            namespace=namespace, key=key, value=struct_pb2.Value(number_value=version),
+            expected_version=version))
+        version = response.entry.version
+        return response
+
+    return put
+
+
 async def preload_session(stub: session_pb2_grpc.SessionServiceStub, namespace: str,
                           session_id: str, sentences: Sentences) -> None:
     """Start a session and append SESSION_MESSAGES messages to it, 32 in flight."""
@@ -326,9 +347,10 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
         sessions = [session_pb2_grpc.SessionServiceStub(c) for c in channels]
         events = [event_pb2_grpc.EventServiceStub(c) for c in channels]
         preferences = [preference_pb2_grpc.PreferenceServiceStub(c) for c in channels]
+        states = [state_pb2_grpc.StateServiceStub(c) for c in channels]
         if args.token:  # send the credential on every call, as an authenticated client does
             metadata = (("authorization", f"Bearer {args.token}"),)
-            for stub in (*memory, *sessions, *events, *preferences):
+            for stub in (*memory, *sessions, *events, *preferences, *states):
                 for name, value in list(vars(stub).items()):
                     setattr(stub, name, functools.partial(value, metadata=metadata))
         health = [health_pb2_grpc.HealthStub(c) for c in channels]
@@ -367,6 +389,13 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
             preference_pb2.SetPreferenceRequest(
                 namespace=ns_writes, key=f"bench/key-{i % 1000}",
                 value=struct_pb2.Value(string_value=f"value {i}"))
+            for i in range(5000)
+        ]
+
+        cas_runs = itertools.count()
+        state_puts = [
+            state_pb2.PutStateRequest(namespace=ns_writes, key=f"bench/state-{i % 1000}",
+                                      value=struct_pb2.Value(number_value=i))
             for i in range(5000)
         ]
 
@@ -442,9 +471,17 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                     elif scenario == "list_events":
                         methods = [m.ListEvents for m in events[:n_channels]]
                         requests = itertools.repeat(unresolved_page)
-                    else:
+                    elif scenario == "set_preference":
                         methods = [m.SetPreference for m in preferences[:n_channels]]
                         requests = itertools.cycle(preference_sets)
+                    elif scenario == "put_state":
+                        methods = [m.PutState for m in states[:n_channels]]
+                        requests = itertools.cycle(state_puts)
+                    else:
+                        run_id = next(cas_runs)  # fresh keys: each worker starts at version 0
+                        methods = [cas_putter(states[i % n_channels], ns_writes,
+                                              f"cas-{run_id}-{i}") for i in range(in_flight)]
+                        requests = itertools.repeat(None)
                     stats = await measure(methods, requests, in_flight, args.warmup,
                                           args.duration, daemon_pid)
                     if scenario == "health_check":
