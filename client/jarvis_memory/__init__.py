@@ -28,15 +28,18 @@ from jarvis_memory.errors import (
     Unavailable,
 )
 from jarvis_memory.types import (
+    Decision,
     Event,
     Memory,
     Message,
     Page,
+    PlanningCycle,
     Preference,
     Session,
     SessionEvent,
     Snapshot,
     StateEntry,
+    ToolCall,
 )
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "Client",
     "DataLoss",
     "DeadlineExceeded",
+    "Decision",
     "Event",
     "FailedPrecondition",
     "Internal",
@@ -58,6 +62,7 @@ __all__ = [
     "OutOfRange",
     "Page",
     "PermissionDenied",
+    "PlanningCycle",
     "Preference",
     "ResourceExhausted",
     "RetryPolicy",
@@ -65,6 +70,7 @@ __all__ = [
     "SessionEvent",
     "Snapshot",
     "StateEntry",
+    "ToolCall",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -14,6 +14,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message as ProtoMessage
 
 from jarvis.memory.v1 import (
+    audit_pb2,
     event_pb2,
     memory_pb2,
     preference_pb2,
@@ -24,15 +25,18 @@ from jarvis.memory.v1 import (
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import JarvisMemoryError
 from jarvis_memory.types import (
+    Decision,
     Event,
     Memory,
     Message,
     Page,
+    PlanningCycle,
     Preference,
     Session,
     SessionEvent,
     Snapshot,
     StateEntry,
+    ToolCall,
 )
 
 R = TypeVar("R")
@@ -43,6 +47,7 @@ _EVENT_SERVICE = "/jarvis.memory.v1.EventService/"
 _SNAPSHOT_SERVICE = "/jarvis.memory.v1.SnapshotService/"
 _PREFERENCE_SERVICE = "/jarvis.memory.v1.PreferenceService/"
 _STATE_SERVICE = "/jarvis.memory.v1.StateService/"
+_AUDIT_SERVICE = "/jarvis.memory.v1.AuditService/"
 
 
 @dataclass(frozen=True)
@@ -810,3 +815,119 @@ LIST_STATE = Rpc(_STATE_SERVICE + "ListState", state_pb2.ListStateRequest,
                  state_pb2.ListStateResponse,
                  lambda r: Page([to_state_entry(e) for e in r.entries], r.next_page_token),
                  idempotent=True)
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+def run_status_value(value: str | int) -> Any:
+    """Run status name ("running", "succeeded", "failed", "cancelled") or number -> enum."""
+    return _enum_value(audit_pb2.RunStatus, "RUN_STATUS_", value, "status")
+
+
+def _run_status(number: int) -> str:
+    return _enum_name(audit_pb2.RunStatus, "RUN_STATUS_", number)
+
+
+def _json_value(message: Any, field: str) -> Any:
+    return json_format.MessageToDict(getattr(message, field)) if message.HasField(field) else None
+
+
+def set_json(target: Any, value: Any) -> None:
+    """Fill a google.protobuf.Value field from a Python value (None leaves it unset)."""
+    if value is not None:
+        json_format.ParseDict(value, target)
+
+
+def to_tool_call(message: audit_pb2.ToolCall) -> ToolCall:
+    """ToolCall message -> ToolCall."""
+    return ToolCall(
+        id=message.id, namespace=message.namespace, tool=message.tool,
+        input=_json_value(message, "input"), session_id=message.session_id,
+        cycle_id=message.cycle_id, started_at=to_datetime(message.started_at),
+        status=_run_status(message.status), output=_json_value(message, "output"),
+        error=message.error, duration_ms=message.duration_ms,
+        finished_at=to_datetime(message.finished_at) if message.HasField("finished_at") else None,
+        revision=message.revision,
+    )
+
+
+def to_cycle(message: audit_pb2.PlanningCycle) -> PlanningCycle:
+    """PlanningCycle message -> PlanningCycle."""
+    return PlanningCycle(
+        id=message.id, namespace=message.namespace, goals=_json_value(message, "goals"),
+        started_at=to_datetime(message.started_at), status=_run_status(message.status),
+        outcomes=_json_value(message, "outcomes"),
+        finished_at=to_datetime(message.finished_at) if message.HasField("finished_at") else None,
+        revision=message.revision,
+    )
+
+
+def to_decision(message: audit_pb2.Decision) -> Decision:
+    """Decision message -> Decision."""
+    return Decision(
+        id=message.id, namespace=message.namespace, cycle_id=message.cycle_id,
+        reasoning=_json_value(message, "reasoning"), decision=message.decision,
+        created_at=to_datetime(message.created_at), revision=message.revision,
+    )
+
+
+class ToolCallFilters(TypedDict, total=False):
+    """Filters of list_tool_calls (combined with AND)."""
+
+    tool: str
+    status: str | int | None
+    cycle_id: int
+    session_id: str
+    since: datetime | None
+    until: datetime | None
+
+
+def list_tool_calls_request(
+    namespace: str, page_size: int, page_token: str, filters: ToolCallFilters
+) -> audit_pb2.ListToolCallsRequest:
+    """Build a ListToolCallsRequest."""
+    request = audit_pb2.ListToolCallsRequest(
+        namespace=namespace, page_size=page_size, page_token=page_token,
+        tool=filters.get("tool", ""), cycle_id=filters.get("cycle_id", 0),
+        session_id=filters.get("session_id", ""),
+    )
+    if (status := filters.get("status")) is not None:
+        request.status = run_status_value(status)
+    if (since := filters.get("since")) is not None:
+        request.since.CopyFrom(to_timestamp(since))
+    if (until := filters.get("until")) is not None:
+        request.until.CopyFrom(to_timestamp(until))
+    return request
+
+
+_CALL = lambda r: to_tool_call(r.tool_call)  # noqa: E731
+_CYCLE = lambda r: to_cycle(r.cycle)  # noqa: E731
+START_TOOL_CALL = Rpc(_AUDIT_SERVICE + "StartToolCall", audit_pb2.StartToolCallRequest,
+                      audit_pb2.StartToolCallResponse, _CALL, idempotent=False)
+FINISH_TOOL_CALL = Rpc(_AUDIT_SERVICE + "FinishToolCall", audit_pb2.FinishToolCallRequest,
+                       audit_pb2.FinishToolCallResponse, _CALL, idempotent=False)
+GET_TOOL_CALL = Rpc(_AUDIT_SERVICE + "GetToolCall", audit_pb2.GetToolCallRequest,
+                    audit_pb2.GetToolCallResponse, _CALL, idempotent=True)
+LIST_TOOL_CALLS = Rpc(_AUDIT_SERVICE + "ListToolCalls", audit_pb2.ListToolCallsRequest,
+                      audit_pb2.ListToolCallsResponse,
+                      lambda r: Page([to_tool_call(c) for c in r.tool_calls], r.next_page_token),
+                      idempotent=True)
+START_PLANNING_CYCLE = Rpc(_AUDIT_SERVICE + "StartPlanningCycle",
+                           audit_pb2.StartPlanningCycleRequest,
+                           audit_pb2.StartPlanningCycleResponse, _CYCLE, idempotent=False)
+FINISH_PLANNING_CYCLE = Rpc(_AUDIT_SERVICE + "FinishPlanningCycle",
+                            audit_pb2.FinishPlanningCycleRequest,
+                            audit_pb2.FinishPlanningCycleResponse, _CYCLE, idempotent=False)
+LIST_PLANNING_CYCLES = Rpc(_AUDIT_SERVICE + "ListPlanningCycles",
+                           audit_pb2.ListPlanningCyclesRequest,
+                           audit_pb2.ListPlanningCyclesResponse,
+                           lambda r: Page([to_cycle(c) for c in r.cycles], r.next_page_token),
+                           idempotent=True)
+RECORD_DECISION = Rpc(_AUDIT_SERVICE + "RecordDecision", audit_pb2.RecordDecisionRequest,
+                      audit_pb2.RecordDecisionResponse, lambda r: to_decision(r.decision),
+                      idempotent=False)
+LIST_DECISIONS = Rpc(_AUDIT_SERVICE + "ListDecisions", audit_pb2.ListDecisionsRequest,
+                     audit_pb2.ListDecisionsResponse,
+                     lambda r: Page([to_decision(d) for d in r.decisions], r.next_page_token),
+                     idempotent=True)

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.message import Message as ProtoMessage
 
 from jarvis.memory.v1 import (
+    audit_pb2,
     event_pb2,
     memory_pb2,
     preference_pb2,
@@ -22,15 +23,18 @@ from jarvis.memory.v1 import (
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import (
+    Decision,
     Event,
     Memory,
     Message,
     Page,
+    PlanningCycle,
     Preference,
     Session,
     SessionEvent,
     Snapshot,
     StateEntry,
+    ToolCall,
 )
 
 R = TypeVar("R")
@@ -361,3 +365,96 @@ class Client(api.ClientBase):
             page_token=page_token,
         )
         return self._unary(api.LIST_STATE, request)
+
+    # -- audit trail ------------------------------------------------------------------------
+
+    def start_tool_call(
+        self, tool: str, *, input: Any = None, session_id: str = "", cycle_id: int = 0,
+        namespace: str | None = None,
+    ) -> ToolCall:
+        """Record that a tool call started; returns it running, with its id."""
+        request = audit_pb2.StartToolCallRequest(
+            namespace=self._ns(namespace), tool=tool, session_id=session_id, cycle_id=cycle_id
+        )
+        api.set_json(request.input, input)
+        return self._unary(api.START_TOOL_CALL, request)
+
+    def finish_tool_call(
+        self, call_id: int, *, status: str | int, output: Any = None, error: str = "",
+        duration_ms: int = 0, namespace: str | None = None,
+    ) -> ToolCall:
+        """Record how a tool call ended ("succeeded", "failed", "cancelled").
+
+        Raises NotFound, FailedPrecondition when it already finished (nothing is written).
+        """
+        request = audit_pb2.FinishToolCallRequest(
+            namespace=self._ns(namespace), id=call_id, status=api.run_status_value(status),
+            error=error, duration_ms=duration_ms,
+        )
+        api.set_json(request.output, output)
+        return self._unary(api.FINISH_TOOL_CALL, request)
+
+    def get_tool_call(self, call_id: int, *, namespace: str | None = None) -> ToolCall:
+        """Return a tool call with its completion. Raises NotFound."""
+        request = audit_pb2.GetToolCallRequest(namespace=self._ns(namespace), id=call_id)
+        return self._unary(api.GET_TOOL_CALL, request)
+
+    def list_tool_calls(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None,
+        **filters: Unpack[api.ToolCallFilters],
+    ) -> Page[ToolCall]:
+        """Return one page of tool calls, newest first, running ones included."""
+        request = api.list_tool_calls_request(self._ns(namespace), page_size, page_token, filters)
+        return self._unary(api.LIST_TOOL_CALLS, request)
+
+    def start_planning_cycle(
+        self, goals: Any = None, *, namespace: str | None = None
+    ) -> PlanningCycle:
+        """Record that a planning cycle started, with its goals."""
+        request = audit_pb2.StartPlanningCycleRequest(namespace=self._ns(namespace))
+        api.set_json(request.goals, goals)
+        return self._unary(api.START_PLANNING_CYCLE, request)
+
+    def finish_planning_cycle(
+        self, cycle_id: int, *, status: str | int, outcomes: Any = None,
+        namespace: str | None = None,
+    ) -> PlanningCycle:
+        """Record how a planning cycle ended. Raises NotFound, FailedPrecondition."""
+        request = audit_pb2.FinishPlanningCycleRequest(
+            namespace=self._ns(namespace), id=cycle_id, status=api.run_status_value(status)
+        )
+        api.set_json(request.outcomes, outcomes)
+        return self._unary(api.FINISH_PLANNING_CYCLE, request)
+
+    def list_planning_cycles(
+        self, *, status: str | int | None = None, page_size: int = 0, page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[PlanningCycle]:
+        """Return one page of planning cycles, newest first."""
+        request = audit_pb2.ListPlanningCyclesRequest(
+            namespace=self._ns(namespace), page_size=page_size, page_token=page_token,
+            status=api.run_status_value(status if status is not None else 0),
+        )
+        return self._unary(api.LIST_PLANNING_CYCLES, request)
+
+    def record_decision(
+        self, decision: str, *, reasoning: Any = None, cycle_id: int = 0,
+        namespace: str | None = None,
+    ) -> Decision:
+        """Record a decision and the reasoning behind it."""
+        request = audit_pb2.RecordDecisionRequest(
+            namespace=self._ns(namespace), decision=decision, cycle_id=cycle_id
+        )
+        api.set_json(request.reasoning, reasoning)
+        return self._unary(api.RECORD_DECISION, request)
+
+    def list_decisions(
+        self, *, cycle_id: int = 0, page_size: int = 0, page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[Decision]:
+        """Return one page of decisions, oldest first, of one planning cycle if given."""
+        request = audit_pb2.ListDecisionsRequest(
+            namespace=self._ns(namespace), cycle_id=cycle_id, page_size=page_size,
+            page_token=page_token,
+        )
+        return self._unary(api.LIST_DECISIONS, request)

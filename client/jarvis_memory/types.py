@@ -158,3 +158,49 @@ class StateEntry:
     updated_at: datetime
     expires_at: datetime | None
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call; ``status`` is "running" until it is "succeeded", "failed" or "cancelled"."""
+
+    id: int
+    namespace: str
+    tool: str
+    input: Any
+    session_id: str
+    cycle_id: int
+    started_at: datetime
+    status: str
+    output: Any
+    error: str
+    duration_ms: int
+    finished_at: datetime | None
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanningCycle:
+    """A planning cycle; ``status`` as for ToolCall."""
+
+    id: int
+    namespace: str
+    goals: Any
+    started_at: datetime
+    status: str
+    outcomes: Any
+    finished_at: datetime | None
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A recorded decision and the reasoning behind it."""
+
+    id: int
+    namespace: str
+    cycle_id: int
+    reasoning: Any
+    decision: str
+    created_at: datetime
+    revision: int

@@ -160,6 +160,62 @@ MIGRATIONS: tuple[Migration, ...] = (
             'WHERE ("expires_at" IS NOT NULL)',
         ),
     ),
+    Migration(
+        6,
+        "the append-only audit trail: tool calls, planning cycles, decisions",
+        (
+            'CREATE TABLE "tool_calls" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "parent_id" INTEGER, '
+            '"status" TEXT NOT NULL CHECK (status IN (\'started\', \'succeeded\', \'failed\', '
+            '\'cancelled\')), "tool" TEXT NOT NULL, "payload" TEXT, "error" TEXT NOT NULL, '
+            '"duration_ms" INTEGER, "session_id" TEXT NOT NULL, "cycle_id" INTEGER, '
+            '"created_at" INTEGER NOT NULL, "revision" INTEGER NOT NULL, '
+            'FOREIGN KEY ("parent_id") REFERENCES "tool_calls" ("id"))',
+            'CREATE UNIQUE INDEX "tool_calls_completion" ON "tool_calls" ("parent_id") '
+            'WHERE ("parent_id" IS NOT NULL)',
+            'CREATE INDEX "tool_calls_started_namespace_created_at" ON '
+            '"tool_calls" ("namespace", "created_at") WHERE ("parent_id" IS NULL)',
+            'CREATE INDEX "tool_calls_started_namespace_tool_created_at" ON '
+            '"tool_calls" ("namespace", "tool", "created_at") WHERE ("parent_id" IS NULL)',
+            'CREATE INDEX "tool_calls_started_namespace_cycle_created_at" ON '
+            '"tool_calls" ("namespace", "cycle_id", "created_at") WHERE '
+            '("parent_id" IS NULL)',
+            'CREATE INDEX "tool_calls_started_namespace_session_created_at" ON '
+            '"tool_calls" ("namespace", "session_id", "created_at") WHERE '
+            '("parent_id" IS NULL)',
+            'CREATE TABLE "planning_cycles" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "parent_id" INTEGER, '
+            '"status" TEXT NOT NULL CHECK (status IN (\'started\', \'succeeded\', \'failed\', '
+            '\'cancelled\')), "payload" TEXT, "created_at" INTEGER NOT NULL, '
+            '"revision" INTEGER NOT NULL, '
+            'FOREIGN KEY ("parent_id") REFERENCES "planning_cycles" ("id"))',
+            'CREATE UNIQUE INDEX "planning_cycles_completion" ON "planning_cycles" '
+            '("parent_id") WHERE ("parent_id" IS NOT NULL)',
+            'CREATE INDEX "planning_cycles_started_namespace_created_at" ON '
+            '"planning_cycles" ("namespace", "created_at") WHERE ("parent_id" IS NULL)',
+            'CREATE TABLE "decisions" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "cycle_id" INTEGER, "reasoning" TEXT, '
+            '"decision" TEXT NOT NULL, "created_at" INTEGER NOT NULL, '
+            '"revision" INTEGER NOT NULL)',
+            'CREATE INDEX "decisions_namespace" ON "decisions" ("namespace")',
+            'CREATE INDEX "decisions_namespace_cycle_id" ON "decisions" ("namespace", '
+            '"cycle_id")',
+            'CREATE TRIGGER "tool_calls_no_update" BEFORE UPDATE ON "tool_calls" BEGIN '
+            "SELECT RAISE(ABORT, 'tool_calls is append-only'); END",
+            'CREATE TRIGGER "tool_calls_no_delete" BEFORE DELETE ON "tool_calls" BEGIN '
+            "SELECT RAISE(ABORT, 'tool_calls is append-only'); END",
+            'CREATE TRIGGER "planning_cycles_no_update" BEFORE UPDATE ON '
+            '"planning_cycles" BEGIN SELECT RAISE(ABORT, '
+            "'planning_cycles is append-only'); END",
+            'CREATE TRIGGER "planning_cycles_no_delete" BEFORE DELETE ON '
+            '"planning_cycles" BEGIN SELECT RAISE(ABORT, '
+            "'planning_cycles is append-only'); END",
+            'CREATE TRIGGER "decisions_no_update" BEFORE UPDATE ON "decisions" BEGIN '
+            "SELECT RAISE(ABORT, 'decisions is append-only'); END",
+            'CREATE TRIGGER "decisions_no_delete" BEFORE DELETE ON "decisions" BEGIN '
+            "SELECT RAISE(ABORT, 'decisions is append-only'); END",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

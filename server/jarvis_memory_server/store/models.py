@@ -283,7 +283,99 @@ StateEntry.add_index(
 )
 
 
+RUN_STATUSES = ("started", "succeeded", "failed", "cancelled")
+_RUN_STATUS_CHECK = pw.Check("status IN ('started', 'succeeded', 'failed', 'cancelled')")
+
+
+class ToolCall(BaseModel):
+    """An append-only audit row of a tool call.
+
+    The two-row pattern: a call is a "started" row (parent NULL, payload = input) and, once it
+    ends, a second row (parent = the started row, payload = output). Rows are never updated or
+    deleted; triggers in the migrations make the database refuse it.
+    """
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    parent = pw.ForeignKeyField("self", null=True, column_name="parent_id", index=False)
+    status = pw.TextField(constraints=[_RUN_STATUS_CHECK])
+    tool = pw.TextField()
+    payload = pw.TextField(null=True)
+    error = pw.TextField(default="")
+    duration_ms = pw.BigIntegerField(null=True)
+    session_id = pw.TextField(default="")
+    cycle_id = pw.BigIntegerField(null=True)
+    created_at = pw.BigIntegerField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "tool_calls"
+
+
+class PlanningCycle(BaseModel):
+    """An append-only audit row of a planning cycle (the same two-row pattern)."""
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    parent = pw.ForeignKeyField("self", null=True, column_name="parent_id", index=False)
+    status = pw.TextField(constraints=[_RUN_STATUS_CHECK])
+    payload = pw.TextField(null=True)  # goals on the started row, outcomes on the other
+    created_at = pw.BigIntegerField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "planning_cycles"
+
+
+class Decision(BaseModel):
+    """An append-only record of a decision and its reasoning."""
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    cycle_id = pw.BigIntegerField(null=True)
+    reasoning = pw.TextField(null=True)
+    decision = pw.TextField()
+    created_at = pw.BigIntegerField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "decisions"
+        # Oldest first by id: SQLite appends the rowid to each index.
+        indexes = ((("namespace",), False), (("namespace", "cycle_id"), False))
+
+
+def _two_row_indexes(model: type[ToolCall] | type[PlanningCycle], table: str) -> None:
+    # At most one completion per started row; partial, so that it is never mistaken for an
+    # index of the (many) started rows, whose parent is NULL.
+    model.add_index(model.index(model.parent, unique=True, name=f"{table}_completion")
+                    .where(model.parent.is_null(False)))
+
+
+def _started_index(
+    model: type[ToolCall] | type[PlanningCycle], *fields: pw.Field, name: str
+) -> None:
+    # Lists read started rows only (newest first), so their indexes leave completions out.
+    model.add_index(model.index(*fields, name=name).where(model.parent.is_null()))
+
+
+_two_row_indexes(ToolCall, "tool_calls")
+_two_row_indexes(PlanningCycle, "planning_cycles")
+
+
+_started_index(ToolCall, ToolCall.namespace, ToolCall.created_at,
+               name="tool_calls_started_namespace_created_at")
+_started_index(ToolCall, ToolCall.namespace, ToolCall.tool, ToolCall.created_at,
+               name="tool_calls_started_namespace_tool_created_at")
+_started_index(ToolCall, ToolCall.namespace, ToolCall.cycle_id, ToolCall.created_at,
+               name="tool_calls_started_namespace_cycle_created_at")
+_started_index(ToolCall, ToolCall.namespace, ToolCall.session_id, ToolCall.created_at,
+               name="tool_calls_started_namespace_session_created_at")
+_started_index(PlanningCycle, PlanningCycle.namespace, PlanningCycle.created_at,
+               name="planning_cycles_started_namespace_created_at")
+
+APPEND_ONLY: tuple[type[BaseModel], ...] = (ToolCall, PlanningCycle, Decision)
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
     Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference,
-    StateEntry,
+    StateEntry, ToolCall, PlanningCycle, Decision,
 )

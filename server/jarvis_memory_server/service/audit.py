@@ -1,0 +1,239 @@
+"""Audit rules: the two-row lifecycle of tool calls and planning cycles, decisions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from jarvis_memory_server.service.common import (
+    ServiceBase,
+    choice,
+    decode_cursor,
+    encode_cursor,
+    filter_fingerprint,
+    page_size,
+)
+from jarvis_memory_server.store.audit import AuditStore, CycleRow, DecisionRow, ToolCallRow
+from jarvis_memory_server.store.sqlite import Database, now_us
+from jarvis_memory_server.store.writes import WriteTxn
+
+__all__ = ["FINAL_STATUSES", "AuditService", "CycleRow", "DecisionRow", "ToolCallRow"]
+
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+MAX_JSON_BYTES = 1024 * 1024
+MAX_TEXT_BYTES = 65536
+MAX_TOOL_CHARS = 128
+
+
+class AuditService(ServiceBase):
+    """Starts and finishes tool calls and planning cycles, records decisions; lists them."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self._store = AuditStore(db)
+
+    # -- tool calls -------------------------------------------------------------------------
+
+    def start_tool_call(
+        self, namespace: str, tool: str, input: Any = None, *, session_id: str = "",
+        cycle_id: int = 0,
+    ) -> ToolCallRow:
+        """Write the started row of a tool call. Raises InvalidArgument, NotFound (cycle)."""
+        if not tool.strip():
+            raise InvalidArgument("tool", "is required")
+        if len(tool) > MAX_TOOL_CHARS:
+            raise InvalidArgument("tool", f"is longer than {MAX_TOOL_CHARS} characters")
+        if len(session_id) > 128:
+            raise InvalidArgument("session_id", "is longer than 128 characters")
+        payload = _json(input, "input")
+        now = now_us()
+        with self._db.write() as txn:
+            self._check_cycle(txn, namespace, cycle_id)
+            call_id = self._store.start_call(txn, {
+                "namespace": namespace, "tool": tool, "payload": payload,
+                "session_id": session_id, "cycle_id": cycle_id or None, "now": now})
+            return ToolCallRow(call_id, namespace, tool, payload, session_id, cycle_id or None,
+                               now, None, None, None, None, None, txn.revision)
+
+    def finish_tool_call(
+        self, namespace: str, call_id: int, status: str, output: Any = None, *,
+        error: str = "", duration_ms: int = 0,
+    ) -> ToolCallRow:
+        """Write the completion row of a running call.
+
+        Raises NotFound, FailedPrecondition when it is already finished (nothing is written),
+        InvalidArgument.
+        """
+        _check_id(call_id, "id")
+        choice(status, FINAL_STATUSES, "status")
+        if duration_ms < 0:
+            raise InvalidArgument("duration_ms", "must not be negative")
+        if len(error.encode()) > MAX_TEXT_BYTES:
+            raise InvalidArgument("error", f"is longer than {MAX_TEXT_BYTES} bytes")
+        payload = _json(output, "output")
+        now = now_us()
+        with self._db.write() as txn:
+            call = self._store.call(namespace, call_id, txn)
+            if call is None:
+                raise _not_found("tool call", namespace, call_id)
+            if call.status is not None or not self._store.finish_call(txn, call, {
+                "status": status, "payload": payload, "error": error,
+                "duration_ms": duration_ms or (now - call.started_at) // 1000, "now": now,
+            }):
+                raise _finished("tool call", namespace, call_id)
+            return ToolCallRow(call.id, namespace, call.tool, call.input, call.session_id,
+                               call.cycle_id, call.started_at, status, payload, error,
+                               duration_ms or (now - call.started_at) // 1000, now, txn.revision)
+
+    def get_tool_call(self, namespace: str, call_id: int) -> ToolCallRow:
+        """Return a call with its completion. Raises NotFound, InvalidArgument."""
+        _check_id(call_id, "id")
+        row = self._store.call(namespace, call_id)
+        if row is None:
+            raise _not_found("tool call", namespace, call_id)
+        return row
+
+    def list_tool_calls(
+        self, namespace: str, *, tool: str = "", status: str | None = None, cycle_id: int = 0,
+        session_id: str = "", since: int | None = None, until: int | None = None,
+        size: int = 0, token: str = "",
+    ) -> tuple[list[ToolCallRow], str]:
+        """Return one page of calls newest first (running ones included), and the next token."""
+        limit = page_size(size)
+        filters: dict[str, Any] = {}
+        if tool:
+            filters["tool"] = tool
+        if status == "running":
+            filters["running"] = None
+        elif status is not None:
+            filters["status"] = choice(status, FINAL_STATUSES, "status")
+        if cycle_id:
+            filters["cycle_id"] = cycle_id
+        if session_id:
+            filters["session_id"] = session_id
+        if since is not None:
+            filters["since"] = since
+        if until is not None:
+            filters["until"] = until
+        fingerprint = filter_fingerprint(namespace, filters)
+        if token:
+            filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
+        rows = self._store.page_calls(namespace, filters, limit + 1)
+        if len(rows) <= limit:
+            return rows, ""
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].started_at, rows[-1].id, fingerprint)
+
+    # -- planning cycles --------------------------------------------------------------------
+
+    def start_cycle(self, namespace: str, goals: Any = None) -> CycleRow:
+        """Write the started row of a planning cycle. Raises InvalidArgument."""
+        payload = _json(goals, "goals")
+        now = now_us()
+        with self._db.write() as txn:
+            cycle_id = self._store.start_cycle(txn, namespace, payload, now)
+            return CycleRow(cycle_id, namespace, payload, now, None, None, None, txn.revision)
+
+    def finish_cycle(
+        self, namespace: str, cycle_id: int, status: str, outcomes: Any = None
+    ) -> CycleRow:
+        """Write the completion row of a running cycle.
+
+        Raises NotFound, FailedPrecondition when it is already finished, InvalidArgument.
+        """
+        _check_id(cycle_id, "id")
+        choice(status, FINAL_STATUSES, "status")
+        payload = _json(outcomes, "outcomes")
+        now = now_us()
+        with self._db.write() as txn:
+            cycle = self._store.cycle(namespace, cycle_id, txn)
+            if cycle is None:
+                raise _not_found("planning cycle", namespace, cycle_id)
+            if cycle.status is not None or not self._store.finish_cycle(
+                txn, cycle, status, payload, now
+            ):
+                raise _finished("planning cycle", namespace, cycle_id)
+            return CycleRow(cycle.id, namespace, cycle.goals, cycle.started_at, status, payload,
+                            now, txn.revision)
+
+    def list_cycles(
+        self, namespace: str, *, status: str | None = None, size: int = 0, token: str = ""
+    ) -> tuple[list[CycleRow], str]:
+        """Return one page of planning cycles newest first, and the next page's token."""
+        limit = page_size(size)
+        filters: dict[str, Any] = {}
+        if status == "running":
+            filters["running"] = None
+        elif status is not None:
+            filters["status"] = choice(status, FINAL_STATUSES, "status")
+        fingerprint = filter_fingerprint(namespace, filters)
+        if token:
+            filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
+        rows = self._store.page_cycles(namespace, filters, limit + 1)
+        if len(rows) <= limit:
+            return rows, ""
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].started_at, rows[-1].id, fingerprint)
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def record_decision(
+        self, namespace: str, decision: str, reasoning: Any = None, *, cycle_id: int = 0
+    ) -> DecisionRow:
+        """Record a decision and its reasoning. Raises InvalidArgument, NotFound (cycle)."""
+        if not decision.strip():
+            raise InvalidArgument("decision", "is required")
+        if len(decision.encode()) > MAX_TEXT_BYTES:
+            raise InvalidArgument("decision", f"is longer than {MAX_TEXT_BYTES} bytes")
+        payload = _json(reasoning, "reasoning")
+        with self._db.write() as txn:
+            self._check_cycle(txn, namespace, cycle_id)
+            return self._store.record_decision(txn, {
+                "namespace": namespace, "cycle_id": cycle_id or None, "reasoning": payload,
+                "decision": decision, "now": now_us()})
+
+    def list_decisions(
+        self, namespace: str, *, cycle_id: int = 0, size: int = 0, token: str = ""
+    ) -> tuple[list[DecisionRow], str]:
+        """Return one page of decisions oldest first, and the next page's token."""
+        limit = page_size(size)
+        fingerprint = filter_fingerprint(namespace, {"cycle_id": cycle_id})
+        after = decode_cursor(token, fingerprint)[1] if token else 0
+        rows = self._store.page_decisions(namespace, cycle_id or None, after, limit + 1)
+        if len(rows) <= limit:
+            return rows, ""
+        rows = rows[:limit]
+        return rows, encode_cursor(0, rows[-1].id, fingerprint)
+
+    def _check_cycle(self, txn: WriteTxn, namespace: str, cycle_id: int) -> None:
+        if cycle_id < 0:
+            raise InvalidArgument("cycle_id", "must not be negative")
+        if cycle_id and self._store.cycle(namespace, cycle_id, txn) is None:
+            raise _not_found("planning cycle", namespace, cycle_id)
+
+
+def _json(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > MAX_JSON_BYTES:
+        raise InvalidArgument(field, f"encodes to more than {MAX_JSON_BYTES} bytes of JSON")
+    return text
+
+
+def _check_id(value: int, field: str) -> None:
+    if value <= 0:
+        raise InvalidArgument(field, f"must be positive (got {value})")
+
+
+def _not_found(what: str, namespace: str, item_id: int) -> NotFound:
+    return NotFound(f"{what} {item_id} does not exist in namespace {namespace!r}",
+                    reason=f"{what.upper().replace(' ', '_')}_NOT_FOUND", id=str(item_id))
+
+
+def _finished(what: str, namespace: str, item_id: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"{what} {item_id} in namespace {namespace!r} is already finished; nothing was written",
+        reason="ALREADY_FINISHED", id=str(item_id),
+    )
