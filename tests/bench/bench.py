@@ -14,7 +14,9 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
   (written into the file before the daemon starts, or through RecordEvent with --addr);
 - set_preference: an upsert of one of 1000 keys per call;
 - put_state: an unconditional put of one of 1000 keys per call;
-- put_state_cas: a put with expected_version, each worker owning its key (no conflicts).
+- put_state_cas: a put with expected_version, each worker owning its key (no conflicts);
+- tool_call: StartToolCall then FinishToolCall; rps counts the pairs, and its ratio_to_health
+  compares the RPC rate (twice the pairs) with health_check's.
 
 ratio_to_health is the scenario's rps over health_check's at the same in_flight level. This
 machine is noisy (health_check alone varies by +-15% between runs), so each in-flight level runs
@@ -58,6 +60,8 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jarvis.memory.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     memory_pb2,
@@ -73,7 +77,7 @@ from jarvis_memory_server.service.auth import sign_jwt
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
              "append_message", "list_messages", "record_event", "list_events", "set_preference",
-             "put_state", "put_state_cas")
+             "put_state", "put_state_cas", "tool_call")
 EVENTS = 100_000
 SESSION_MESSAGES = 10_000
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
@@ -303,6 +307,21 @@ async def preload_events_over_rpc(stub: event_pb2_grpc.EventServiceStub, namespa
     await asyncio.gather(*(recorder() for _ in range(64)))
 
 
+def tool_call_pair(stub: audit_pb2_grpc.AuditServiceStub,
+                   namespace: str) -> Callable[[Any], Awaitable[Any]]:
+    """Start a tool call and finish it: the two-row audit pattern, as an agent writes it."""
+    start = audit_pb2.StartToolCallRequest(namespace=namespace, tool="web_search",
+                                           input=struct_pb2.Value(string_value="weather"))
+
+    async def pair(_: Any) -> Any:
+        started = await stub.StartToolCall(start)
+        return await stub.FinishToolCall(audit_pb2.FinishToolCallRequest(
+            namespace=namespace, id=started.tool_call.id, status=audit_pb2.RUN_STATUS_SUCCEEDED,
+            output=struct_pb2.Value(number_value=11), duration_ms=420))
+
+    return pair
+
+
 def cas_putter(stub: state_pb2_grpc.StateServiceStub, namespace: str,
                key: str) -> Callable[[Any], Awaitable[Any]]:
     """A worker's PutState with expected_version on a key of its own: it knows the version."""
@@ -348,9 +367,10 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
         events = [event_pb2_grpc.EventServiceStub(c) for c in channels]
         preferences = [preference_pb2_grpc.PreferenceServiceStub(c) for c in channels]
         states = [state_pb2_grpc.StateServiceStub(c) for c in channels]
+        audits = [audit_pb2_grpc.AuditServiceStub(c) for c in channels]
         if args.token:  # send the credential on every call, as an authenticated client does
             metadata = (("authorization", f"Bearer {args.token}"),)
-            for stub in (*memory, *sessions, *events, *preferences, *states):
+            for stub in (*memory, *sessions, *events, *preferences, *states, *audits):
                 for name, value in list(vars(stub).items()):
                     setattr(stub, name, functools.partial(value, metadata=metadata))
         health = [health_pb2_grpc.HealthStub(c) for c in channels]
@@ -477,6 +497,10 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                     elif scenario == "put_state":
                         methods = [m.PutState for m in states[:n_channels]]
                         requests = itertools.cycle(state_puts)
+                    elif scenario == "tool_call":
+                        methods = [tool_call_pair(audits[i % n_channels], ns_writes)
+                                   for i in range(n_channels)]
+                        requests = itertools.repeat(None)
                     else:
                         run_id = next(cas_runs)  # fresh keys: each worker starts at version 0
                         methods = [cas_putter(states[i % n_channels], ns_writes,
@@ -489,6 +513,8 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                     if scenario == "add_memories_500":
                         stats["rps"] *= BATCH  # memories/s; latency stays per call
                         stats["ratio"] = math.nan
+                    elif scenario == "tool_call":  # two RPCs per pair
+                        stats["ratio"] = 2 * stats["rps"] / health_rps if health_rps else math.nan
                     else:
                         stats["ratio"] = stats["rps"] / health_rps if health_rps else math.nan
                     rounds[scenario].append(stats)
