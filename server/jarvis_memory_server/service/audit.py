@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -10,8 +9,9 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     choice,
     decode_cursor,
-    encode_cursor,
     filter_fingerprint,
+    finish_page,
+    json_object,
     page_size,
 )
 from jarvis_memory_server.store.audit import AuditStore, CycleRow, DecisionRow, ToolCallRow
@@ -46,7 +46,7 @@ class AuditService(ServiceBase):
             raise InvalidArgument("tool", f"is longer than {MAX_TOOL_CHARS} characters")
         if len(session_id) > 128:
             raise InvalidArgument("session_id", "is longer than 128 characters")
-        payload = _json(input, "input")
+        payload = json_object(input, "input", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             self._check_cycle(txn, namespace, cycle_id)
@@ -71,7 +71,7 @@ class AuditService(ServiceBase):
             raise InvalidArgument("duration_ms", "must not be negative")
         if len(error.encode()) > MAX_TEXT_BYTES:
             raise InvalidArgument("error", f"is longer than {MAX_TEXT_BYTES} bytes")
-        payload = _json(output, "output")
+        payload = json_object(output, "output", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             call = self._store.call(namespace, call_id, txn)
@@ -120,16 +120,13 @@ class AuditService(ServiceBase):
         if token:
             filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
         rows = self._store.page_calls(namespace, filters, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].started_at, rows[-1].id, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.started_at, "id": r.id})
 
     # -- planning cycles --------------------------------------------------------------------
 
     def start_cycle(self, namespace: str, goals: Any = None) -> CycleRow:
         """Write the started row of a planning cycle. Raises InvalidArgument."""
-        payload = _json(goals, "goals")
+        payload = json_object(goals, "goals", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             cycle_id = self._store.start_cycle(txn, namespace, payload, now)
@@ -144,7 +141,7 @@ class AuditService(ServiceBase):
         """
         _check_id(cycle_id, "id")
         choice(status, FINAL_STATUSES, "status")
-        payload = _json(outcomes, "outcomes")
+        payload = json_object(outcomes, "outcomes", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             cycle = self._store.cycle(namespace, cycle_id, txn)
@@ -171,10 +168,7 @@ class AuditService(ServiceBase):
         if token:
             filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
         rows = self._store.page_cycles(namespace, filters, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].started_at, rows[-1].id, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.started_at, "id": r.id})
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -186,7 +180,7 @@ class AuditService(ServiceBase):
             raise InvalidArgument("decision", "is required")
         if len(decision.encode()) > MAX_TEXT_BYTES:
             raise InvalidArgument("decision", f"is longer than {MAX_TEXT_BYTES} bytes")
-        payload = _json(reasoning, "reasoning")
+        payload = json_object(reasoning, "reasoning", MAX_JSON_BYTES)
         with self._db.write() as txn:
             self._check_cycle(txn, namespace, cycle_id)
             return self._store.record_decision(txn, {
@@ -201,25 +195,13 @@ class AuditService(ServiceBase):
         fingerprint = filter_fingerprint(namespace, {"cycle_id": cycle_id})
         after = decode_cursor(token, fingerprint)[1] if token else 0
         rows = self._store.page_decisions(namespace, cycle_id or None, after, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(0, rows[-1].id, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": 0, "id": r.id})
 
     def _check_cycle(self, txn: WriteTxn, namespace: str, cycle_id: int) -> None:
         if cycle_id < 0:
             raise InvalidArgument("cycle_id", "must not be negative")
         if cycle_id and self._store.cycle(namespace, cycle_id, txn) is None:
             raise _not_found("planning cycle", namespace, cycle_id)
-
-
-def _json(value: Any, field: str) -> str | None:
-    if value is None:
-        return None
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode()) > MAX_JSON_BYTES:
-        raise InvalidArgument(field, f"encodes to more than {MAX_JSON_BYTES} bytes of JSON")
-    return text
 
 
 def _check_id(value: int, field: str) -> None:

@@ -6,10 +6,13 @@ import base64
 import hashlib
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.store.sqlite import Database
+
+Row = TypeVar("Row")
 
 
 class ServiceBase:
@@ -58,14 +61,31 @@ def page_size(value: int) -> int:
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def json_object(value: dict[str, Any] | None, field: str, max_bytes: int) -> str | None:
-    """Encode an optional JSON object for storage. Raises InvalidArgument when too large."""
-    if value is None:
-        return None
+def json_text(value: Any, field: str, max_bytes: int) -> str:
+    """Encode any JSON value for storage. Raises InvalidArgument when it is too large."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     if len(text.encode()) > max_bytes:
         raise InvalidArgument(field, f"encodes to more than {max_bytes} bytes of JSON")
     return text
+
+
+def json_object(value: Any, field: str, max_bytes: int) -> str | None:
+    """Encode an optional JSON value for storage (None stays None). Raises InvalidArgument."""
+    return None if value is None else json_text(value, field, max_bytes)
+
+
+def finish_page(
+    rows: list[Row], limit: int, fingerprint: str, cursor: Callable[[Row], dict[str, Any]]
+) -> tuple[list[Row], str]:
+    """Cut a page read with one row more than ``limit`` and make the next page's token.
+
+    The extra row only says that another page follows; the token holds ``cursor`` of the
+    page's last row.
+    """
+    if len(rows) <= limit:
+        return rows, ""
+    rows = rows[:limit]
+    return rows, encode_page_token(cursor(rows[-1]), fingerprint)
 
 
 def filter_fingerprint(namespace: str, filters: dict[str, Any]) -> str:

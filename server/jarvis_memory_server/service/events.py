@@ -10,8 +10,8 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     choice,
     decode_cursor,
-    encode_cursor,
     filter_fingerprint,
+    finish_page,
     json_object,
     page_size,
 )
@@ -142,10 +142,7 @@ class EventService(ServiceBase):
         if token:
             values["cursor_at"], values["cursor_id"] = decode_cursor(token, fingerprint)
         rows = self._store.page(namespace, values, types, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].occurred_at, rows[-1].id, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.occurred_at, "id": r.id})
 
 
 def _check_id(event_id: int) -> None:

@@ -12,8 +12,8 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     choice,
     decode_cursor,
-    encode_cursor,
     filter_fingerprint,
+    finish_page,
     json_object,
     page_size,
 )
@@ -175,10 +175,7 @@ class MemoryService(ServiceBase):
             filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
         # One row more than asked tells whether another page follows.
         rows = self._store.page(namespace, filters, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].created_at, rows[-1].id, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.created_at, "id": r.id})
 
     # -- validation -------------------------------------------------------------------------
 

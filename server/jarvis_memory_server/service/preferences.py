@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -10,9 +9,10 @@ from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
     decode_page_token,
-    encode_page_token,
     filter_fingerprint,
+    finish_page,
     identifier,
+    json_text,
     page_size,
 )
 from jarvis_memory_server.store.preferences import PreferenceRow, PreferenceStore
@@ -37,9 +37,7 @@ class PreferenceService(ServiceBase):
         Raises InvalidArgument for a malformed key or an oversized value.
         """
         _check_key(key)
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        if len(text.encode()) > MAX_VALUE_BYTES:
-            raise InvalidArgument("value", f"encodes to more than {MAX_VALUE_BYTES} bytes of JSON")
+        text = json_text(value, "value", MAX_VALUE_BYTES)
         with self._db.write() as txn:
             row, _ = self._store.upsert(
                 txn, {"namespace": namespace, "key": key, "value": text, "now": now_us()}
@@ -74,10 +72,7 @@ class PreferenceService(ServiceBase):
                 raise InvalidArgument("page_token", "is not a token this server issued")
             after = last
         rows = self._store.page(namespace, prefix, after, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_page_token({"key": rows[-1].key}, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"key": r.key})
 
 
 def _check_key(key: str) -> None:

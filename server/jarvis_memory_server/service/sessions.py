@@ -14,8 +14,8 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     choice,
     decode_cursor,
-    encode_cursor,
     filter_fingerprint,
+    finish_page,
     identifier,
     json_object,
     page_size,
@@ -134,13 +134,7 @@ class SessionService(ServiceBase):
             raise InvalidArgument(
                 "tokens_used", f"must not be negative (got {message.tokens_used})"
             )
-        tool_calls = None
-        if message.tool_calls is not None:
-            tool_calls = json.dumps(message.tool_calls, separators=(",", ":"), ensure_ascii=False)
-            if len(tool_calls.encode()) > MAX_TOOL_CALLS_BYTES:
-                raise InvalidArgument(
-                    "tool_calls", f"encode to more than {MAX_TOOL_CALLS_BYTES} bytes"
-                )
+        tool_calls = json_object(message.tool_calls, "tool_calls", MAX_TOOL_CALLS_BYTES)
         if not message.content.strip() and tool_calls is None:
             raise InvalidArgument("content", "is required unless tool_calls is set")
         values = {"role": message.role, "content": message.content, "model": message.model,
@@ -188,12 +182,9 @@ class SessionService(ServiceBase):
         fingerprint = filter_fingerprint(namespace, {"state": state, "order": order})
         cursor = decode_cursor(token, fingerprint) if token else None
         rows = self._store.page_sessions(namespace, state, order, cursor, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        last = rows[-1]
-        at = last.started_at if order == "started_at" else last.last_activity_at
-        return rows, encode_cursor(at, last.id, fingerprint)
+        return finish_page(
+            rows, limit, fingerprint, lambda r: {"at": getattr(r, order), "id": r.id}
+        )
 
     def list_messages(
         self, namespace: str, session_id: str, *, size: int = 0, token: str = ""
@@ -204,10 +195,7 @@ class SessionService(ServiceBase):
         fingerprint = filter_fingerprint(namespace, {"messages_of": session_id})
         after = decode_cursor(token, fingerprint)[1] if token else 0
         rows = self._store.page_messages(session.id, after, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(0, rows[-1].sequence, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": 0, "id": r.sequence})
 
     def list_events(
         self, namespace: str, *, session_id: str | None = None, day: str | None = None,
@@ -228,10 +216,7 @@ class SessionService(ServiceBase):
         else:
             start, end = _day_range(day or "")
             rows = self._store.page_day_events(namespace, start, end, (at, after), limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].logged_at, rows[-1].id, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.logged_at, "id": r.id})
 
     # -- helpers ----------------------------------------------------------------------------
 

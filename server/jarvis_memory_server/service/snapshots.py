@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -10,9 +9,10 @@ from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
     decode_cursor,
-    encode_cursor,
     filter_fingerprint,
+    finish_page,
     identifier,
+    json_text,
     page_size,
 )
 from jarvis_memory_server.store.snapshots import SnapshotRow, SnapshotStore
@@ -44,9 +44,7 @@ class SnapshotService(ServiceBase):
         kind = _kind(kind)
         if data is None:
             raise InvalidArgument("data", "is required")
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        if len(text.encode()) > MAX_DATA_BYTES:
-            raise InvalidArgument("data", f"encodes to more than {MAX_DATA_BYTES} bytes of JSON")
+        text = json_text(data, "data", MAX_DATA_BYTES)
         now = now_us()
         with self._db.write() as txn:
             row = self._store.insert(txn, {"namespace": namespace, "kind": kind, "data": text,
@@ -76,10 +74,7 @@ class SnapshotService(ServiceBase):
         fingerprint = filter_fingerprint(namespace, {"kind": kind, "since": since})
         cursor = decode_cursor(token, fingerprint) if token else (_FAR_FUTURE, _FAR_FUTURE)
         rows = self._store.page(namespace, kind, since or 0, cursor, limit + 1)
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].taken_at, rows[-1].id, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.taken_at, "id": r.id})
 
     def drop_old(self) -> int:
         """Delete up to AGE_SWEEP_BATCH snapshots older than the maximum age (if one is set)."""

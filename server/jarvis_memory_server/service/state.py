@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -10,9 +9,10 @@ from jarvis_memory_server.errors import Aborted, InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
     decode_page_token,
-    encode_page_token,
     filter_fingerprint,
+    finish_page,
     identifier,
+    json_text,
     page_size,
 )
 from jarvis_memory_server.store.sqlite import Database, now_us
@@ -54,9 +54,7 @@ class StateService(ServiceBase):
             raise InvalidArgument("expected_version", "must not be negative")
         if ttl_us is not None and ttl_us < 0:
             raise InvalidArgument("ttl", "must not be negative")
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        if len(text.encode()) > MAX_VALUE_BYTES:
-            raise InvalidArgument("value", f"encodes to more than {MAX_VALUE_BYTES} bytes of JSON")
+        text = json_text(value, "value", MAX_VALUE_BYTES)
         now = now_us()
         with self._db.write() as txn:
             current = self._store.get_for_write(txn, namespace, key)
@@ -98,10 +96,7 @@ class StateService(ServiceBase):
                 raise InvalidArgument("page_token", "is not a token this server issued")
             after = last
         rows = self._store.page(namespace, prefix, after, limit + 1, now_us())
-        if len(rows) <= limit:
-            return rows, ""
-        rows = rows[:limit]
-        return rows, encode_page_token({"key": rows[-1].key}, fingerprint)
+        return finish_page(rows, limit, fingerprint, lambda r: {"key": r.key})
 
     def purge_expired(self) -> int:
         """Delete up to PURGE_BATCH expired entries; return how many."""
