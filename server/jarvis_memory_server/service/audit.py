@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument
 from jarvis_memory_server.service.common import (
     ServiceBase,
+    check_id,
     choice,
     decode_cursor,
     filter_fingerprint,
     finish_page,
     json_object,
+    not_found,
     page_size,
 )
 from jarvis_memory_server.store.audit import AuditStore, CycleRow, DecisionRow, ToolCallRow
@@ -65,7 +67,7 @@ class AuditService(ServiceBase):
         Raises NotFound, FailedPrecondition when it is already finished (nothing is written),
         InvalidArgument.
         """
-        _check_id(call_id, "id")
+        check_id(call_id, "tool call")
         choice(status, FINAL_STATUSES, "status")
         if duration_ms < 0:
             raise InvalidArgument("duration_ms", "must not be negative")
@@ -76,7 +78,7 @@ class AuditService(ServiceBase):
         with self._db.write() as txn:
             call = self._store.call(namespace, call_id, txn)
             if call is None:
-                raise _not_found("tool call", namespace, call_id)
+                raise not_found("tool call", namespace, call_id)
             if call.status is not None or not self._store.finish_call(txn, call, {
                 "status": status, "payload": payload, "error": error,
                 "duration_ms": duration_ms or (now - call.started_at) // 1000, "now": now,
@@ -88,10 +90,10 @@ class AuditService(ServiceBase):
 
     def get_tool_call(self, namespace: str, call_id: int) -> ToolCallRow:
         """Return a call with its completion. Raises NotFound, InvalidArgument."""
-        _check_id(call_id, "id")
+        check_id(call_id, "tool call")
         row = self._store.call(namespace, call_id)
         if row is None:
-            raise _not_found("tool call", namespace, call_id)
+            raise not_found("tool call", namespace, call_id)
         return row
 
     def list_tool_calls(
@@ -139,14 +141,14 @@ class AuditService(ServiceBase):
 
         Raises NotFound, FailedPrecondition when it is already finished, InvalidArgument.
         """
-        _check_id(cycle_id, "id")
+        check_id(cycle_id, "planning cycle")
         choice(status, FINAL_STATUSES, "status")
         payload = json_object(outcomes, "outcomes", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             cycle = self._store.cycle(namespace, cycle_id, txn)
             if cycle is None:
-                raise _not_found("planning cycle", namespace, cycle_id)
+                raise not_found("planning cycle", namespace, cycle_id)
             if cycle.status is not None or not self._store.finish_cycle(
                 txn, cycle, status, payload, now
             ):
@@ -201,17 +203,7 @@ class AuditService(ServiceBase):
         if cycle_id < 0:
             raise InvalidArgument("cycle_id", "must not be negative")
         if cycle_id and self._store.cycle(namespace, cycle_id, txn) is None:
-            raise _not_found("planning cycle", namespace, cycle_id)
-
-
-def _check_id(value: int, field: str) -> None:
-    if value <= 0:
-        raise InvalidArgument(field, f"must be positive (got {value})")
-
-
-def _not_found(what: str, namespace: str, item_id: int) -> NotFound:
-    return NotFound(f"{what} {item_id} does not exist in namespace {namespace!r}",
-                    reason=f"{what.upper().replace(' ', '_')}_NOT_FOUND", id=str(item_id))
+            raise not_found("planning cycle", namespace, cycle_id)
 
 
 def _finished(what: str, namespace: str, item_id: int) -> FailedPrecondition:

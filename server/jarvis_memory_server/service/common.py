@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from jarvis_memory_server.errors import InvalidArgument
+from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.store.sqlite import Database
 
 Row = TypeVar("Row")
@@ -129,6 +129,29 @@ def decode_cursor(token: str, fingerprint: str) -> tuple[int, int]:
     if not (isinstance(at, int) and isinstance(last, int)):
         raise InvalidArgument("page_token", "is not a token this server issued")
     return at, last
+
+
+def decode_key_cursor(token: str, fingerprint: str) -> str:
+    """Return the last key inside a page token of a key-ordered listing. Raises InvalidArgument."""
+    last = decode_page_token(token, fingerprint).get("key")
+    if not isinstance(last, str):
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return last
+
+
+def check_id(value: int, what: str) -> None:
+    """Raise InvalidArgument unless ``value`` is a positive id (of a ``what``)."""
+    if value <= 0:
+        raise InvalidArgument("id", f"must be a positive {what} id (got {value})")
+
+
+def not_found(what: str, namespace: str, item_id: int) -> NotFound:
+    """The NotFound error of a ``what`` ("memory", "tool call", ...) with a numeric id."""
+    return NotFound(
+        f"{what} {item_id} does not exist in namespace {namespace!r}",
+        reason=f"{what.upper().replace(' ', '_')}_NOT_FOUND", namespace=namespace,
+        id=str(item_id),
+    )
 
 
 def encode_cursor(at: int, last: int, fingerprint: str) -> str:

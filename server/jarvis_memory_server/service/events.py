@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument
 from jarvis_memory_server.service.common import (
     ServiceBase,
+    check_id,
     choice,
     decode_cursor,
     filter_fingerprint,
     finish_page,
     json_object,
+    not_found,
     page_size,
 )
 from jarvis_memory_server.store.events import EventRow, EventStore
@@ -88,10 +90,10 @@ class EventService(ServiceBase):
 
     def get(self, namespace: str, event_id: int) -> EventRow:
         """Return an event. Raises NotFound, InvalidArgument for a non-positive id."""
-        _check_id(event_id)
+        check_id(event_id, "event")
         row = self._store.get(namespace, event_id)
         if row is None:
-            raise _not_found(namespace, event_id)
+            raise not_found("event", namespace, event_id)
         return row
 
     def resolve(self, namespace: str, event_id: int, resolved_by: str) -> EventRow:
@@ -99,7 +101,7 @@ class EventService(ServiceBase):
 
         Raises NotFound, FailedPrecondition when it is already resolved, InvalidArgument.
         """
-        _check_id(event_id)
+        check_id(event_id, "event")
         if not resolved_by.strip():
             raise InvalidArgument("resolved_by", "is required")
         if len(resolved_by) > MAX_RESOLVED_BY_CHARS:
@@ -109,7 +111,7 @@ class EventService(ServiceBase):
         with self._db.write() as txn:
             event = self._store.get_for_write(txn, namespace, event_id)
             if event is None:
-                raise _not_found(namespace, event_id)
+                raise not_found("event", namespace, event_id)
             resolved = None if event.resolved else self._store.resolve(
                 txn, event, resolved_by, now_us()
             )
@@ -145,13 +147,4 @@ class EventService(ServiceBase):
         return finish_page(rows, limit, fingerprint, lambda r: {"at": r.occurred_at, "id": r.id})
 
 
-def _check_id(event_id: int) -> None:
-    if event_id <= 0:
-        raise InvalidArgument("id", f"must be a positive event id (got {event_id})")
 
-
-def _not_found(namespace: str, event_id: int) -> NotFound:
-    return NotFound(
-        f"event {event_id} does not exist in namespace {namespace!r}",
-        reason="EVENT_NOT_FOUND", namespace=namespace, id=str(event_id),
-    )

@@ -7,14 +7,16 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from jarvis_memory_server.errors import InvalidArgument, NotFound
+from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.common import (
     ServiceBase,
+    check_id,
     choice,
     decode_cursor,
     filter_fingerprint,
     finish_page,
     json_object,
+    not_found,
     page_size,
 )
 from jarvis_memory_server.store.memories import UPDATABLE, MemoryRow, MemoryStore
@@ -92,7 +94,7 @@ class MemoryService(ServiceBase):
         new values. Raises InvalidArgument, NotFound, or AlreadyExists when new content
         duplicates another memory.
         """
-        _check_id(memory_id)
+        check_id(memory_id, "memory")
         if not changes:
             raise InvalidArgument("update_mask", "must name at least one field")
         columns: dict[str, Any] = {}
@@ -117,24 +119,24 @@ class MemoryService(ServiceBase):
         with self._db.write() as txn:
             row = self._store.update(txn, namespace, memory_id, columns, now_us())
             if row is None:
-                raise _not_found(namespace, memory_id)
+                raise not_found("memory", namespace, memory_id)
             return row
 
     def delete(self, namespace: str, memory_id: int) -> None:
         """Delete a memory. Raises NotFound when there is none with this id in the namespace."""
-        _check_id(memory_id)
+        check_id(memory_id, "memory")
         with self._db.write() as txn:
             if not self._store.delete(txn, namespace, memory_id, now_us()):
-                raise _not_found(namespace, memory_id)
+                raise not_found("memory", namespace, memory_id)
 
     # -- reads ------------------------------------------------------------------------------
 
     def get(self, namespace: str, memory_id: int) -> MemoryRow:
         """Return one memory. Raises NotFound, or InvalidArgument for a non-positive id."""
-        _check_id(memory_id)
+        check_id(memory_id, "memory")
         row = self._store.get(namespace, memory_id)
         if row is None:
-            raise _not_found(namespace, memory_id)
+            raise not_found("memory", namespace, memory_id)
         return row
 
     def list_page(
@@ -193,16 +195,7 @@ class MemoryService(ServiceBase):
         }
 
 
-def _check_id(memory_id: int) -> None:
-    if memory_id <= 0:
-        raise InvalidArgument("id", f"must be a positive memory id (got {memory_id})")
 
-
-def _not_found(namespace: str, memory_id: int) -> NotFound:
-    return NotFound(
-        f"memory {memory_id} does not exist in namespace {namespace!r}",
-        reason="MEMORY_NOT_FOUND", namespace=namespace, id=str(memory_id),
-    )
 
 
 def _content(content: str, field: str) -> str:

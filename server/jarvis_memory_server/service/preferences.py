@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from jarvis_memory_server.errors import InvalidArgument, NotFound
+from jarvis_memory_server.errors import NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
-    decode_page_token,
+    decode_key_cursor,
     filter_fingerprint,
     finish_page,
     identifier,
@@ -65,12 +65,7 @@ class PreferenceService(ServiceBase):
         """Return one page of preferences in key order, and the next page's token."""
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"prefix": prefix})
-        after = ""
-        if token:
-            last = decode_page_token(token, fingerprint).get("key")
-            if not isinstance(last, str):
-                raise InvalidArgument("page_token", "is not a token this server issued")
-            after = last
+        after = decode_key_cursor(token, fingerprint) if token else ""
         rows = self._store.page(namespace, prefix, after, limit + 1)
         return finish_page(rows, limit, fingerprint, lambda r: {"key": r.key})
 
