@@ -15,6 +15,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from jarvis.memory.v1 import (
     audit_pb2,
+    collection_pb2,
     event_pb2,
     memory_pb2,
     preference_pb2,
@@ -25,8 +26,10 @@ from jarvis.memory.v1 import (
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import JarvisMemoryError
 from jarvis_memory.types import (
+    Collection,
     Decision,
     Event,
+    Field,
     Memory,
     Message,
     Page,
@@ -48,6 +51,7 @@ _SNAPSHOT_SERVICE = "/jarvis.memory.v1.SnapshotService/"
 _PREFERENCE_SERVICE = "/jarvis.memory.v1.PreferenceService/"
 _STATE_SERVICE = "/jarvis.memory.v1.StateService/"
 _AUDIT_SERVICE = "/jarvis.memory.v1.AuditService/"
+_COLLECTION_SERVICE = "/jarvis.memory.v1.CollectionService/"
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def _read(path: str | None) -> bytes | None:
 # -- conversions ----------------------------------------------------------------------------
 
 
-def _enum_value(enum: Any, prefix: str, value: str | int, field: str) -> int:
+def _enum_value(enum: Any, prefix: str, value: str | int, field: str) -> Any:
     """Accept "fact", "FACT", "MEMORY_CATEGORY_FACT" or the number."""
     if isinstance(value, int):
         return value
@@ -931,3 +935,94 @@ LIST_DECISIONS = Rpc(_AUDIT_SERVICE + "ListDecisions", audit_pb2.ListDecisionsRe
                      audit_pb2.ListDecisionsResponse,
                      lambda r: Page([to_decision(d) for d in r.decisions], r.next_page_token),
                      idempotent=True)
+
+
+# -- collections ----------------------------------------------------------------------------
+
+FieldSpec = Field | tuple[str, str] | tuple[str, str, Mapping[str, bool]] | Mapping[str, Any]
+FilterSpec = tuple[str, str] | tuple[str, str, Any] | Mapping[str, Any]
+
+
+def field_message(spec: FieldSpec) -> collection_pb2.Field:
+    """("qty", "integer", {"indexed": True}), a dict, or a Field -> Field message."""
+    if isinstance(spec, Field):
+        name, kind, options = spec.name, spec.type, {
+            "required": spec.required, "indexed": spec.indexed, "unique": spec.unique}
+    elif isinstance(spec, Mapping):
+        name, kind = spec["name"], spec["type"]
+        options = {k: spec[k] for k in ("required", "indexed", "unique") if k in spec}
+    else:
+        name, kind = spec[0], spec[1]
+        options = dict(spec[2]) if len(spec) > 2 else {}
+    unknown = set(options) - {"required", "indexed", "unique"}
+    if unknown:
+        raise TypeError(f"unknown field options {sorted(unknown)}")
+    return collection_pb2.Field(
+        name=name, type=_enum_value(collection_pb2.FieldType, "FIELD_TYPE_", kind, "type"),
+        **options,
+    )
+
+
+def filter_messages(where: Sequence[FilterSpec]) -> list[collection_pb2.Filter]:
+    """[("symbol", "eq", "ETH"), ("qty", "is_null")] or dicts -> Filter messages."""
+    messages = []
+    for spec in where:
+        if isinstance(spec, Mapping):
+            field, op, value = spec["field"], spec["op"], spec.get("value")
+        else:
+            field, op = spec[0], spec[1]
+            value = spec[2] if len(spec) > 2 else None
+        message = collection_pb2.Filter(field=field, op=_enum_value(
+            collection_pb2.FilterOperator, "FILTER_OPERATOR_", op, "op"))
+        set_json(message.value, value)
+        messages.append(message)
+    return messages
+
+
+def order_messages(order_by: Sequence[str]) -> list[collection_pb2.OrderBy]:
+    """["-qty", "symbol"] -> OrderBy messages ("-" sorts descending)."""
+    return [collection_pb2.OrderBy(field=o.removeprefix("-"), descending=o.startswith("-"))
+            for o in order_by]
+
+
+def to_collection(message: collection_pb2.Collection) -> Collection:
+    """Collection message -> Collection."""
+    return Collection(
+        namespace=message.namespace, name=message.name,
+        fields=[Field(f.name, _enum_name(collection_pb2.FieldType, "FIELD_TYPE_", f.type),
+                      f.required, f.indexed, f.unique) for f in message.fields],
+        created_at=to_datetime(message.created_at), revision=message.revision,
+    )
+
+
+def _rows(response: collection_pb2.QueryRowsResponse) -> Page[dict[str, Any]]:
+    return Page([{"id": r.id, **json_format.MessageToDict(r.values)} for r in response.rows],
+                response.next_page_token)
+
+
+_COLLECTION = lambda r: to_collection(r.collection)  # noqa: E731
+CREATE_COLLECTION = Rpc(_COLLECTION_SERVICE + "CreateCollection",
+                        collection_pb2.CreateCollectionRequest,
+                        collection_pb2.CreateCollectionResponse, _COLLECTION, idempotent=False)
+GET_COLLECTION = Rpc(_COLLECTION_SERVICE + "GetCollection", collection_pb2.GetCollectionRequest,
+                     collection_pb2.GetCollectionResponse, _COLLECTION, idempotent=True)
+LIST_COLLECTIONS = Rpc(_COLLECTION_SERVICE + "ListCollections",
+                       collection_pb2.ListCollectionsRequest,
+                       collection_pb2.ListCollectionsResponse,
+                       lambda r: Page([to_collection(c) for c in r.collections],
+                                      r.next_page_token), idempotent=True)
+ADD_FIELD = Rpc(_COLLECTION_SERVICE + "AddField", collection_pb2.AddFieldRequest,
+                collection_pb2.AddFieldResponse, _COLLECTION, idempotent=False)
+DROP_COLLECTION = Rpc(_COLLECTION_SERVICE + "DropCollection",
+                      collection_pb2.DropCollectionRequest,
+                      collection_pb2.DropCollectionResponse, _nothing, idempotent=False)
+INSERT_ROWS = Rpc(_COLLECTION_SERVICE + "InsertRows", collection_pb2.InsertRowsRequest,
+                  collection_pb2.InsertRowsResponse, lambda r: list(r.ids), idempotent=False)
+QUERY_ROWS = Rpc(_COLLECTION_SERVICE + "QueryRows", collection_pb2.QueryRowsRequest,
+                 collection_pb2.QueryRowsResponse, _rows, idempotent=True)
+UPDATE_ROWS = Rpc(_COLLECTION_SERVICE + "UpdateRows", collection_pb2.UpdateRowsRequest,
+                  collection_pb2.UpdateRowsResponse, lambda r: int(r.updated),
+                  idempotent=False)
+DELETE_ROWS = Rpc(_COLLECTION_SERVICE + "DeleteRows", collection_pb2.DeleteRowsRequest,
+                  collection_pb2.DeleteRowsResponse, lambda r: int(r.deleted),
+                  idempotent=False)

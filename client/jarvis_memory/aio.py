@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
@@ -14,6 +14,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from jarvis.memory.v1 import (
     audit_pb2,
+    collection_pb2,
     event_pb2,
     memory_pb2,
     preference_pb2,
@@ -24,6 +25,7 @@ from jarvis.memory.v1 import (
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import (
+    Collection,
     Decision,
     Event,
     Memory,
@@ -468,3 +470,95 @@ class AsyncClient(api.ClientBase):
             page_token=page_token,
         )
         return await self._unary(api.LIST_DECISIONS, request)
+
+    # -- collections ------------------------------------------------------------------------
+
+    async def create_collection(
+        self, name: str, *, fields: Sequence[api.FieldSpec], namespace: str | None = None
+    ) -> Collection:
+        """Define a collection: fields as ("qty", "integer", {"indexed": True}) or dicts."""
+        request = collection_pb2.CreateCollectionRequest(
+            namespace=self._ns(namespace), name=name,
+            fields=[api.field_message(f) for f in fields],
+        )
+        return await self._unary(api.CREATE_COLLECTION, request)
+
+    async def get_collection(self, name: str, *, namespace: str | None = None) -> Collection:
+        """Return a collection's definition. Raises NotFound."""
+        request = collection_pb2.GetCollectionRequest(namespace=self._ns(namespace), name=name)
+        return await self._unary(api.GET_COLLECTION, request)
+
+    async def list_collections(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None
+    ) -> Page[Collection]:
+        """Return one page of collections, by name."""
+        request = collection_pb2.ListCollectionsRequest(
+            namespace=self._ns(namespace), page_size=page_size, page_token=page_token
+        )
+        return await self._unary(api.LIST_COLLECTIONS, request)
+
+    async def add_field(
+        self, collection: str, field: api.FieldSpec, *, namespace: str | None = None
+    ) -> Collection:
+        """Add an optional field to a collection."""
+        request = collection_pb2.AddFieldRequest(
+            namespace=self._ns(namespace), collection=collection, field=api.field_message(field)
+        )
+        return await self._unary(api.ADD_FIELD, request)
+
+    async def drop_collection(self, name: str, *, namespace: str | None = None) -> None:
+        """Delete a collection and its rows (admin role)."""
+        request = collection_pb2.DropCollectionRequest(namespace=self._ns(namespace), name=name)
+        await self._unary(api.DROP_COLLECTION, request)
+
+    async def insert_rows(
+        self, collection: str, rows: Sequence[Mapping[str, Any]], *,
+        namespace: str | None = None,
+    ) -> list[int]:
+        """Insert rows (all or none); returns their ids.
+
+        Raises InvalidArgument naming the row and field of a bad value.
+        """
+        request = collection_pb2.InsertRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            rows=[api.to_struct(row) for row in rows],
+        )
+        return await self._unary(api.INSERT_ROWS, request)
+
+    async def query_rows(
+        self, collection: str, *, where: Sequence[api.FilterSpec] = (),
+        order_by: Sequence[str] = (), page_size: int = 0, page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """Return one page of rows (dicts with their "id") matching every filter.
+
+        For example where=[("symbol", "eq", "ETH")], order_by=["-qty"].
+        """
+        request = collection_pb2.QueryRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            filters=api.filter_messages(where), order_by=api.order_messages(order_by),
+            page_size=page_size, page_token=page_token,
+        )
+        return await self._unary(api.QUERY_ROWS, request)
+
+    async def update_rows(
+        self, collection: str, *, set: Mapping[str, Any], where: Sequence[api.FilterSpec] = (),
+        namespace: str | None = None,
+    ) -> int:
+        """Set fields of every matching row; returns how many rows changed."""
+        request = collection_pb2.UpdateRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            filters=api.filter_messages(where), set=api.to_struct(set),
+        )
+        return await self._unary(api.UPDATE_ROWS, request)
+
+    async def delete_rows(
+        self, collection: str, *, where: Sequence[api.FilterSpec] = (),
+        namespace: str | None = None,
+    ) -> int:
+        """Delete every matching row; returns how many."""
+        request = collection_pb2.DeleteRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            filters=api.filter_messages(where),
+        )
+        return await self._unary(api.DELETE_ROWS, request)

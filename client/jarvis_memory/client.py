@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
@@ -13,6 +13,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from jarvis.memory.v1 import (
     audit_pb2,
+    collection_pb2,
     event_pb2,
     memory_pb2,
     preference_pb2,
@@ -23,6 +24,7 @@ from jarvis.memory.v1 import (
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import (
+    Collection,
     Decision,
     Event,
     Memory,
@@ -458,3 +460,95 @@ class Client(api.ClientBase):
             page_token=page_token,
         )
         return self._unary(api.LIST_DECISIONS, request)
+
+    # -- collections ------------------------------------------------------------------------
+
+    def create_collection(
+        self, name: str, *, fields: Sequence[api.FieldSpec], namespace: str | None = None
+    ) -> Collection:
+        """Define a collection: fields as ("qty", "integer", {"indexed": True}) or dicts."""
+        request = collection_pb2.CreateCollectionRequest(
+            namespace=self._ns(namespace), name=name,
+            fields=[api.field_message(f) for f in fields],
+        )
+        return self._unary(api.CREATE_COLLECTION, request)
+
+    def get_collection(self, name: str, *, namespace: str | None = None) -> Collection:
+        """Return a collection's definition. Raises NotFound."""
+        request = collection_pb2.GetCollectionRequest(namespace=self._ns(namespace), name=name)
+        return self._unary(api.GET_COLLECTION, request)
+
+    def list_collections(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None
+    ) -> Page[Collection]:
+        """Return one page of collections, by name."""
+        request = collection_pb2.ListCollectionsRequest(
+            namespace=self._ns(namespace), page_size=page_size, page_token=page_token
+        )
+        return self._unary(api.LIST_COLLECTIONS, request)
+
+    def add_field(
+        self, collection: str, field: api.FieldSpec, *, namespace: str | None = None
+    ) -> Collection:
+        """Add an optional field to a collection."""
+        request = collection_pb2.AddFieldRequest(
+            namespace=self._ns(namespace), collection=collection, field=api.field_message(field)
+        )
+        return self._unary(api.ADD_FIELD, request)
+
+    def drop_collection(self, name: str, *, namespace: str | None = None) -> None:
+        """Delete a collection and its rows (admin role)."""
+        request = collection_pb2.DropCollectionRequest(namespace=self._ns(namespace), name=name)
+        self._unary(api.DROP_COLLECTION, request)
+
+    def insert_rows(
+        self, collection: str, rows: Sequence[Mapping[str, Any]], *,
+        namespace: str | None = None,
+    ) -> list[int]:
+        """Insert rows (all or none); returns their ids.
+
+        Raises InvalidArgument naming the row and field of a bad value.
+        """
+        request = collection_pb2.InsertRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            rows=[api.to_struct(row) for row in rows],
+        )
+        return self._unary(api.INSERT_ROWS, request)
+
+    def query_rows(
+        self, collection: str, *, where: Sequence[api.FilterSpec] = (),
+        order_by: Sequence[str] = (), page_size: int = 0, page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """Return one page of rows (dicts with their "id") matching every filter.
+
+        For example where=[("symbol", "eq", "ETH")], order_by=["-qty"].
+        """
+        request = collection_pb2.QueryRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            filters=api.filter_messages(where), order_by=api.order_messages(order_by),
+            page_size=page_size, page_token=page_token,
+        )
+        return self._unary(api.QUERY_ROWS, request)
+
+    def update_rows(
+        self, collection: str, *, set: Mapping[str, Any], where: Sequence[api.FilterSpec] = (),
+        namespace: str | None = None,
+    ) -> int:
+        """Set fields of every matching row; returns how many rows changed."""
+        request = collection_pb2.UpdateRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            filters=api.filter_messages(where), set=api.to_struct(set),
+        )
+        return self._unary(api.UPDATE_ROWS, request)
+
+    def delete_rows(
+        self, collection: str, *, where: Sequence[api.FilterSpec] = (),
+        namespace: str | None = None,
+    ) -> int:
+        """Delete every matching row; returns how many."""
+        request = collection_pb2.DeleteRowsRequest(
+            namespace=self._ns(namespace), collection=collection,
+            filters=api.filter_messages(where),
+        )
+        return self._unary(api.DELETE_ROWS, request)

@@ -204,3 +204,25 @@ class Decision:
     decision: str
     created_at: datetime
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """A collection field: ``type`` is string, integer, real, boolean, json or timestamp."""
+
+    name: str
+    type: str
+    required: bool = False
+    indexed: bool = False
+    unique: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """A runtime collection's definition."""
+
+    namespace: str
+    name: str
+    fields: list[Field]
+    created_at: datetime
+    revision: int

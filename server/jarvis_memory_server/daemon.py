@@ -26,6 +26,8 @@ from grpc_reflection.v1alpha import reflection
 from jarvis.memory.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    collection_pb2,
+    collection_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     memory_pb2,
@@ -44,6 +46,7 @@ from jarvis_memory_server.config import Config
 from jarvis_memory_server.errors import StartupError
 from jarvis_memory_server.service.audit import AuditService
 from jarvis_memory_server.service.auth import Authenticator
+from jarvis_memory_server.service.collections import CollectionService
 from jarvis_memory_server.service.events import EventService
 from jarvis_memory_server.service.memories import MemoryService
 from jarvis_memory_server.service.preferences import PreferenceService
@@ -53,6 +56,7 @@ from jarvis_memory_server.service.state import PURGE_BATCH, StateService
 from jarvis_memory_server.store.sqlite import Checkpointer, Database
 from jarvis_memory_server.store.writes import pending_commit
 from jarvis_memory_server.transport.audit import AuditServicer
+from jarvis_memory_server.transport.collections import CollectionServicer
 from jarvis_memory_server.transport.events import EventServicer
 from jarvis_memory_server.transport.memories import MemoryServicer
 from jarvis_memory_server.transport.preferences import PreferenceServicer
@@ -65,7 +69,8 @@ log = logging.getLogger("jarvis_memory")
 SERVICE_NAMES = tuple(
     service.full_name
     for module in (
-        memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2, state_pb2, audit_pb2
+        memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2, state_pb2, audit_pb2,
+        collection_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 )
@@ -171,6 +176,9 @@ class Daemon:
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(AuditService(self.db), self.auth), server
+        )
+        collection_pb2_grpc.add_CollectionServiceServicer_to_server(
+            CollectionServicer(CollectionService(self.db), self.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -216,6 +216,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "SELECT RAISE(ABORT, 'decisions is append-only'); END",
         ),
     ),
+    Migration(
+        7,
+        "the catalog of runtime collections",
+        (
+            'CREATE TABLE "collections" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "name" TEXT NOT NULL, "fields" TEXT NOT NULL, '
+            '"created_at" INTEGER NOT NULL, "revision" INTEGER NOT NULL)',
+            'CREATE UNIQUE INDEX "collections_namespace_name" ON "collections" ("namespace", '
+            '"name")',
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

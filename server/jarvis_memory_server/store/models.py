@@ -375,7 +375,22 @@ _started_index(PlanningCycle, PlanningCycle.namespace, PlanningCycle.created_at,
 
 APPEND_ONLY: tuple[type[BaseModel], ...] = (ToolCall, PlanningCycle, Decision)
 
+
+class CollectionDef(BaseModel):
+    """The catalog of runtime collections; collection N's rows live in table collection_N."""
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    name = pw.TextField()
+    fields = pw.TextField()  # JSON list of {name, type, required, indexed, unique}
+    created_at = pw.BigIntegerField()
+    revision = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "collections"
+        indexes = ((("namespace", "name"), True),)
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
     Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference,
-    StateEntry, ToolCall, PlanningCycle, Decision,
+    StateEntry, ToolCall, PlanningCycle, Decision, CollectionDef,
 )

@@ -1,0 +1,357 @@
+"""Runtime collection rules: names, field types, typed values, filters, ordering."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import apsw
+
+from jarvis_memory_server.errors import AlreadyExists, InvalidArgument, NotFound
+from jarvis_memory_server.service.common import (
+    ServiceBase,
+    choice,
+    decode_key_cursor,
+    decode_page_token,
+    encode_page_token,
+    filter_fingerprint,
+    finish_page,
+    page_size,
+)
+from jarvis_memory_server.store.collections import (
+    FIELD_NAME,
+    OPERATORS,
+    SQL_TYPES,
+    CollectionStore,
+    Column,
+    DefRow,
+    compile_filters,
+)
+from jarvis_memory_server.store.sqlite import Database, now_us
+
+__all__ = ["CollectionService", "DefRow", "FieldDef", "Filter"]
+
+FIELD_TYPES = tuple(SQL_TYPES)
+FILTER_OPERATORS = (*OPERATORS, "in", "prefix", "is_null")
+MAX_FIELDS = 200
+MAX_ROWS = 1000
+MAX_IN_VALUES = 1000
+MAX_SAFE_INTEGER = 2**53
+_COLLECTION_NAME = FIELD_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDef:
+    """A field of a collection; type is a lowercase name ("string", "integer", ...)."""
+
+    name: str
+    type: str
+    required: bool = False
+    indexed: bool = False
+    unique: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One condition on a field (or "id"); op is a lowercase operator name ("eq", ...)."""
+
+    field: str
+    op: str
+    value: Any = None
+
+
+class CollectionService(ServiceBase):
+    """Defines collections and reads and writes their typed rows."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self._store = CollectionStore(db)
+
+    # -- definitions ------------------------------------------------------------------------
+
+    def create(self, namespace: str, name: str, fields: list[FieldDef]) -> DefRow:
+        """Create a collection. Raises InvalidArgument, AlreadyExists."""
+        _check_name(name, "name")
+        if not fields:
+            raise InvalidArgument("fields", "give at least one field")
+        if len(fields) > MAX_FIELDS:
+            raise InvalidArgument("fields", f"at most {MAX_FIELDS} fields")
+        seen: set[str] = set()
+        for i, field in enumerate(fields):
+            _check_field(field, f"fields[{i}]")
+            if field.name in seen:
+                raise InvalidArgument(f"fields[{i}].name", f"{field.name!r} appears twice")
+            seen.add(field.name)
+        with self._db.write() as txn:
+            return self._store.create(txn, namespace, name, _fields_json(fields),
+                                      [Column(**asdict(f)) for f in fields], now_us())
+
+    def get(self, namespace: str, name: str) -> tuple[DefRow, list[FieldDef]]:
+        """Return a collection's definition. Raises NotFound, InvalidArgument."""
+        definition = self._definition(namespace, name)
+        return definition, fields_of(definition)
+
+    def list_page(
+        self, namespace: str, *, size: int = 0, token: str = ""
+    ) -> tuple[list[DefRow], str]:
+        """Return one page of collections by name, and the next page's token."""
+        limit = page_size(size)
+        fingerprint = filter_fingerprint(namespace, {"collections": True})
+        after = decode_key_cursor(token, fingerprint) if token else ""
+        rows = self._store.page_defs(namespace, after, limit + 1)
+        return finish_page(rows, limit, fingerprint, lambda r: {"key": r.name})
+
+    def add_field(self, namespace: str, name: str, field: FieldDef) -> DefRow:
+        """Add an optional field. Raises NotFound, InvalidArgument, AlreadyExists."""
+        _check_field(field, "field")
+        if field.required:
+            raise InvalidArgument("field.required", "a field added later cannot be required: "
+                                  "the rows already stored have no value for it")
+        with self._db.write() as txn:
+            definition = self._definition(namespace, name, txn)
+            fields = fields_of(definition)
+            if any(f.name == field.name for f in fields):
+                raise AlreadyExists(f"collection {name!r} already has a field {field.name!r}",
+                                    reason="FIELD_EXISTS")
+            if len(fields) >= MAX_FIELDS:
+                raise InvalidArgument("field", f"a collection has at most {MAX_FIELDS} fields")
+            return self._store.add_column(txn, definition, _fields_json([*fields, field]),
+                                          Column(**asdict(field)), now_us())
+
+    def drop(self, namespace: str, name: str) -> None:
+        """Delete a collection and its rows. Raises NotFound, InvalidArgument."""
+        with self._db.write() as txn:
+            self._store.drop(txn, self._definition(namespace, name, txn), now_us())
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def insert(self, namespace: str, name: str, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert rows, all or none.
+
+        Raises InvalidArgument naming the row and field, NotFound, AlreadyExists (a unique field).
+        """
+        if not rows:
+            raise InvalidArgument("rows", "give at least one row")
+        if len(rows) > MAX_ROWS:
+            raise InvalidArgument("rows", f"holds {len(rows)} rows; at most {MAX_ROWS} per call")
+        with self._db.write() as txn:
+            definition = self._definition(namespace, name, txn)
+            fields = {f.name: f for f in fields_of(definition)}
+            stored = [_row_values(fields, row, f"rows[{i}]", insert=True)
+                      for i, row in enumerate(rows)]
+            try:
+                return self._store.insert(txn, definition, stored, now_us())
+            except apsw.ConstraintError as exc:
+                raise AlreadyExists(f"a row would repeat the value of a unique field ({exc})",
+                                    reason="UNIQUE_VIOLATION") from exc
+
+    def query(
+        self, namespace: str, name: str, filters: list[Filter],
+        order_by: list[tuple[str, bool]], *, size: int = 0, token: str = "",
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Return one page of matching rows as dicts (with their "id"), and the next token."""
+        limit = page_size(size)
+        definition = self._definition(namespace, name)
+        fields = {f.name: f for f in fields_of(definition)}
+        where = compile_filters(_filters(fields, filters))
+        for i, (field, _) in enumerate(order_by):
+            _field(fields, field, f"order_by[{i}].field")
+        fingerprint = filter_fingerprint(namespace, {
+            "collection": name, "where": where.sql, "params": repr(sorted(where.params.items())),
+            "order": order_by})
+        offset = 0
+        if token:
+            offset = decode_page_token(token, fingerprint).get("offset", -1)
+            if not isinstance(offset, int) or offset < 0:
+                raise InvalidArgument("page_token", "is not a token this server issued")
+        columns = list(fields)
+        rows = self._store.query(definition, columns, where, order_by, limit + 1, offset)
+        page = [_row_dict(fields, columns, row) for row in rows[:limit]]
+        next_token = (encode_page_token({"offset": offset + limit}, fingerprint)
+                      if len(rows) > limit else "")
+        return page, next_token
+
+    def update(
+        self, namespace: str, name: str, filters: list[Filter], values: dict[str, Any]
+    ) -> int:
+        """Set fields of the matching rows; return how many.
+
+        Raises InvalidArgument, NotFound, AlreadyExists.
+        """
+        if not values:
+            raise InvalidArgument("set", "name at least one field to change")
+        with self._db.write() as txn:
+            definition = self._definition(namespace, name, txn)
+            fields = {f.name: f for f in fields_of(definition)}
+            stored = _row_values(fields, values, "set", insert=False)
+            where = compile_filters(_filters(fields, filters))
+            try:
+                return self._store.update(txn, definition, stored, where, now_us())
+            except apsw.ConstraintError as exc:
+                raise AlreadyExists(f"the update would repeat the value of a unique field "
+                                    f"or empty a required one ({exc})",
+                                    reason="CONSTRAINT_VIOLATION") from exc
+
+    def delete(self, namespace: str, name: str, filters: list[Filter]) -> int:
+        """Delete the matching rows; return how many. Raises InvalidArgument, NotFound."""
+        with self._db.write() as txn:
+            definition = self._definition(namespace, name, txn)
+            fields = {f.name: f for f in fields_of(definition)}
+            where = compile_filters(_filters(fields, filters))
+            return self._store.delete(txn, definition, where, now_us())
+
+    def explain(self, namespace: str, name: str, filters: list[Filter]) -> list[str]:
+        """Return SQLite's plan for the filters (the tests check index use)."""
+        definition = self._definition(namespace, name)
+        fields = {f.name: f for f in fields_of(definition)}
+        return self._store.explain(definition, compile_filters(_filters(fields, filters)))
+
+    def _definition(self, namespace: str, name: str, txn: Any = None) -> DefRow:
+        _check_name(name, "collection")
+        definition = self._store.get_def(namespace, name, txn)
+        if definition is None:
+            raise NotFound(f"collection {name!r} does not exist in namespace {namespace!r}",
+                           reason="COLLECTION_NOT_FOUND", namespace=namespace, name=name)
+        return definition
+
+
+def fields_of(definition: DefRow) -> list[FieldDef]:
+    """The fields of a catalog entry."""
+    return [FieldDef(**f) for f in json.loads(definition.fields)]
+
+
+def _fields_json(fields: list[FieldDef]) -> str:
+    return json.dumps([asdict(f) for f in fields], separators=(",", ":"))
+
+
+def _check_name(name: str, field: str) -> None:
+    if not name:
+        raise InvalidArgument(field, "is required")
+    if _COLLECTION_NAME.fullmatch(name) is None:
+        raise InvalidArgument(field, f"{name[:64]!r} is not a valid name: 1 to 63 lowercase "
+                              "letters, digits or '_', starting with a letter")
+
+
+def _check_field(field: FieldDef, prefix: str) -> None:
+    if not field.name or FIELD_NAME.fullmatch(field.name) is None or field.name == "id":
+        raise InvalidArgument(f"{prefix}.name", f"{field.name[:64]!r} is not a valid field "
+                              "name: 1 to 63 lowercase letters, digits or '_', starting with a "
+                              "letter, and not 'id'")
+    choice(field.type, FIELD_TYPES, f"{prefix}.type")
+    if field.unique and field.type == "json":
+        raise InvalidArgument(f"{prefix}.unique", "a json field cannot be unique")
+
+
+def _field(fields: dict[str, FieldDef], name: str, where: str) -> FieldDef:
+    if name == "id":
+        return FieldDef("id", "integer", required=True)
+    field = fields.get(name)
+    if field is None:
+        raise InvalidArgument(where, f"{name[:64]!r} is not a field of the collection "
+                              f"(fields: id, {', '.join(fields)})")
+    return field
+
+
+def _row_values(
+    fields: dict[str, FieldDef], row: dict[str, Any], where: str, *, insert: bool
+) -> dict[str, Any]:
+    """Check a row's (or an update's) values against the field types; return stored values."""
+    for name in row:
+        if name not in fields:
+            raise InvalidArgument(f"{where}.{name[:64]}", "is not a field of the collection")
+    stored = {name: to_stored(fields[name], value, f"{where}.{name}")
+              for name, value in row.items()}
+    required = [f.name for f in fields.values() if f.required]
+    for name in required:
+        if (insert and stored.get(name) is None) or (name in stored and stored[name] is None):
+            raise InvalidArgument(f"{where}.{name}", "is required")
+    return stored
+
+
+def to_stored(field: FieldDef, value: Any, where: str) -> Any:
+    """A JSON value -> the value stored for a field of this type. Raises InvalidArgument."""
+    if value is None:
+        return None
+    kind = field.type
+    if kind == "string" and isinstance(value, str):
+        return value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if (kind == "integer" and number and math.isfinite(value) and float(value).is_integer()
+            and abs(value) <= MAX_SAFE_INTEGER):
+        return int(value)
+    if kind == "real" and number and math.isfinite(value):
+        return float(value)
+    if kind == "boolean" and isinstance(value, bool):
+        return int(value)
+    if kind == "json":
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if kind == "timestamp" and isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is not None:
+                return int(moment.timestamp() * 1_000_000)
+    expected = {"string": "a string", "integer": "a whole number within +-2^53",
+                "real": "a number", "boolean": "true or false",
+                "timestamp": "an RFC 3339 time with a zone, such as 2026-11-22T07:30:00Z"}[kind]
+    raise InvalidArgument(where, f"expected {expected} for a {kind} field, got {value!r:.64}")
+
+
+def from_stored(field: FieldDef, value: Any) -> Any:
+    """A stored value -> its JSON value."""
+    if value is None:
+        return None
+    if field.type == "boolean":
+        return bool(value)
+    if field.type == "json":
+        return json.loads(value)
+    if field.type == "timestamp":
+        return datetime.fromtimestamp(value / 1e6, UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+def _row_dict(fields: dict[str, FieldDef], columns: list[str], row: tuple[Any, ...]
+              ) -> dict[str, Any]:
+    result: dict[str, Any] = {"id": row[0]}
+    for name, value in zip(columns, row[1:], strict=True):
+        result[name] = from_stored(fields[name], value)
+    return result
+
+
+def _filters(fields: dict[str, FieldDef], filters: list[Filter]
+             ) -> list[tuple[str, str, Any]]:
+    compiled: list[tuple[str, str, Any]] = []
+    for i, f in enumerate(filters):
+        where = f"filters[{i}]"
+        field = _field(fields, f.field, f"{where}.field")
+        op = choice(f.op, FILTER_OPERATORS, f"{where}.op")
+        if op == "is_null":
+            if f.value is not None and not isinstance(f.value, bool):
+                raise InvalidArgument(f"{where}.value", "must be true, false or unset for is_null")
+            compiled.append((field.name, op, f.value is not False))
+        elif op == "in":
+            if not isinstance(f.value, list) or len(f.value) > MAX_IN_VALUES:
+                raise InvalidArgument(f"{where}.value",
+                                      f"must be a list of at most {MAX_IN_VALUES} values for in")
+            compiled.append((field.name, op, [_comparable(field, v, f"{where}.value[{j}]")
+                                              for j, v in enumerate(f.value)]))
+        elif op == "prefix":
+            if field.type != "string" or not isinstance(f.value, str):
+                raise InvalidArgument(f"{where}", "prefix needs a string field and a string value")
+            compiled.append((field.name, op, f.value))
+        else:
+            compiled.append((field.name, op, _comparable(field, f.value, f"{where}.value")))
+    return compiled
+
+
+def _comparable(field: FieldDef, value: Any, where: str) -> Any:
+    if value is None:
+        raise InvalidArgument(where, "is null: use the is_null operator")
+    if field.type == "json":
+        raise InvalidArgument(where, "json fields can only be tested with is_null")
+    return to_stored(field, value, where)

@@ -1,0 +1,251 @@
+"""Runtime collections: the catalog, and the DDL and SQL of each collection's own table.
+
+Collection N's rows live in the table ``collection_N``: no user-chosen name ever reaches
+SQL as a table name. Field names do reach SQL as column names, so the service layer checks
+them against ``FIELD_NAME`` first and this module always quotes them; values are always bound
+parameters. This is the one module that writes SQL by hand, because the tables it queries
+are defined at run time rather than by a Peewee model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import apsw
+import peewee as pw
+
+from jarvis_memory_server.errors import AlreadyExists, InvalidArgument
+from jarvis_memory_server.store.failures import storage_errors
+from jarvis_memory_server.store.models import CollectionDef
+from jarvis_memory_server.store.sqlite import Database, compile_sql
+from jarvis_memory_server.store.writes import WriteTxn
+
+P = pw.SQL
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+SQL_TYPES = {"string": "TEXT", "integer": "INTEGER", "real": "REAL", "boolean": "INTEGER",
+             "json": "TEXT", "timestamp": "INTEGER"}
+OPERATORS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+class DefRow(NamedTuple):
+    """A catalog entry (fields as JSON text)."""
+
+    id: int
+    namespace: str
+    name: str
+    fields: str
+    created_at: int
+    revision: int
+
+
+class Column(NamedTuple):
+    """A field as the store needs it."""
+
+    name: str
+    type: str
+    required: bool
+    indexed: bool
+    unique: bool
+
+
+_DEF_COLUMNS = tuple(getattr(CollectionDef, name) for name in DefRow._fields)
+_NAME = (CollectionDef.namespace == P(":namespace")) & (CollectionDef.name == P(":name"))
+_INSERT_DEF = compile_sql(
+    CollectionDef.insert({
+        CollectionDef.namespace: P(":namespace"), CollectionDef.name: P(":name"),
+        CollectionDef.fields: P(":fields"), CollectionDef.created_at: P(":now"),
+        CollectionDef.revision: P(":revision"),
+    }).returning(*_DEF_COLUMNS)
+)
+_GET_DEF = compile_sql(CollectionDef.select(*_DEF_COLUMNS).where(_NAME))
+_SET_FIELDS = compile_sql(
+    CollectionDef.update({CollectionDef.fields: P(":fields"),
+                          CollectionDef.revision: P(":revision")})
+    .where(CollectionDef.id == P(":id")).returning(*_DEF_COLUMNS)
+)
+_DELETE_DEF = compile_sql(CollectionDef.delete().where(CollectionDef.id == P(":id")))
+_PAGE_DEFS = compile_sql(
+    CollectionDef.select(*_DEF_COLUMNS)
+    .where((CollectionDef.namespace == P(":namespace")) & (CollectionDef.name > P(":after")))
+    .order_by(CollectionDef.name).limit(P(":limit"))
+)
+
+
+def quote(name: str) -> str:
+    """Quote a column name that was checked against FIELD_NAME (or is "id")."""
+    if name != "id" and FIELD_NAME.fullmatch(name) is None:  # defence in depth
+        raise InvalidArgument("field", f"{name[:64]!r} is not a valid field name")
+    return f'"{name}"'
+
+
+def table(def_id: int) -> str:
+    """The quoted table name of a collection."""
+    return f'"collection_{int(def_id)}"'
+
+
+def _column_sql(column: Column) -> str:
+    return f"{quote(column.name)} {SQL_TYPES[column.type]}" + (
+        " NOT NULL" if column.required else ""
+    )
+
+
+class Where(NamedTuple):
+    """Compiled filters: an SQL condition over quoted columns and its bound parameters."""
+
+    sql: str
+    params: dict[str, Any]
+
+
+def compile_filters(filters: Sequence[tuple[str, str, Any]]) -> Where:
+    """Filters (column, operator, stored value) -> Where.
+
+    Operators: eq ne lt le gt ge (one value), in (a list), prefix (a string), is_null (a bool).
+    """
+    parts, params = ["1"], {}
+    for i, (column, op, value) in enumerate(filters):
+        col = quote(column)
+        if op in OPERATORS:
+            parts.append(f"{col} {OPERATORS[op]} :v{i}")
+            params[f"v{i}"] = value
+        elif op == "in":
+            names = [f"v{i}_{j}" for j in range(len(value))]
+            parts.append(f"{col} IN ({', '.join(':' + n for n in names)})" if names else "0")
+            params.update(zip(names, value, strict=True))
+        elif op == "prefix":  # a range, so that an index on the column serves it
+            parts.append(f"{col} >= :v{i} AND {col} < :v{i}_end")
+            params[f"v{i}"], params[f"v{i}_end"] = value, value + "\U0010ffff"
+        else:  # is_null
+            parts.append(f"{col} IS {'' if value else 'NOT '}NULL")
+    return Where(" AND ".join(parts), params)
+
+
+class CollectionStore:
+    """The catalog and the tables of runtime collections."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- catalog and DDL --------------------------------------------------------------------
+
+    def get_def(self, namespace: str, name: str, txn: WriteTxn | None = None) -> DefRow | None:
+        """Return a catalog entry (through the write batch when ``txn`` is given)."""
+        with storage_errors():
+            source = txn.cursor if txn is not None else self._db.reader
+            row = source.execute(_GET_DEF, {"namespace": namespace, "name": name}).fetchone()
+        return None if row is None else DefRow._make(row)
+
+    def page_defs(self, namespace: str, after: str, limit: int) -> list[DefRow]:
+        """Return catalog entries by name after ``after``."""
+        params = {"namespace": namespace, "after": after, "limit": limit}
+        with storage_errors():
+            return [DefRow._make(r) for r in self._db.reader.execute(_PAGE_DEFS, params)]
+
+    def create(
+        self, txn: WriteTxn, namespace: str, name: str, fields_json: str,
+        columns: Sequence[Column], now: int,
+    ) -> DefRow:
+        """Add a catalog entry and create its table and indexes. Raises AlreadyExists."""
+        params = {"namespace": namespace, "name": name, "fields": fields_json, "now": now,
+                  "revision": txn.next_revision}
+        try:
+            row = DefRow._make(txn.cursor.execute(_INSERT_DEF, params).fetchone() or ())
+        except apsw.ConstraintError as exc:
+            raise AlreadyExists(f"collection {name!r} already exists in namespace {namespace!r}",
+                                reason="COLLECTION_EXISTS") from exc
+        definitions = ", ".join(
+            ['"id" INTEGER PRIMARY KEY AUTOINCREMENT', *(_column_sql(c) for c in columns)]
+        )
+        txn.cursor.execute(f"CREATE TABLE {table(row.id)} ({definitions})")
+        for column in columns:
+            self._index(txn, row.id, column)
+        txn.record(namespace, "collection", name, "create", now)
+        return row
+
+    def add_column(
+        self, txn: WriteTxn, definition: DefRow, fields_json: str, column: Column, now: int
+    ) -> DefRow:
+        """Add a column (and its index) to a collection's table and catalog entry."""
+        txn.cursor.execute(f"ALTER TABLE {table(definition.id)} ADD COLUMN {_column_sql(column)}")
+        self._index(txn, definition.id, column)
+        row = txn.cursor.execute(
+            _SET_FIELDS, {"id": definition.id, "fields": fields_json,
+                          "revision": txn.next_revision}).fetchone()
+        txn.record(definition.namespace, "collection", definition.name, "update", now)
+        return DefRow._make(row or ())
+
+    def drop(self, txn: WriteTxn, definition: DefRow, now: int) -> None:
+        """Drop a collection's table and catalog entry."""
+        txn.cursor.execute(f"DROP TABLE {table(definition.id)}")
+        txn.cursor.execute(_DELETE_DEF, {"id": definition.id})
+        txn.record(definition.namespace, "collection", definition.name, "delete", now)
+
+    def _index(self, txn: WriteTxn, def_id: int, column: Column) -> None:
+        if column.unique or column.indexed:
+            kind = "UNIQUE INDEX" if column.unique else "INDEX"
+            name = f'"collection_{int(def_id)}_{column.name}"'
+            txn.cursor.execute(f"CREATE {kind} {name} ON {table(def_id)} ({quote(column.name)})")
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def insert(
+        self, txn: WriteTxn, definition: DefRow, rows: Sequence[dict[str, Any]], now: int
+    ) -> list[int]:
+        """Insert rows (column -> stored value); return their ids.
+
+        Raises apsw.ConstraintError on a unique violation (the caller maps it).
+        """
+        ids = []
+        for values in rows:
+            names = list(values)
+            sql = (f"INSERT INTO {table(definition.id)} ({', '.join(map(quote, names))}) "
+                   f"VALUES ({', '.join(f':c{i}' for i in range(len(names)))}) RETURNING id"
+                   if names else f"INSERT INTO {table(definition.id)} DEFAULT VALUES RETURNING id")
+            params = {f"c{i}": values[name] for i, name in enumerate(names)}
+            row_id = int((txn.cursor.execute(sql, params).fetchone() or (0,))[0])
+            txn.record(definition.namespace, "row", f"{definition.name}/{row_id}", "create", now)
+            ids.append(row_id)
+        return ids
+
+    def query(
+        self, definition: DefRow, columns: Sequence[str], where: Where,
+        order: Sequence[tuple[str, bool]], limit: int, offset: int,
+    ) -> list[tuple[Any, ...]]:
+        """Return (id, *columns) of matching rows in order (then by id)."""
+        order_sql = ", ".join(
+            [f"{quote(c)} {'DESC' if desc else 'ASC'}" for c, desc in order] + ['"id" ASC']
+        )
+        sql = (f"SELECT {', '.join(map(quote, ['id', *columns]))} FROM {table(definition.id)} "
+               f"WHERE {where.sql} ORDER BY {order_sql} LIMIT :limit OFFSET :offset")
+        with storage_errors():
+            return list(self._db.reader.execute(
+                sql, {**where.params, "limit": limit, "offset": offset}))
+
+    def update(
+        self, txn: WriteTxn, definition: DefRow, values: dict[str, Any], where: Where, now: int
+    ) -> int:
+        """Set columns of matching rows; return how many."""
+        assignments = ", ".join(f"{quote(name)} = :s{i}" for i, name in enumerate(values))
+        params = {**where.params, **{f"s{i}": v for i, v in enumerate(values.values())}}
+        ids = [r[0] for r in txn.cursor.execute(
+            f"UPDATE {table(definition.id)} SET {assignments} WHERE {where.sql} RETURNING id",
+            params).fetchall()]
+        for row_id in ids:
+            txn.record(definition.namespace, "row", f"{definition.name}/{row_id}", "update", now)
+        return len(ids)
+
+    def delete(self, txn: WriteTxn, definition: DefRow, where: Where, now: int) -> int:
+        """Delete matching rows; return how many."""
+        ids = [r[0] for r in txn.cursor.execute(
+            f"DELETE FROM {table(definition.id)} WHERE {where.sql} RETURNING id",
+            where.params).fetchall()]
+        for row_id in ids:
+            txn.record(definition.namespace, "row", f"{definition.name}/{row_id}", "delete", now)
+        return len(ids)
+
+    def explain(self, definition: DefRow, where: Where) -> list[str]:
+        """Return SQLite's plan of a query (the tests check index use)."""
+        sql = f"SELECT id FROM {table(definition.id)} WHERE {where.sql}"
+        return [str(r[3]) for r in self._db.reader.execute("EXPLAIN QUERY PLAN " + sql,
+                                                           where.params)]
