@@ -16,7 +16,9 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 - put_state: an unconditional put of one of 1000 keys per call;
 - put_state_cas: a put with expected_version, each worker owning its key (no conflicts);
 - tool_call: StartToolCall then FinishToolCall; rps counts the pairs, and its ratio_to_health
-  compares the RPC rate (twice the pairs) with health_check's.
+  compares the RPC rate (twice the pairs) with health_check's;
+- insert_rows_1 / insert_rows_500: InsertRows of 1 / 500 rows into a collection with an indexed
+  string, an integer and a real field (insert_rows_500's rps is rows/s).
 
 ratio_to_health is the scenario's rps over health_check's at the same in_flight level. This
 machine is noisy (health_check alone varies by +-15% between runs), so each in-flight level runs
@@ -62,6 +64,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jarvis.memory.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    collection_pb2,
+    collection_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     memory_pb2,
@@ -77,7 +81,7 @@ from jarvis_memory_server.service.auth import sign_jwt
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
              "append_message", "list_messages", "record_event", "list_events", "set_preference",
-             "put_state", "put_state_cas", "tool_call")
+             "put_state", "put_state_cas", "tool_call", "insert_rows_1", "insert_rows_500")
 EVENTS = 100_000
 SESSION_MESSAGES = 10_000
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
@@ -368,9 +372,11 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
         preferences = [preference_pb2_grpc.PreferenceServiceStub(c) for c in channels]
         states = [state_pb2_grpc.StateServiceStub(c) for c in channels]
         audits = [audit_pb2_grpc.AuditServiceStub(c) for c in channels]
+        collections = [collection_pb2_grpc.CollectionServiceStub(c) for c in channels]
         if args.token:  # send the credential on every call, as an authenticated client does
             metadata = (("authorization", f"Bearer {args.token}"),)
-            for stub in (*memory, *sessions, *events, *preferences, *states, *audits):
+            for stub in (*memory, *sessions, *events, *preferences, *states, *audits,
+                         *collections):
                 for name, value in list(vars(stub).items()):
                     setattr(stub, name, functools.partial(value, metadata=metadata))
         health = [health_pb2_grpc.HealthStub(c) for c in channels]
@@ -412,6 +418,24 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
             for i in range(5000)
         ]
 
+        if {"insert_rows_1", "insert_rows_500"} & set(args.only):
+            await collections[0].CreateCollection(collection_pb2.CreateCollectionRequest(
+                namespace=ns_writes, name="trades", fields=[
+                    collection_pb2.Field(name="symbol", type=collection_pb2.FIELD_TYPE_STRING,
+                                         indexed=True),
+                    collection_pb2.Field(name="qty", type=collection_pb2.FIELD_TYPE_INTEGER),
+                    collection_pb2.Field(name="price", type=collection_pb2.FIELD_TYPE_REAL)]))
+
+        def trade(i: int) -> struct_pb2.Struct:
+            row = struct_pb2.Struct()
+            row.update({"symbol": ("ETH", "BTC", "SOL")[i % 3], "qty": i % 100, "price": i * 0.5})
+            return row
+
+        insert_one = [collection_pb2.InsertRowsRequest(namespace=ns_writes, collection="trades",
+                                                       rows=[trade(i)]) for i in range(1000)]
+        insert_batch = [collection_pb2.InsertRowsRequest(
+            namespace=ns_writes, collection="trades",
+            rows=[trade(i * BATCH + j) for j in range(BATCH)]) for i in range(4)]
         cas_runs = itertools.count()
         state_puts = [
             state_pb2.PutStateRequest(namespace=ns_writes, key=f"bench/state-{i % 1000}",
@@ -497,6 +521,12 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                     elif scenario == "put_state":
                         methods = [m.PutState for m in states[:n_channels]]
                         requests = itertools.cycle(state_puts)
+                    elif scenario == "insert_rows_1":
+                        methods = [m.InsertRows for m in collections[:n_channels]]
+                        requests = itertools.cycle(insert_one)
+                    elif scenario == "insert_rows_500":
+                        methods = [m.InsertRows for m in collections[:n_channels]]
+                        requests = itertools.cycle(insert_batch)
                     elif scenario == "tool_call":
                         methods = [tool_call_pair(audits[i % n_channels], ns_writes)
                                    for i in range(n_channels)]
@@ -510,8 +540,8 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                                           args.duration, daemon_pid)
                     if scenario == "health_check":
                         health_rps = stats["rps"]
-                    if scenario == "add_memories_500":
-                        stats["rps"] *= BATCH  # memories/s; latency stays per call
+                    if scenario in ("add_memories_500", "insert_rows_500"):
+                        stats["rps"] *= BATCH  # memories or rows /s; latency stays per call
                         stats["ratio"] = math.nan
                     elif scenario == "tool_call":  # two RPCs per pair
                         stats["ratio"] = 2 * stats["rps"] / health_rps if health_rps else math.nan

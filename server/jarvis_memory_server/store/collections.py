@@ -26,6 +26,7 @@ P = pw.SQL
 FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 SQL_TYPES = {"string": "TEXT", "integer": "INTEGER", "real": "REAL", "boolean": "INTEGER",
              "json": "TEXT", "timestamp": "INTEGER"}
+_ROWS_PER_INSERT = 200  # a multi-row INSERT binds at most 200 x 200 fields = 40000 values
 OPERATORS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
@@ -192,20 +193,41 @@ class CollectionStore:
     def insert(
         self, txn: WriteTxn, definition: DefRow, rows: Sequence[dict[str, Any]], now: int
     ) -> list[int]:
-        """Insert rows (column -> stored value); return their ids.
+        """Insert rows (column -> stored value); return their ids, in order.
 
-        Raises apsw.ConstraintError on a unique violation (the caller maps it).
+        Consecutive rows with the same columns go in one multi-row INSERT. Raises
+        apsw.ConstraintError on a unique violation (the caller maps it).
         """
-        ids = []
-        for values in rows:
-            names = list(values)
-            sql = (f"INSERT INTO {table(definition.id)} ({', '.join(map(quote, names))}) "
-                   f"VALUES ({', '.join(f':c{i}' for i in range(len(names)))}) RETURNING id"
-                   if names else f"INSERT INTO {table(definition.id)} DEFAULT VALUES RETURNING id")
-            params = {f"c{i}": values[name] for i, name in enumerate(names)}
-            row_id = int((txn.cursor.execute(sql, params).fetchone() or (0,))[0])
-            txn.record(definition.namespace, "row", f"{definition.name}/{row_id}", "create", now)
-            ids.append(row_id)
+        ids: list[int] = []
+        start = 0
+        while start < len(rows):
+            names = list(rows[start])
+            end = start + 1
+            while (end < len(rows) and end - start < _ROWS_PER_INSERT
+                   and list(rows[end]) == names):
+                end += 1
+            ids += self._insert_group(txn, definition, names, rows[start:end])
+            start = end
+        txn.record_many(definition.namespace, "row", [f"{definition.name}/{i}" for i in ids],
+                        "create", now)
+        return ids
+
+    def _insert_group(
+        self, txn: WriteTxn, definition: DefRow, names: list[str],
+        rows: Sequence[dict[str, Any]],
+    ) -> list[int]:
+        if not names:
+            return [int((txn.cursor.execute(
+                f"INSERT INTO {table(definition.id)} DEFAULT VALUES RETURNING id"
+            ).fetchone() or (0,))[0]) for _ in rows]
+        columns = ", ".join(map(quote, names))
+        placeholders = "(" + ", ".join("?" * len(names)) + ")"
+        values = ", ".join([placeholders] * len(rows))
+        params = [row[name] for row in rows for name in names]
+        # RETURNING yields the rows in insertion order; sort to be sure of it.
+        ids = sorted(int(r[0]) for r in txn.cursor.execute(
+            f"INSERT INTO {table(definition.id)} ({columns}) VALUES {values} RETURNING id",
+            params))
         return ids
 
     def query(

@@ -65,6 +65,19 @@ class WriteTxn:
         )
         return self.revision
 
+    def record_many(
+        self, namespace: str, kind: str, keys: list[str], operation: str, at_us: int
+    ) -> int:
+        """Log one change per key (a bulk write); return the last revision."""
+        first = self.revision + 1
+        self.revision += len(keys)
+        self.cursor.executemany(_INSERT_CHANGE, [
+            {"revision": first + i, "namespace": namespace, "kind": kind, "key": key,
+             "operation": operation, "created_at": at_us}
+            for i, key in enumerate(keys)
+        ])
+        return self.revision
+
 
 @dataclass
 class _Batch:

@@ -12,7 +12,7 @@ from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.audit import AuditService, CycleRow, DecisionRow, ToolCallRow
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.transport.convert import EnumNames, micros, set_timestamp
+from jarvis_memory_server.transport.convert import EnumNames, micros, set_timestamp, value_to_python
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 STATUS = EnumNames(audit_pb2.RunStatus, "RUN_STATUS_")
@@ -26,7 +26,7 @@ def _set_json(value: struct_pb2.Value, text: str | None) -> None:
 
 def _value(message: Any, field: str) -> Any:
     """A google.protobuf.Value field -> Python, or None when unset."""
-    return json_format.MessageToDict(getattr(message, field)) if message.HasField(field) else None
+    return value_to_python(getattr(message, field)) if message.HasField(field) else None
 
 
 def _final_status(number: int) -> str:

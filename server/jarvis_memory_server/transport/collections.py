@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import json_format
 
 from jarvis.memory.v1 import collection_pb2, collection_pb2_grpc
 from jarvis_memory_server.service.auth import Authenticator
@@ -17,7 +16,12 @@ from jarvis_memory_server.service.collections import (
     fields_of,
 )
 from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.transport.convert import EnumNames, set_timestamp, struct_to_dict
+from jarvis_memory_server.transport.convert import (
+    EnumNames,
+    set_timestamp,
+    struct_to_dict,
+    value_to_python,
+)
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 FIELD_TYPE = EnumNames(collection_pb2.FieldType, "FIELD_TYPE_")
@@ -35,7 +39,7 @@ def filters(messages: Any) -> list[Filter]:
     """Filter messages -> Filters."""
     return [
         Filter(f.field, OPERATOR.required(f.op, f"filters[{i}].op"),
-               json_format.MessageToDict(f.value) if f.HasField("value") else None)
+               value_to_python(f.value) if f.HasField("value") else None)
         for i, f in enumerate(messages)
     ]
 

@@ -15,7 +15,7 @@ from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.preferences import PreferenceRow, PreferenceService
-from jarvis_memory_server.transport.convert import set_timestamp
+from jarvis_memory_server.transport.convert import set_timestamp, value_to_python
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -60,7 +60,7 @@ class PreferenceServicer(ServicerBase, preference_pb2_grpc.PreferenceServiceServ
             raise InvalidArgument("value", "is required (a JSON null is a value)")
         row = self._preferences.set(
             resolve_namespace(request.namespace), request.key,
-            json_format.MessageToDict(request.value),
+            value_to_python(request.value),
         )
         response = preference_pb2.SetPreferenceResponse()
         fill_preference(response.preference, row)

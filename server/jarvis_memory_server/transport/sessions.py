@@ -19,7 +19,12 @@ from jarvis_memory_server.service.sessions import (
     SessionRow,
     SessionService,
 )
-from jarvis_memory_server.transport.convert import EnumNames, set_timestamp, struct_to_dict
+from jarvis_memory_server.transport.convert import (
+    EnumNames,
+    set_timestamp,
+    struct_to_dict,
+    value_to_python,
+)
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 STATE = EnumNames(session_pb2.SessionState, "SESSION_STATE_")
@@ -186,7 +191,7 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
             model=request.model,
             tokens_used=request.tokens_used,
             tool_calls=(
-                json_format.MessageToDict(request.tool_calls)
+                value_to_python(request.tool_calls)
                 if request.HasField("tool_calls") else None
             ),
         )

@@ -12,7 +12,7 @@ from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.state import StateRow, StateService
-from jarvis_memory_server.transport.convert import set_timestamp
+from jarvis_memory_server.transport.convert import set_timestamp, value_to_python
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -58,7 +58,7 @@ class StateServicer(ServicerBase, state_pb2_grpc.StateServiceServicer):
             ttl_us = request.ttl.seconds * 1_000_000 + request.ttl.nanos // 1000
         row = self._state.put(
             resolve_namespace(request.namespace), request.key,
-            json_format.MessageToDict(request.value),
+            value_to_python(request.value),
             expected_version=(
                 request.expected_version if request.HasField("expected_version") else None
             ),
