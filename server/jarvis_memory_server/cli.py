@@ -1,4 +1,4 @@
-"""Command line: `jarvis-memory serve` (the default) and `jarvis-memory token ...`."""
+"""Command line: `jarvis-memory serve` (the default), `token`, `backup` and `restore`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import datetime
 import json
 import logging
 import os
+import pathlib
 import sys
 
+import grpc
+
 from jarvis_memory_server import __version__
-from jarvis_memory_server.config import DEFAULT_DB, add_serve_arguments, from_args
+from jarvis_memory_server.config import DEFAULT_ADDR, DEFAULT_DB, add_serve_arguments, from_args
 from jarvis_memory_server.errors import JarvisError, StartupError
 
 
@@ -38,7 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands.add_parser("list", help="list tokens (never their secrets)")
     revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id", help="the id shown by 'token list' (or the whole token)")
-    for sub in (create, token_commands.choices["list"], revoke):
+    backup = commands.add_parser(
+        "backup", help="copy the running daemon's database, consistently, while it serves"
+    )
+    backup.add_argument("--out", required=True, help="file to write (replaced atomically)")
+    backup.add_argument("--addr", default=os.environ.get("JARVIS_MEMORY_ADDR", DEFAULT_ADDR),
+                        help="the daemon (env JARVIS_MEMORY_ADDR; default %(default)s)")
+    backup.add_argument("--token", default=os.environ.get("JARVIS_MEMORY_TOKEN"),
+                        help="an admin credential for '*' (env JARVIS_MEMORY_TOKEN)")
+    backup.add_argument("--ca-file", help="CA to trust when the daemon serves TLS")
+    restore = commands.add_parser(
+        "restore", help="replace the database file with a backup (the daemon must be stopped)"
+    )
+    restore.add_argument("backup_file", help="a file written by 'jarvis-memory backup'")
+    restore.add_argument("--force", action="store_true",
+                         help="replace an existing database file")
+    for sub in (create, token_commands.choices["list"], revoke, restore):
         sub.add_argument(
             "--db", dest="db_path", default=os.environ.get("JARVIS_MEMORY_DB", DEFAULT_DB),
             help="the daemon's database file (env JARVIS_MEMORY_DB; default %(default)s)",
@@ -72,6 +90,74 @@ def token_command(args: argparse.Namespace) -> None:
         db.close()
 
 
+def backup_command(args: argparse.Namespace) -> None:
+    """Stream a backup from the daemon into --out, checking its size and SHA-256."""
+    import hashlib
+
+    from jarvis.memory.v1 import admin_pb2, admin_pb2_grpc
+
+    out = pathlib.Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    if args.ca_file:
+        channel = grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(
+            pathlib.Path(args.ca_file).read_bytes()))
+    else:
+        channel = grpc.insecure_channel(args.addr)
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+    digest, size, revision, expected = hashlib.sha256(), 0, 0, ""
+    with channel, partial.open("wb") as file:
+        for chunk in admin_pb2_grpc.AdminServiceStub(channel).Backup(
+            admin_pb2.BackupRequest(), metadata=metadata
+        ):
+            if chunk.offset != size:
+                raise StartupError(f"backup stream out of order at byte {size}")
+            file.write(chunk.data)
+            digest.update(chunk.data)
+            size += len(chunk.data)
+            revision, expected = chunk.revision, chunk.sha256 or expected
+        file.flush()
+        os.fsync(file.fileno())
+    if digest.hexdigest() != expected:
+        partial.unlink()
+        raise StartupError("the backup's SHA-256 does not match the daemon's; nothing written")
+    partial.replace(out)
+    print(f"wrote {out} ({size} bytes, revision {revision}, sha256 {expected})")
+
+
+def restore_command(args: argparse.Namespace) -> None:
+    """Check a backup file and put it in place of the (stopped) daemon's database."""
+    import shutil
+
+    import apsw
+
+    from jarvis_memory_server.store.migrations import LATEST_VERSION
+    from jarvis_memory_server.store.sqlite import exclusive_use
+
+    source, target = pathlib.Path(args.backup_file), pathlib.Path(args.db_path)
+    try:
+        conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
+        check = conn.execute("PRAGMA integrity_check").fetchone()
+        version = conn.execute("PRAGMA user_version").fetchone()
+        conn.close()
+    except apsw.Error as exc:
+        raise StartupError(f"{source} is not a usable SQLite database: {exc}") from exc
+    if not check or check[0] != "ok":
+        raise StartupError(f"{source} fails its integrity check: {check}")
+    if not version or not 1 <= version[0] <= LATEST_VERSION:
+        raise StartupError(f"{source} is not a jarvis-memory backup this version can restore")
+    with exclusive_use(target):  # refuses while a daemon runs on the file
+        if target.exists() and not args.force:
+            raise StartupError(f"{target} exists; pass --force to replace it")
+        staged = target.with_name(target.name + ".restoring")
+        shutil.copyfile(source, staged)
+        with staged.open("rb") as file:
+            os.fsync(file.fileno())
+        for stale in (f"{target}-wal", f"{target}-shm"):
+            pathlib.Path(stale).unlink(missing_ok=True)
+        staged.replace(target)
+    print(f"restored {target} from {source} (schema version {version[0]})")
+
+
 def _utc(us: int) -> str:
     return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -83,12 +169,17 @@ def main(argv: list[str] | None = None) -> None:
                                                                             "--version")):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
-    if args.command == "token":
+    commands = {"token": token_command, "backup": backup_command, "restore": restore_command}
+    if args.command in commands:
         try:
-            token_command(args)
-        except (JarvisError, StartupError) as exc:
-            print(f"jarvis-memory token: {exc}", file=sys.stderr)
+            commands[args.command](args)
+        except (JarvisError, StartupError, OSError) as exc:
+            print(f"jarvis-memory {args.command}: {exc}", file=sys.stderr)
             sys.exit(2)
+        except grpc.RpcError as exc:  # the daemon refused or could not be reached
+            print(f"jarvis-memory {args.command}: {exc.code().name}: {exc.details()}",
+                  file=sys.stderr)
+            sys.exit(1)
         return
     if args.command == "serve":
         from jarvis_memory_server.daemon import serve

@@ -24,6 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jarvis.memory.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     collection_pb2,
@@ -44,6 +46,7 @@ from jarvis.memory.v1 import (
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
 from jarvis_memory_server.errors import StartupError
+from jarvis_memory_server.service.admin import AdminService
 from jarvis_memory_server.service.audit import AuditService
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.collections import CollectionService
@@ -53,8 +56,9 @@ from jarvis_memory_server.service.preferences import PreferenceService
 from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionService
 from jarvis_memory_server.service.snapshots import AGE_SWEEP_BATCH, SnapshotService
 from jarvis_memory_server.service.state import PURGE_BATCH, StateService
-from jarvis_memory_server.store.sqlite import Checkpointer, Database
+from jarvis_memory_server.store.sqlite import Checkpointer, Database, exclusive_use
 from jarvis_memory_server.store.writes import pending_commit
+from jarvis_memory_server.transport.admin import AdminServicer
 from jarvis_memory_server.transport.audit import AuditServicer
 from jarvis_memory_server.transport.collections import CollectionServicer
 from jarvis_memory_server.transport.events import EventServicer
@@ -70,7 +74,7 @@ SERVICE_NAMES = tuple(
     service.full_name
     for module in (
         memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2, state_pb2, audit_pb2,
-        collection_pb2,
+        collection_pb2, admin_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 )
@@ -180,6 +184,9 @@ class Daemon:
         collection_pb2_grpc.add_CollectionServiceServicer_to_server(
             CollectionServicer(CollectionService(self.db), self.auth), server
         )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(AdminService(self.db), self.auth), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -275,5 +282,9 @@ def is_loopback(addr: str) -> bool:
 
 
 def serve(config: Config) -> None:
-    """Run the daemon in this process until it is stopped."""
-    asyncio.run(Daemon(config).run())
+    """Run the daemon in this process until it is stopped.
+
+    Raises StartupError, also when another daemon (or a restore) uses the database file.
+    """
+    with exclusive_use(pathlib.Path(config.db_path)):
+        asyncio.run(Daemon(config).run())

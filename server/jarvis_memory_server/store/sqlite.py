@@ -9,11 +9,14 @@ other threads; WAL mode keeps readers and the writer out of each other's way.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pathlib
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import apsw
@@ -177,6 +180,27 @@ class Database:
         # file is in WAL mode and checkpoints through it do nothing.
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         return conn
+
+
+@contextmanager
+def exclusive_use(path: pathlib.Path) -> Iterator[None]:
+    """Hold the advisory lock that says one process owns the database file.
+
+    The daemon holds it while it runs, and ``restore`` while it replaces the file, so that
+    neither can start while the other works. Raises StartupError when another process holds it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StartupError(
+                f"{path} is in use by another jarvis-memory process (a daemon or a restore)"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Checkpointer:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -111,7 +111,9 @@ def check_credentials(servicer: Servicer, method: str, request: Any, context: An
             authorization = value
             break
     principal = auth.authenticate(authorization)
-    auth.authorize(principal, request.namespace or DEFAULT_NAMESPACE, servicer.access[method])
+    # A request without a namespace field spans every namespace: it needs a credential for "*".
+    namespace = getattr(request, "namespace", "*") or DEFAULT_NAMESPACE
+    auth.authorize(principal, namespace, servicer.access[method])
 
 
 S = TypeVar("S", bound=Servicer)
@@ -186,6 +188,27 @@ def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Res
             raise  # pragma: no cover - abort raises
 
     wrapper.writes = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def stream_rpc(
+    handler: Callable[[S, Request, grpc.aio.ServicerContext], AsyncIterator[Response]],
+) -> Callable[[S, Request, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+    """Wrap a server-streaming handler (an async generator): auth and the error table."""
+    method = handler.__name__
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: S, request: Request, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Response]:
+        try:
+            check_credentials(self, method, request, context)
+            async for response in handler(self, request, context):
+                yield response
+        except Exception as exc:
+            await abort(context, method, exc)
+
+    wrapper.writes = False  # type: ignore[attr-defined]
     return wrapper
 
 
