@@ -98,7 +98,10 @@ def call(daemon: Daemon, method: MethodDescriptor, token: str | None,
         stub = kind(path, request_serializer=request_class.SerializeToString,
                     response_deserializer=response_class.FromString)
         try:
-            result = stub(request, metadata=metadata, timeout=10)
+            # A live stream (Watch) never ends by itself: a short deadline ends it; auth
+            # errors come back at once, long before it.
+            result = stub(request, metadata=metadata,
+                          timeout=1.5 if method.server_streaming else 10)
             if method.server_streaming:
                 list(result)
         except grpc.RpcError as exc:

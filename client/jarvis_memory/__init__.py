@@ -28,6 +28,7 @@ from jarvis_memory.errors import (
     Unavailable,
 )
 from jarvis_memory.types import (
+    Change,
     Collection,
     Decision,
     Event,
@@ -49,6 +50,7 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
+    "Change",
     "Client",
     "Collection",
     "DataLoss",

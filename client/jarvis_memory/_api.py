@@ -22,10 +22,12 @@ from jarvis.memory.v1 import (
     session_pb2,
     snapshot_pb2,
     state_pb2,
+    watch_pb2,
 )
 from jarvis_memory._retry import RetryPolicy
 from jarvis_memory.errors import JarvisMemoryError
 from jarvis_memory.types import (
+    Change,
     Collection,
     Decision,
     Event,
@@ -142,6 +144,25 @@ class ClientBase:
 
     def _ns(self, namespace: str | None) -> str:
         return self.namespace if namespace is None else namespace
+
+    def _watch_method(self) -> Any:
+        return self.channel.unary_stream(
+            WATCH_PATH, request_serializer=watch_pb2.WatchRequest.SerializeToString,
+            response_deserializer=watch_pb2.WatchResponse.FromString,
+        )
+
+    def _watch_request(
+        self, namespace: str | None, kinds: Sequence[str] | None, start: int
+    ) -> watch_pb2.WatchRequest:
+        return watch_pb2.WatchRequest(namespace=self._ns(namespace), kinds=list(kinds or ()),
+                                      start_revision=start)
+
+    def _resume_pause(self, error: JarvisMemoryError, attempt: int) -> float | None:
+        """Seconds to wait before resuming a broken watch, or None to raise the error."""
+        resumable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        if error.code not in resumable or attempt >= self.retry.max_attempts:
+            return None
+        return self.retry.backoff(attempt)
 
 
 def _read(path: str | None) -> bytes | None:
@@ -1026,3 +1047,18 @@ UPDATE_ROWS = Rpc(_COLLECTION_SERVICE + "UpdateRows", collection_pb2.UpdateRowsR
 DELETE_ROWS = Rpc(_COLLECTION_SERVICE + "DeleteRows", collection_pb2.DeleteRowsRequest,
                   collection_pb2.DeleteRowsResponse, lambda r: int(r.deleted),
                   idempotent=False)
+
+
+# -- watch ----------------------------------------------------------------------------------
+
+WATCH_PATH = "/jarvis.memory.v1.WatchService/Watch"
+_OPERATIONS = {watch_pb2.CHANGE_OPERATION_CREATE: "create",
+               watch_pb2.CHANGE_OPERATION_UPDATE: "update",
+               watch_pb2.CHANGE_OPERATION_DELETE: "delete"}
+
+
+def to_change(message: watch_pb2.Change) -> Change:
+    """Change message -> Change."""
+    return Change(revision=message.revision, namespace=message.namespace, kind=message.kind,
+                  key=message.key, operation=_OPERATIONS.get(message.operation, "unknown"),
+                  time=to_datetime(message.time))

@@ -25,6 +25,7 @@ from jarvis.memory.v1 import (
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import (
+    Change,
     Collection,
     Decision,
     Event,
@@ -562,3 +563,34 @@ class AsyncClient(api.ClientBase):
             filters=api.filter_messages(where),
         )
         return await self._unary(api.DELETE_ROWS, request)
+
+    # -- change feed ------------------------------------------------------------------------
+
+    async def watch(
+        self, *, kinds: Sequence[str] | None = None, start_revision: int = 0,
+        namespace: str | None = None,
+    ) -> AsyncIterator[Change]:
+        """Iterate over committed changes from ``start_revision`` (0: from now), forever.
+
+        A dropped connection, or the daemon ending a watcher that fell behind, is resumed from
+        the last revision seen plus one (with backoff, up to the retry policy's attempts in a
+        row), so the iteration has no gap. Raises OutOfRange when the start was compacted.
+        """
+        start, attempt = start_revision, 0
+        while True:
+            stream = self._watch_method()(self._watch_request(namespace, kinds, start),
+                                          metadata=self._metadata)
+            try:
+                async for response in stream:
+                    change = api.to_change(response.change)
+                    start, attempt = change.revision + 1, 0
+                    yield change
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                attempt += 1
+                pause = self._resume_pause(error, attempt)
+                if pause is None:
+                    raise error from None
+                await asyncio.sleep(pause)
+            finally:
+                stream.cancel()

@@ -24,6 +24,7 @@ from jarvis.memory.v1 import (
 from jarvis_memory import _api as api
 from jarvis_memory.errors import from_rpc_error
 from jarvis_memory.types import (
+    Change,
     Collection,
     Decision,
     Event,
@@ -552,3 +553,34 @@ class Client(api.ClientBase):
             filters=api.filter_messages(where),
         )
         return self._unary(api.DELETE_ROWS, request)
+
+    # -- change feed ------------------------------------------------------------------------
+
+    def watch(
+        self, *, kinds: Sequence[str] | None = None, start_revision: int = 0,
+        namespace: str | None = None,
+    ) -> Iterator[Change]:
+        """Iterate over committed changes from ``start_revision`` (0: from now), forever.
+
+        A dropped connection, or the daemon ending a watcher that fell behind, is resumed from
+        the last revision seen plus one (with backoff, up to the retry policy's attempts in a
+        row), so the iteration has no gap. Raises OutOfRange when the start was compacted.
+        """
+        start, attempt = start_revision, 0
+        while True:
+            stream = self._watch_method()(self._watch_request(namespace, kinds, start),
+                                          metadata=self._metadata)
+            try:
+                for response in stream:
+                    change = api.to_change(response.change)
+                    start, attempt = change.revision + 1, 0
+                    yield change
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                attempt += 1
+                pause = self._resume_pause(error, attempt)
+                if pause is None:
+                    raise error from None
+                time.sleep(pause)
+            finally:
+                stream.cancel()

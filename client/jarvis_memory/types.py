@@ -226,3 +226,21 @@ class Collection:
     fields: list[Field]
     created_at: datetime
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change from the change feed.
+
+    ``operation`` is "create", "update" or "delete"; ``key`` names the resource within its
+    ``kind``. ``resource`` is reserved for the resource's new state, which the daemon does not
+    send yet (always None): read it by its key.
+    """
+
+    revision: int
+    namespace: str
+    kind: str
+    key: str
+    operation: str
+    time: datetime
+    resource: dict[str, Any] | None = None

@@ -24,6 +24,9 @@ class Config:
     snapshot_keep: int = 1000
     snapshot_max_age_s: float = 0.0
     state_purge_interval_s: float = 10.0
+    watch_buffer: int = 10_000
+    change_retention: int = 1_000_000
+    compact_interval_s: float = 10.0
     jwt_secret: str = ""
     require_auth: bool = False
     insecure: bool = False
@@ -104,6 +107,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between purges of expired state entries (they read as absent at once) "
         "(env JARVIS_MEMORY_STATE_PURGE_INTERVAL; default %(default)s)",
     )
+    parser.add_argument(
+        "--watch-buffer", type=int, default=int(_env("WATCH_BUFFER", "10000")),
+        help="changes a watcher may fall behind before it is ended with RESOURCE_EXHAUSTED "
+        "(env JARVIS_MEMORY_WATCH_BUFFER; default %(default)s)",
+    )
+    parser.add_argument(
+        "--change-retention", type=int, default=int(_env("CHANGE_RETENTION", "1000000")),
+        help="newest changes the change log keeps for watchers to replay "
+        "(env JARVIS_MEMORY_CHANGE_RETENTION; default %(default)s)",
+    )
+    parser.add_argument(
+        "--compact-interval", dest="compact_interval_s", type=_positive,
+        default=float(_env("COMPACT_INTERVAL", "10")),
+        help="seconds between change log compactions (env JARVIS_MEMORY_COMPACT_INTERVAL; "
+        "default %(default)s)",
+    )
     auth = parser.add_argument_group("auth and TLS")
     auth.add_argument(
         "--jwt-secret", default=_env("JWT_SECRET", ""),
@@ -156,6 +175,9 @@ def from_args(args: argparse.Namespace) -> Config:
         snapshot_keep=max(0, args.snapshot_keep),
         snapshot_max_age_s=max(0.0, args.snapshot_max_age_s),
         state_purge_interval_s=args.state_purge_interval_s,
+        watch_buffer=max(1, args.watch_buffer),
+        change_retention=max(1, args.change_retention),
+        compact_interval_s=args.compact_interval_s,
         jwt_secret=args.jwt_secret,
         require_auth=args.require_auth,
         insecure=args.insecure,

@@ -42,6 +42,8 @@ from jarvis.memory.v1 import (
     snapshot_pb2_grpc,
     state_pb2,
     state_pb2_grpc,
+    watch_pb2,
+    watch_pb2_grpc,
 )
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
@@ -56,6 +58,7 @@ from jarvis_memory_server.service.preferences import PreferenceService
 from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionService
 from jarvis_memory_server.service.snapshots import AGE_SWEEP_BATCH, SnapshotService
 from jarvis_memory_server.service.state import PURGE_BATCH, StateService
+from jarvis_memory_server.service.watch import COMPACT_BATCH, WatchService
 from jarvis_memory_server.store.sqlite import Checkpointer, Database, exclusive_use
 from jarvis_memory_server.store.writes import pending_commit
 from jarvis_memory_server.transport.admin import AdminServicer
@@ -67,6 +70,7 @@ from jarvis_memory_server.transport.preferences import PreferenceServicer
 from jarvis_memory_server.transport.sessions import SessionServicer
 from jarvis_memory_server.transport.snapshots import SnapshotServicer
 from jarvis_memory_server.transport.state import StateServicer
+from jarvis_memory_server.transport.watch import WatchServicer
 
 log = logging.getLogger("jarvis_memory")
 
@@ -74,7 +78,7 @@ SERVICE_NAMES = tuple(
     service.full_name
     for module in (
         memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2, state_pb2, audit_pb2,
-        collection_pb2, admin_pb2,
+        collection_pb2, admin_pb2, watch_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 )
@@ -96,6 +100,9 @@ class Daemon:
         self.checkpointer: Checkpointer | None = None
         self.sessions = SessionService(self.db)
         self.state = StateService(self.db)
+        self.watch = WatchService(
+            self.db, buffer=config.watch_buffer, retention=config.change_retention
+        )
         self.snapshots = SnapshotService(
             self.db, keep=config.snapshot_keep, max_age_s=config.snapshot_max_age_s
         )
@@ -125,6 +132,10 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._sweep(
                 self.config.state_purge_interval_s, PURGE_BATCH, self.state.purge_expired,
                 "purged %d expired state entries",
+            )))
+            self._tasks.append(asyncio.create_task(self._sweep(
+                self.config.compact_interval_s, COMPACT_BATCH, self.watch.compact,
+                "compacted %d changes out of the change log",
             )))
             if self.snapshots.max_age_s > 0:
                 self._tasks.append(asyncio.create_task(self._sweep(
@@ -186,6 +197,9 @@ class Daemon:
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(AdminService(self.db), self.auth), server
+        )
+        watch_pb2_grpc.add_WatchServiceServicer_to_server(
+            WatchServicer(self.watch, self.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

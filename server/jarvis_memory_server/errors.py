@@ -67,6 +67,12 @@ class Aborted(JarvisError):
     reason = "ABORTED"
 
 
+class OutOfRange(JarvisError):
+    """A position outside what the store holds (a compacted revision)."""
+
+    reason = "OUT_OF_RANGE"
+
+
 class ResourceExhausted(JarvisError):
     """A quota or size limit was hit, or the disk is full."""
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
@@ -41,14 +41,29 @@ _INSERT_CHANGE = (
 )
 
 
-class WriteTxn:
-    """The open batch transaction: its cursor, and the revisions it assigns."""
+class ChangeRow(NamedTuple):
+    """One committed change, as the change log stores it."""
 
-    __slots__ = ("cursor", "revision")
+    revision: int
+    namespace: str
+    kind: str
+    key: str
+    operation: str
+    created_at: int
+
+
+class WriteTxn:
+    """The open batch transaction: its cursor, its revisions and its changes.
+
+    The changes are published to watchers once the batch commits.
+    """
+
+    __slots__ = ("changes", "cursor", "revision")
 
     def __init__(self, cursor: apsw.Cursor, revision: int) -> None:
         self.cursor = cursor
         self.revision = revision
+        self.changes: list[ChangeRow] = []
 
     @property
     def next_revision(self) -> int:
@@ -58,11 +73,9 @@ class WriteTxn:
     def record(self, namespace: str, kind: str, key: str, operation: str, at_us: int) -> int:
         """Log one change of a resource in the change log; return its revision."""
         self.revision += 1
-        self.cursor.execute(
-            _INSERT_CHANGE,
-            {"revision": self.revision, "namespace": namespace, "kind": kind,
-             "key": key, "operation": operation, "created_at": at_us},
-        )
+        change = ChangeRow(self.revision, namespace, kind, key, operation, at_us)
+        self.cursor.execute(_INSERT_CHANGE, change._asdict())
+        self.changes.append(change)
         return self.revision
 
     def record_many(
@@ -71,11 +84,10 @@ class WriteTxn:
         """Log one change per key (a bulk write); return the last revision."""
         first = self.revision + 1
         self.revision += len(keys)
-        self.cursor.executemany(_INSERT_CHANGE, [
-            {"revision": first + i, "namespace": namespace, "kind": kind, "key": key,
-             "operation": operation, "created_at": at_us}
-            for i, key in enumerate(keys)
-        ])
+        changes = [ChangeRow(first + i, namespace, kind, key, operation, at_us)
+                   for i, key in enumerate(keys)]
+        self.cursor.executemany(_INSERT_CHANGE, [c._asdict() for c in changes])
+        self.changes += changes
         return self.revision
 
 
@@ -132,6 +144,8 @@ class GroupCommitter:
     _thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="commit")
     )
+    # Called with each committed batch's changes, in commit order (the watch broadcaster).
+    on_commit: Callable[[list[ChangeRow]], None] | None = None
 
     @property
     def commit_running(self) -> bool:
@@ -240,6 +254,8 @@ class GroupCommitter:
         self.revision = batch.txn.revision
         self.commits += 1
         self.committed_writes += batch.writes
+        if self.on_commit is not None and batch.txn.changes:
+            self.on_commit(batch.txn.changes)
         if batch.committed is not None:
             batch.committed.set_result(None)
 

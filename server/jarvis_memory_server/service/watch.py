@@ -1,0 +1,116 @@
+"""The change feed: replay from the log, then live changes from the commits, with no gap.
+
+A watcher registers before it replays, so that every change committed from then on reaches
+its queue; the replay reads the log up to what is committed; the live part skips what the
+replay already sent. Each watcher has a bounded queue filled by the committing side without
+waiting: a watcher that falls behind loses its queue (memory stays bounded, writers never
+wait) and is ended with RESOURCE_EXHAUSTED naming the revision to resume from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from jarvis_memory_server.errors import InvalidArgument, OutOfRange, ResourceExhausted
+from jarvis_memory_server.service.common import ServiceBase
+from jarvis_memory_server.store.changes import ChangeStore
+from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.store.writes import ChangeRow
+
+REPLAY_PAGE = 1000
+COMPACT_BATCH = 10_000
+
+
+@dataclass(eq=False)
+class _Watcher:
+    namespace: str
+    kinds: frozenset[str]
+    queue: asyncio.Queue[ChangeRow]
+    overflowed: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WatchService(ServiceBase):
+    """Streams committed changes to watchers; compacts the log."""
+
+    def __init__(self, db: Database, *, buffer: int = 10_000, retention: int = 1_000_000) -> None:
+        super().__init__(db)
+        self._store = ChangeStore(db)
+        self._watchers: set[_Watcher] = set()
+        self.buffer = buffer
+        self.retention = retention
+        db.writes.on_commit = self._publish
+
+    @property
+    def watchers(self) -> int:
+        """How many watchers are connected."""
+        return len(self._watchers)
+
+    def _publish(self, changes: list[ChangeRow]) -> None:
+        for watcher in self._watchers:
+            if watcher.overflowed:
+                continue
+            for change in changes:
+                if change.namespace != watcher.namespace or (
+                    watcher.kinds and change.kind not in watcher.kinds
+                ):
+                    continue
+                try:
+                    watcher.queue.put_nowait(change)
+                except asyncio.QueueFull:
+                    watcher.overflowed = True
+                    watcher.queue = asyncio.Queue(1)  # drop the backlog: bounded memory
+                    break
+            watcher.wake.set()
+
+    async def watch(
+        self, namespace: str, kinds: tuple[str, ...], start_revision: int
+    ) -> AsyncIterator[ChangeRow]:
+        """Yield the changes of a namespace from ``start_revision`` (0: from now) on.
+
+        Raises InvalidArgument, OutOfRange (a compacted start), ResourceExhausted (fell behind).
+        """
+        if start_revision < 0:
+            raise InvalidArgument("start_revision", "must not be negative")
+        watcher = _Watcher(namespace, frozenset(kinds), asyncio.Queue(self.buffer))
+        self._watchers.add(watcher)
+        try:
+            last = self._db.revision if start_revision == 0 else start_revision - 1
+            if start_revision:
+                oldest = self._store.oldest()
+                if oldest is not None and start_revision < oldest:
+                    raise OutOfRange(
+                        f"revision {start_revision} was compacted; the oldest available is "
+                        f"{oldest}", reason="REVISION_COMPACTED", oldest_revision=str(oldest))
+                while True:  # replay what the log holds
+                    page = self._store.page(namespace, kinds, last, REPLAY_PAGE)
+                    for change in page:
+                        yield change
+                        last = change.revision
+                    if len(page) < REPLAY_PAGE:
+                        break
+            while True:  # live
+                while watcher.queue.empty() and not watcher.overflowed:
+                    watcher.wake.clear()
+                    await watcher.wake.wait()
+                if watcher.overflowed:
+                    raise ResourceExhausted(
+                        f"the watcher fell more than {self.buffer} changes behind; resume "
+                        f"from revision {last + 1}", reason="WATCHER_TOO_SLOW",
+                        resume_revision=str(last + 1))
+                change = watcher.queue.get_nowait()
+                if change.revision > last:  # the replay may have sent it already
+                    yield change
+                    last = change.revision
+        finally:
+            self._watchers.discard(watcher)
+
+    def compact(self) -> int:
+        """Drop changes beyond the newest ``retention``; return how many (a batch at most)."""
+        upto = min(self._db.revision - self.retention, (self._store.oldest() or 0) + COMPACT_BATCH)
+        if upto <= 0:
+            return 0
+        with self._db.write() as txn:
+            return self._store.compact(txn, upto)

@@ -1,0 +1,175 @@
+"""WatchService: replay then live with no gap, many watchers, resume, slow watchers, compaction."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import apsw
+import grpc
+import pytest
+
+from conftest import Daemon
+from jarvis.memory.v1 import watch_pb2, watch_pb2_grpc
+from jarvis_memory import Change, Client, InvalidArgument, OutOfRange
+
+
+class Collector:
+    """Runs a watch in a thread and collects its changes; wait_for() blocks until enough."""
+
+    def __init__(self, client: Client, **kwargs: object) -> None:
+        self.changes: list[Change] = []
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._stream = client.watch(**kwargs)  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for change in self._stream:
+                with self._cond:
+                    self.changes.append(change)
+                    self._cond.notify_all()
+        except BaseException as exc:
+            with self._cond:
+                self.error = exc
+                self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[Change]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.changes) >= count or self.error, timeout)
+            if self.error is not None and len(self.changes) < count:
+                raise self.error
+            return list(self.changes)
+
+
+def committed_changes(daemon: Daemon, namespace: str, after: int) -> list[tuple[int, str, str]]:
+    conn = apsw.Connection(str(daemon.db_path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            "SELECT revision, kind, key FROM changes WHERE namespace = ? AND revision > ? "
+            "ORDER BY revision", (namespace, after))]
+    finally:
+        conn.close()
+
+
+def test_three_watchers_see_exactly_the_committed_writes_of_four_writers(
+        daemon: Daemon, namespace: str) -> None:
+    with daemon.client(namespace=namespace) as jm:
+        start = jm.add_memory("before the watch", category="fact", source="user_explicit").revision
+    clients = [daemon.client(namespace=namespace) for _ in range(3)]
+    watchers = [Collector(c, start_revision=start + 1) for c in clients]
+
+    def writer(n: int) -> None:
+        with daemon.client(namespace=namespace) as jm:
+            for i in range(25):
+                m = jm.add_memory(f"writer {n} fact {i}", category="fact", source="user_explicit")
+                if i % 5 == 0:
+                    jm.update_memory(m.id, stale=True)
+            jm.record_event(type="status", severity="info", source="agent", summary=f"w{n} done")
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = committed_changes(daemon, namespace, start)
+    assert len(expected) == 4 * (25 + 5 + 1)
+    for watcher in watchers:
+        seen = watcher.wait_for(len(expected))
+        assert [(c.revision, c.kind, c.key) for c in seen] == expected
+        assert all(c.namespace == namespace for c in seen)
+    for c in clients:
+        c.close()
+
+
+def test_kind_filters(daemon: Daemon, namespace: str) -> None:
+    with daemon.client(namespace=namespace) as jm:
+        start = jm.add_memory("anchor", category="fact", source="user_explicit").revision
+        watcher = Collector(jm, kinds=["memory", "event"], start_revision=start + 1)
+        jm.set_preference("ignored", 1)  # not a watched kind
+        e = jm.record_event(type="alert", severity="error", source="monitor", summary="disk")
+        m = jm.add_memory("seen", category="fact", source="user_explicit")
+        jm.delete_memory(m.id)
+        seen = watcher.wait_for(3)
+    assert [(c.kind, c.key, c.operation) for c in seen] == [
+        ("event", str(e.id), "create"), ("memory", str(m.id), "create"),
+        ("memory", str(m.id), "delete")]
+
+
+def test_from_now_skips_what_was_committed_before(daemon: Daemon, namespace: str) -> None:
+    with daemon.client(namespace=namespace) as jm, daemon.client(namespace=namespace) as w:
+        before = jm.add_memory("committed before the watch", category="fact",
+                               source="user_explicit").revision
+        watcher = Collector(w, start_revision=0)
+        # The watch registers asynchronously: write until it reports something.
+        for i in range(200):
+            jm.add_memory(f"probe {i}", category="fact", source="user_explicit")
+            with watcher._cond:
+                if watcher._cond.wait_for(lambda: bool(watcher.changes), timeout=0.05):
+                    break
+        seen = watcher.wait_for(1)
+    assert all(c.revision > before for c in seen)
+    assert seen[0].operation == "create" and seen[0].kind == "memory"
+
+
+def test_resuming_from_the_last_revision_has_no_gap(daemon: Daemon, namespace: str) -> None:
+    with daemon.client(namespace=namespace) as jm:
+        start = jm.add_memory("anchor", category="fact", source="user_explicit").revision
+        for i in range(10):
+            jm.add_memory(f"first half {i}", category="fact", source="user_explicit")
+        first: list[Change] = []
+        for change in jm.watch(start_revision=start + 1):
+            first.append(change)
+            if len(first) == 6:
+                break  # the connection is dropped here
+        for i in range(10):
+            jm.add_memory(f"second half {i}", category="fact", source="user_explicit")
+        rest = Collector(jm, start_revision=first[-1].revision + 1).wait_for(14)
+    revisions = [c.revision for c in first + rest]
+    assert revisions == [r for r, _, _ in committed_changes(daemon, namespace, start)]
+
+
+def test_a_stalled_watcher_does_not_hold_writers_back(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db", "--watch-buffer", "50").start()
+    try:
+        with grpc.insecure_channel(d.addr) as channel, d.client() as jm:
+            stalled = watch_pb2_grpc.WatchServiceStub(channel).Watch(
+                watch_pb2.WatchRequest(start_revision=1))
+            batch = [{"content": f"flood {i}", "category": "fact", "source": "user_explicit"}
+                     for i in range(1000)]
+            for round_ in range(5):  # 5000 changes: far more than the buffer and the window
+                jm.add_memories([{**m, "content": f"{m['content']} {round_}"} for m in batch])
+            assert jm.list_memories(page_size=1).next_page_token  # the writes all landed
+            with pytest.raises(grpc.RpcError) as info:
+                for _ in stalled:
+                    pass
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "resume from revision" in info.value.details()
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_compacted_start_is_out_of_range(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db", "--change-retention", "10",
+               "--compact-interval", "0.05").start()
+    try:
+        with d.client() as jm:
+            jm.add_memories([{"content": f"m{i}", "category": "fact", "source": "user_explicit"}
+                             for i in range(50)])
+            d.wait_for_log(r"compacted \d+ changes out of the change log")
+            with pytest.raises(OutOfRange) as info:
+                next(iter(jm.watch(start_revision=1)))
+            assert "oldest available is" in info.value.message
+            oldest = int(info.value.metadata["oldest_revision"])
+            assert 1 < oldest <= 41
+            replayed = Collector(jm, start_revision=oldest).wait_for(50 - oldest + 1)
+            assert [c.revision for c in replayed][:3] == [oldest, oldest + 1, oldest + 2]
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_negative_start_is_invalid(jm: Client) -> None:
+    with pytest.raises(InvalidArgument):
+        next(iter(jm.watch(start_revision=-1)))
