@@ -6,6 +6,8 @@ PY := $(BIN)/python
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
+NODE_PACKAGES := @bufbuild/buf@$(BUF_VERSION) @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
+NODE_STAMP := $(TOOLS)/.installed-node
 PY_SOURCES := server client/jarvis_memory tests proto/generate.py
 
 .PHONY: setup proto check-proto run test pytest lint bench clean
@@ -18,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(BUF):
-	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+# buf (lint) and the Node.js gRPC client the polyglot test uses, in a folder git ignores.
+$(BUF): $(NODE_STAMP)
+$(NODE_STAMP):
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) $(NODE_PACKAGES)
+	touch $@
 
 ## proto: regenerate the Python stubs in client/jarvis/ from proto/
 proto: setup
@@ -36,14 +41,17 @@ run: setup
 ## test: lint, then the whole test suite against real daemons
 test: lint pytest
 
-pytest: setup
+pytest: setup $(NODE_STAMP)
 	$(PY) -m pytest
 
-## lint: ruff, mypy (strict), buf lint, and the generated-code drift check
+## lint: ruff, mypy (strict), buf lint and breaking, and the generated-code drift check
 lint: setup $(BUF)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/mypy server client/jarvis_memory
 	$(BUF) lint proto
+	# The API only grows: no field renumbered, retyped or removed since the previous commit.
+	if git rev-parse -q --verify HEAD~1 >/dev/null; then \
+		$(BUF) breaking proto --against '.git#ref=HEAD~1,subdir=proto'; fi
 	$(PY) proto/generate.py --check
 
 ## bench: throughput and latency against a real daemon; writes bench-results.json

@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from jarvis.memory.v1 import (
     admin_pb2,
@@ -67,6 +66,7 @@ from jarvis_memory_server.transport.collections import CollectionServicer
 from jarvis_memory_server.transport.events import EventServicer
 from jarvis_memory_server.transport.memories import MemoryServicer
 from jarvis_memory_server.transport.preferences import PreferenceServicer
+from jarvis_memory_server.transport.reflection import enable_reflection
 from jarvis_memory_server.transport.sessions import SessionServicer
 from jarvis_memory_server.transport.snapshots import SnapshotServicer
 from jarvis_memory_server.transport.state import StateServicer
@@ -202,9 +202,7 @@ class Daemon:
             WatchServicer(self.watch, self.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         self._check_exposure()
         try:
             credentials = self._tls_credentials()
