@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -96,6 +97,11 @@ def test_kind_filters(daemon: Daemon, namespace: str) -> None:
     assert [(c.kind, c.key, c.operation) for c in seen] == [
         ("event", str(e.id), "create"), ("memory", str(m.id), "create"),
         ("memory", str(m.id), "delete")]
+    # Each change carries the resource as stored after it (none after a delete).
+    assert seen[0].resource is not None and seen[0].resource["summary"] == "disk"
+    assert seen[1].resource is not None and seen[1].resource["content"] == "seen"
+    assert seen[1].resource["revision"] == seen[1].revision
+    assert seen[2].resource is None
 
 
 def test_from_now_skips_what_was_committed_before(daemon: Daemon, namespace: str) -> None:
@@ -168,6 +174,30 @@ def test_a_compacted_start_is_out_of_range(tmp_path: Path) -> None:
             assert [c.revision for c in replayed][:3] == [oldest, oldest + 1, oldest + 2]
     finally:
         assert d.stop() == 0
+
+
+def test_the_async_client_watches_too(daemon: Daemon, namespace: str) -> None:
+    import asyncio
+
+    from jarvis_memory import AsyncClient
+
+    async def scenario() -> list[Change]:
+        async with AsyncClient(daemon.addr, namespace=namespace) as jm:
+            start = (await jm.add_memory("async anchor", category="fact",
+                                         source="user_explicit")).revision
+            for i in range(3):
+                await jm.put_state(f"k{i}", i)
+            seen = []
+            async for change in jm.watch(start_revision=start):
+                seen.append(change)
+                if len(seen) == 4:
+                    break
+            return seen
+
+    seen = asyncio.run(scenario())
+    assert [c.kind for c in seen] == ["memory", "state", "state", "state"]
+    # The resource is the stored row: the state value is its JSON text.
+    assert [json.loads(c.resource["value"]) for c in seen[1:] if c.resource] == [0, 1, 2]
 
 
 def test_a_negative_start_is_invalid(jm: Client) -> None:

@@ -1061,4 +1061,5 @@ def to_change(message: watch_pb2.Change) -> Change:
     """Change message -> Change."""
     return Change(revision=message.revision, namespace=message.namespace, kind=message.kind,
                   key=message.key, operation=_OPERATIONS.get(message.operation, "unknown"),
-                  time=to_datetime(message.time))
+                  time=to_datetime(message.time),
+                  resource=_optional_struct(message, "resource"))

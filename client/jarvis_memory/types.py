@@ -233,8 +233,8 @@ class Change:
     """One committed change from the change feed.
 
     ``operation`` is "create", "update" or "delete"; ``key`` names the resource within its
-    ``kind``. ``resource`` is reserved for the resource's new state, which the daemon does not
-    send yet (always None): read it by its key.
+    ``kind``; ``resource`` is the resource as stored after the change (its database row:
+    times in µs since the epoch, enums as lowercase names), None for a delete.
     """
 
     revision: int

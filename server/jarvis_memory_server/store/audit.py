@@ -151,7 +151,8 @@ class AuditStore:
         """Append a started row (namespace, tool, payload, session_id, cycle_id, now)."""
         values["revision"] = txn.next_revision
         call_id = _scalar(txn.cursor, _START_CALL, values)
-        txn.record(values["namespace"], "tool_call", str(call_id), "create", values["now"])
+        txn.record(values["namespace"], "tool_call", str(call_id), "create", values["now"],
+                   {"id": call_id, "status": "started", **values})
         return call_id
 
     def finish_call(self, txn: WriteTxn, call: ToolCallRow, values: dict[str, Any]) -> bool:
@@ -163,7 +164,7 @@ class AuditStore:
             txn.cursor.execute(_FINISH_CALL, params).fetchall()
         except apsw.ConstraintError:  # the unique parent_id: finished meanwhile
             return False
-        txn.record(call.namespace, "tool_call", str(call.id), "update", values["now"])
+        txn.record(call.namespace, "tool_call", str(call.id), "update", values["now"], params)
         return True
 
     def call(self, namespace: str, call_id: int, txn: WriteTxn | None = None) -> ToolCallRow | None:
@@ -189,7 +190,8 @@ class AuditStore:
         params = {"namespace": namespace, "payload": goals, "now": now,
                   "revision": txn.next_revision}
         cycle_id = _scalar(txn.cursor, _START_CYCLE, params)
-        txn.record(namespace, "planning_cycle", str(cycle_id), "create", now)
+        txn.record(namespace, "planning_cycle", str(cycle_id), "create", now,
+                   {"id": cycle_id, "status": "started", **params})
         return cycle_id
 
     def finish_cycle(
@@ -202,7 +204,7 @@ class AuditStore:
             txn.cursor.execute(_FINISH_CYCLE, params).fetchall()
         except apsw.ConstraintError:
             return False
-        txn.record(cycle.namespace, "planning_cycle", str(cycle.id), "update", now)
+        txn.record(cycle.namespace, "planning_cycle", str(cycle.id), "update", now, params)
         return True
 
     def cycle(self, namespace: str, cycle_id: int, txn: WriteTxn | None = None) -> CycleRow | None:
@@ -227,7 +229,7 @@ class AuditStore:
         """Append a decision (namespace, cycle_id, reasoning, decision, now)."""
         values["revision"] = txn.next_revision
         row = DecisionRow._make(txn.cursor.execute(_RECORD_DECISION, values).fetchone() or ())
-        txn.record(row.namespace, "decision", str(row.id), "create", values["now"])
+        txn.record(row.namespace, "decision", str(row.id), "create", values["now"], row)
         return row
 
     def page_decisions(

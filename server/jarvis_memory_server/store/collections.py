@@ -161,7 +161,7 @@ class CollectionStore:
         txn.cursor.execute(f"CREATE TABLE {table(row.id)} ({definitions})")
         for column in columns:
             self._index(txn, row.id, column)
-        txn.record(namespace, "collection", name, "create", now)
+        txn.record(namespace, "collection", name, "create", now, row)
         return row
 
     def add_column(
@@ -170,11 +170,11 @@ class CollectionStore:
         """Add a column (and its index) to a collection's table and catalog entry."""
         txn.cursor.execute(f"ALTER TABLE {table(definition.id)} ADD COLUMN {_column_sql(column)}")
         self._index(txn, definition.id, column)
-        row = txn.cursor.execute(
+        updated = DefRow._make(txn.cursor.execute(
             _SET_FIELDS, {"id": definition.id, "fields": fields_json,
-                          "revision": txn.next_revision}).fetchone()
-        txn.record(definition.namespace, "collection", definition.name, "update", now)
-        return DefRow._make(row or ())
+                          "revision": txn.next_revision}).fetchone() or ())
+        txn.record(definition.namespace, "collection", definition.name, "update", now, updated)
+        return updated
 
     def drop(self, txn: WriteTxn, definition: DefRow, now: int) -> None:
         """Drop a collection's table and catalog entry."""
@@ -209,7 +209,7 @@ class CollectionStore:
             ids += self._insert_group(txn, definition, names, rows[start:end])
             start = end
         txn.record_many(definition.namespace, "row", [f"{definition.name}/{i}" for i in ids],
-                        "create", now)
+                        "create", now, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
         return ids
 
     def _insert_group(

@@ -93,7 +93,7 @@ class EventStore:
         """Record an event; ``values`` holds its columns and ``now``."""
         values["revision"] = txn.next_revision
         row = EventRow._make(txn.cursor.execute(_INSERT, values).fetchone() or ())
-        txn.record(row.namespace, "event", str(row.id), "create", values["now"])
+        txn.record(row.namespace, "event", str(row.id), "create", values["now"], row)
         return row
 
     def get_for_write(self, txn: WriteTxn, namespace: str, event_id: int) -> EventRow | None:
@@ -117,8 +117,9 @@ class EventStore:
         ).fetchone()
         if row is None:
             return None
-        txn.record(event.namespace, "event", str(event.id), "update", now)
-        return EventRow._make(row)
+        resolved = EventRow._make(row)
+        txn.record(event.namespace, "event", str(event.id), "update", now, resolved)
+        return resolved
 
     def page(
         self, namespace: str, filters: dict[str, Any], types: tuple[str, ...], limit: int

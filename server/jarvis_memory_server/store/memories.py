@@ -113,7 +113,7 @@ class MemoryStore:
         row = MemoryRow._make(txn.cursor.execute(_UPSERT, values).fetchone() or ())
         deduplicated = row.restated_count > 0  # a fresh insert always has count 0
         txn.record(row.namespace, "memory", str(row.id),
-                   "update" if deduplicated else "create", values["now"])
+                   "update" if deduplicated else "create", values["now"], row)
         return row, deduplicated
 
     def get(self, namespace: str, memory_id: int) -> MemoryRow | None:
@@ -187,8 +187,9 @@ class MemoryStore:
             ) from exc
         if found is None:
             return None
-        txn.record(namespace, "memory", str(memory_id), "update", now)
-        return MemoryRow._make(found)
+        updated = MemoryRow._make(found)
+        txn.record(namespace, "memory", str(memory_id), "update", now, updated)
+        return updated
 
     def delete(self, txn: WriteTxn, namespace: str, memory_id: int, now: int) -> bool:
         """Delete one memory; return False when there was none."""

@@ -227,6 +227,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             '"name")',
         ),
     ),
+    Migration(
+        8,
+        "the new resource in each change, for watchers",
+        ('ALTER TABLE "changes" ADD COLUMN "resource" TEXT',),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

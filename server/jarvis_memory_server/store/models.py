@@ -38,6 +38,7 @@ class Change(BaseModel):
     key = pw.TextField()
     operation = pw.TextField(constraints=[pw.Check("operation IN ('create', 'update', 'delete')")])
     created_at = pw.BigIntegerField()
+    resource = pw.TextField(null=True)  # JSON of the row after the change; NULL for deletes
 
     class Meta:
         table_name = "changes"

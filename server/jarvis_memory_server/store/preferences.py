@@ -77,7 +77,7 @@ class PreferenceStore:
         row = PreferenceRow._make(txn.cursor.execute(_UPSERT, values).fetchone() or ())
         created = row.created_at == row.updated_at == values["now"]
         txn.record(row.namespace, "preference", row.key, "create" if created else "update",
-                   values["now"])
+                   values["now"], row)
         return row, created
 
     def get(self, namespace: str, key: str) -> PreferenceRow | None:

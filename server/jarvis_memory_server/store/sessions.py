@@ -229,7 +229,7 @@ class SessionStore:
                 reason="SESSION_EXISTS", namespace=values["namespace"],
                 session_id=values["session_id"],
             ) from exc
-        txn.record(row.namespace, "session", row.session_id, "create", values["now"])
+        txn.record(row.namespace, "session", row.session_id, "create", values["now"], row)
         return row
 
     def session_for_write(
@@ -260,8 +260,9 @@ class SessionStore:
         ).fetchone()
         if row is None:
             return None
-        txn.record(session.namespace, "session", session.session_id, "update", now)
-        return SessionRow._make(row)
+        ended = SessionRow._make(row)
+        txn.record(session.namespace, "session", session.session_id, "update", now, ended)
+        return ended
 
     def page_sessions(
         self, namespace: str, state: str | None, order: str, cursor: tuple[int, int] | None,
@@ -304,12 +305,13 @@ class SessionStore:
         params = {**values, "namespace": session.namespace, "session_ref": session.id,
                   "sequence": count, "revision": txn.next_revision}
         message_id = _scalar(txn.cursor, _INSERT_MESSAGE, params)
-        revision = txn.record(session.namespace, "message", str(message_id), "create", now)
-        return MessageRow(
+        message = MessageRow(
             message_id, session.namespace, session.session_id, count, values["role"],
             values["content"], values["model"], values["tokens_used"], values["tool_calls"],
-            now, revision,
+            now, txn.next_revision,
         )
+        txn.record(session.namespace, "message", str(message_id), "create", now, message)
+        return message
 
     def log_event(
         self, txn: WriteTxn, session: SessionRow, event_type: str, data: str | None, now: int
@@ -320,10 +322,12 @@ class SessionStore:
                   "event_type": event_type, "data": data, "now": now,
                   "revision": txn.next_revision}
         event_id = _scalar(txn.cursor, _INSERT_EVENT, params)
-        revision = txn.record(session.namespace, "session_event", str(event_id), "create", now)
-        return EventRow(
-            event_id, session.namespace, session.session_id, event_type, data, now, revision
+        event = EventRow(
+            event_id, session.namespace, session.session_id, event_type, data, now,
+            txn.next_revision,
         )
+        txn.record(session.namespace, "session_event", str(event_id), "create", now, event)
+        return event
 
     def page_messages(self, session_ref: int, after: int, limit: int) -> list[MessageRow]:
         """Return a session's messages with sequence > ``after``, oldest first."""

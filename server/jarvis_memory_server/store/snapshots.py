@@ -76,7 +76,7 @@ class SnapshotStore:
         """Store a snapshot (namespace, kind, data, now)."""
         values["revision"] = txn.next_revision
         row = SnapshotRow._make(txn.cursor.execute(_INSERT, values).fetchone() or ())
-        txn.record(row.namespace, "snapshot", str(row.id), "create", values["now"])
+        txn.record(row.namespace, "snapshot", str(row.id), "create", values["now"], row)
         return row
 
     def page(

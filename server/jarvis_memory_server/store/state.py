@@ -101,7 +101,7 @@ class StateStore:
         values["revision"] = txn.next_revision
         row = StateRow._make(txn.cursor.execute(_UPSERT, values).fetchone() or ())
         txn.record(row.namespace, "state", row.key, "create" if created else "update",
-                   values["now"])
+                   values["now"], row)
         return row
 
     def delete(self, txn: WriteTxn, namespace: str, key: str, now: int) -> None:

@@ -17,6 +17,7 @@ Reads go to a separate connection that sees committed data only.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,13 +37,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("jarvis_memory.store")
 
 _INSERT_CHANGE = (
-    'INSERT INTO "changes" ("revision", "namespace", "kind", "key", "operation", "created_at") '
-    "VALUES (:revision, :namespace, :kind, :key, :operation, :created_at)"
+    'INSERT INTO "changes" ("revision", "namespace", "kind", "key", "operation", "created_at", '
+    '"resource") VALUES (:revision, :namespace, :kind, :key, :operation, :created_at, :resource)'
 )
 
 
+def resource_json(row: Any) -> str | None:
+    """A stored row (a NamedTuple or a mapping) as the JSON text a change carries."""
+    if row is None:
+        return None
+    items = row._asdict() if hasattr(row, "_asdict") else dict(row)
+    return json.dumps(
+        {k: v.hex() if isinstance(v, bytes) else v for k, v in items.items()},
+        separators=(",", ":"), ensure_ascii=False,
+    )
+
+
 class ChangeRow(NamedTuple):
-    """One committed change, as the change log stores it."""
+    """One committed change, as the change log stores it (resource: JSON text or None)."""
 
     revision: int
     namespace: str
@@ -50,6 +62,7 @@ class ChangeRow(NamedTuple):
     key: str
     operation: str
     created_at: int
+    resource: str | None = None
 
 
 class WriteTxn:
@@ -70,21 +83,28 @@ class WriteTxn:
         """The revision the next recorded change will get."""
         return self.revision + 1
 
-    def record(self, namespace: str, kind: str, key: str, operation: str, at_us: int) -> int:
-        """Log one change of a resource in the change log; return its revision."""
+    def record(
+        self, namespace: str, kind: str, key: str, operation: str, at_us: int,
+        resource: Any = None,
+    ) -> int:
+        """Log one change of a resource (its stored row, None for a delete); return its revision."""
         self.revision += 1
-        change = ChangeRow(self.revision, namespace, kind, key, operation, at_us)
+        change = ChangeRow(self.revision, namespace, kind, key, operation, at_us,
+                           resource_json(resource))
         self.cursor.execute(_INSERT_CHANGE, change._asdict())
         self.changes.append(change)
         return self.revision
 
     def record_many(
-        self, namespace: str, kind: str, keys: list[str], operation: str, at_us: int
+        self, namespace: str, kind: str, keys: list[str], operation: str, at_us: int,
+        resources: list[Any] | None = None,
     ) -> int:
         """Log one change per key (a bulk write); return the last revision."""
         first = self.revision + 1
         self.revision += len(keys)
-        changes = [ChangeRow(first + i, namespace, kind, key, operation, at_us)
+        rows = resources or [None] * len(keys)
+        changes = [ChangeRow(first + i, namespace, kind, key, operation, at_us,
+                             resource_json(rows[i]))
                    for i, key in enumerate(keys)]
         self.cursor.executemany(_INSERT_CHANGE, [c._asdict() for c in changes])
         self.changes += changes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
@@ -32,6 +33,8 @@ def watch_response(change: ChangeRow) -> watch_pb2.WatchResponse:
     message.key = change.key
     message.operation = OPERATION[change.operation]
     set_timestamp(message.time, change.created_at)
+    if change.resource is not None:
+        message.resource.update(json.loads(change.resource))
     return response
 
 

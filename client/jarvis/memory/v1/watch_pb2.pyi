@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -61,6 +62,7 @@ class Change(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """revision is the change's place in the global order."""
     namespace: _builtins.str
@@ -79,6 +81,13 @@ class Change(_message.Message):
     def time(self) -> _timestamp_pb2.Timestamp:
         """time is when the change was committed (the write's time)."""
 
+    @_builtins.property
+    def resource(self) -> _struct_pb2.Struct:
+        """resource is the resource as stored after the change (its database row: times in
+        microseconds since the epoch, enumerations as lowercase names, JSON fields as text);
+        unset for a delete.
+        """
+
     def __init__(
         self,
         *,
@@ -88,10 +97,11 @@ class Change(_message.Message):
         key: _builtins.str = ...,
         operation: Global___ChangeOperation.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        resource: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "kind", b"kind", "namespace", b"namespace", "operation", b"operation", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "kind", b"kind", "namespace", b"namespace", "operation", b"operation", "resource", b"resource", "revision", b"revision", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
