@@ -42,15 +42,16 @@ _INSERT_CHANGE = (
 )
 
 
+# bytes (a content hash) become hex; everything else in a row is JSON already.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=bytes.hex)
+
+
 def resource_json(row: Any) -> str | None:
     """A stored row (a NamedTuple or a mapping) as the JSON text a change carries."""
     if row is None:
         return None
-    items = row._asdict() if hasattr(row, "_asdict") else dict(row)
-    return json.dumps(
-        {k: v.hex() if isinstance(v, bytes) else v for k, v in items.items()},
-        separators=(",", ":"), ensure_ascii=False,
-    )
+    return _ENCODER.encode(dict(zip(row._fields, row, strict=True)) if hasattr(row, "_fields")
+                           else row)
 
 
 class ChangeRow(NamedTuple):
