@@ -18,7 +18,15 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 - tool_call: StartToolCall then FinishToolCall; rps counts the pairs, and its ratio_to_health
   compares the RPC rate (twice the pairs) with health_check's;
 - insert_rows_1 / insert_rows_500: InsertRows of 1 / 500 rows into a collection with an indexed
-  string, an integer and a real field (insert_rows_500's rps is rows/s).
+  string, an integer and a real field (insert_rows_500's rps is rows/s);
+- watch_fanout (64 in flight only): add_memory load with 0, 1 and 16 Watch streams open.
+  Rows watch_1 / watch_16: rps is changes delivered per second over all watchers;
+  writes_with_16_watchers: the write rate then, and its ratio_to_health is its ratio to the
+  write rate with no watcher (the target is >= 0.9);
+- backup_1gb (not in the default set; --only backup_1gb): a 1 GB database written into the
+  file before the daemon starts; row backup_1gb: p50_ms is the backup's duration;
+  writes_during_backup: the write rate during the backup, ratio_to_health its ratio to the
+  rate without one.
 
 ratio_to_health is the scenario's rps over health_check's at the same in_flight level. This
 machine is noisy (health_check alone varies by +-15% between runs), so each in-flight level runs
@@ -62,6 +70,8 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jarvis.memory.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     collection_pb2,
@@ -76,12 +86,16 @@ from jarvis.memory.v1 import (
     session_pb2_grpc,
     state_pb2,
     state_pb2_grpc,
+    watch_pb2,
+    watch_pb2_grpc,
 )
 from jarvis_memory_server.service.auth import sign_jwt
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
              "append_message", "list_messages", "record_event", "list_events", "set_preference",
-             "put_state", "put_state_cas", "tool_call", "insert_rows_1", "insert_rows_500")
+             "put_state", "put_state_cas", "tool_call", "insert_rows_1", "insert_rows_500",
+             "watch_fanout", "backup_1gb")
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "backup_1gb")
 EVENTS = 100_000
 SESSION_MESSAGES = 10_000
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
@@ -326,6 +340,108 @@ def tool_call_pair(stub: audit_pb2_grpc.AuditServiceStub,
     return pair
 
 
+def row(scenario: str, stats: dict[str, float], ratio: float | None) -> dict[str, Any]:
+    """One result row, printed and returned for bench-results.json."""
+    result = {"scenario": scenario, "in_flight": 64, "rps": round(stats["rps"], 1),
+              "p50_ms": round(stats["p50_ms"], 3), "p99_ms": round(stats["p99_ms"], 3),
+              "ratio_to_health": None if ratio is None else round(ratio, 3)}
+    print(f"{scenario:<26}{64:>9}{result['rps']:>11.1f}{result['p50_ms']:>9.2f}"
+          f"{result['p99_ms']:>9.2f}{'-' if ratio is None else f'{ratio:.3f}':>9}", flush=True)
+    return result
+
+
+async def write_load(args: argparse.Namespace, memory: list[Any], add_one: Callable[[], Any],
+                     daemon_pid: int | None) -> dict[str, float]:
+    """add_memory at 64 in flight for --duration seconds."""
+    pool = Pool(add_one, 20_000)
+    return await measure([m.AddMemory for m in memory], pool, 64, args.warmup, args.duration,
+                         daemon_pid)
+
+
+async def watch_fanout(args: argparse.Namespace, channels: list[Any], memory: list[Any],
+                       add_one: Callable[[], Any], daemon_pid: int | None
+                       ) -> list[dict[str, Any]]:
+    """The write rate with 0, 1 and 16 watchers, and the changes delivered to them."""
+    namespace = add_one().namespace
+    print("\nwatch fan-out (add_memory at 64 in flight)", flush=True)
+    baseline = await write_load(args, memory, add_one, daemon_pid)
+    results = [row("writes_without_watchers", baseline, None)]
+    delivered = [0]
+    for watchers in (1, 16):
+        streams = []
+        for i in range(watchers):
+            stub = watch_pb2_grpc.WatchServiceStub(channels[i % len(channels)])
+            streams.append(stub.Watch(watch_pb2.WatchRequest(namespace=namespace)))
+
+        async def drain(stream: Any) -> None:
+            try:
+                async for _ in stream:
+                    delivered[0] += 1
+            except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                pass  # cancelled below
+
+        tasks = [asyncio.create_task(drain(stream)) for stream in streams]
+        before = delivered[0]
+        t0 = time.perf_counter()
+        stats = await write_load(args, memory, add_one, daemon_pid)
+        elapsed = time.perf_counter() - t0
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*tasks)
+        results.append(row(f"watch_{watchers}", {**stats, "rps": (delivered[0] - before)
+                                                  / elapsed}, None))
+        if watchers == 16:
+            results.append(row("writes_with_16_watchers", stats,
+                               stats["rps"] / baseline["rps"]))
+    return results
+
+
+GIGABYTE_DOC = 100 * 1024
+
+
+def preload_gigabyte(path: Path) -> None:
+    """Write about 1 GB of 100 KiB snapshots straight into a file no daemon has open."""
+    from jarvis_memory_server.store.snapshots import SnapshotStore
+    from jarvis_memory_server.store.sqlite import Database, now_us
+
+    db = Database(path)
+    db.open()
+    try:
+        store, blob = SnapshotStore(db), json.dumps({"blob": "x" * GIGABYTE_DOC})
+        for _ in range(10):
+            with db.write() as txn:
+                for _ in range(1024):
+                    store.insert(txn, {"namespace": "bench-gb", "kind": "ballast", "data": blob,
+                                       "now": now_us()})
+    finally:
+        db.close()
+
+
+async def backup_under_load(args: argparse.Namespace, channels: list[Any], memory: list[Any],
+                            add_one: Callable[[], Any], daemon_pid: int | None
+                            ) -> list[dict[str, Any]]:
+    """Back up the 1 GB database while writers run; compare the write rate with and without."""
+    print("\nbackup of the 1 GB database under add_memory load (64 in flight)", flush=True)
+    baseline = await write_load(args, memory, add_one, daemon_pid)
+    stub = admin_pb2_grpc.AdminServiceStub(channels[0])
+    size = [0]
+
+    async def backup() -> float:
+        t0 = time.perf_counter()
+        async for chunk in stub.Backup(admin_pb2.BackupRequest(chunk_size=4 * 1024 * 1024)):
+            size[0] += len(chunk.data)
+        return time.perf_counter() - t0
+
+    task = asyncio.create_task(backup())
+    during = await write_load(args, memory, add_one, daemon_pid)
+    seconds = await task
+    print(f"  backup: {size[0] / 2**20:.0f} MiB in {seconds:.1f} s", flush=True)
+    return [row("writes_without_backup", baseline, None),
+            row("backup_1gb", {"rps": size[0] / 2**20 / seconds, "p50_ms": seconds * 1000,
+                               "p99_ms": seconds * 1000}, None),
+            row("writes_during_backup", during, during["rps"] / baseline["rps"])]
+
+
 def cas_putter(stub: state_pb2_grpc.StateServiceStub, namespace: str,
                key: str) -> Callable[[Any], Awaitable[Any]]:
     """A worker's PutState with expected_version on a key of its own: it knows the version."""
@@ -480,10 +596,11 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
               f"{'ratio_to_health':>17}{'cli%':>6}{'srv%':>6}", flush=True)
         for in_flight in args.in_flight:
             n_channels = 2 if in_flight > 1 else 1
-            rounds: dict[str, list[dict[str, float]]] = {scenario: [] for scenario in args.only}
+            simple = [s for s in args.only if s not in ("watch_fanout", "backup_1gb")]
+            rounds: dict[str, list[dict[str, float]]] = {scenario: [] for scenario in simple}
             for _ in range(args.rounds):
                 health_rps: float | None = None
-                for scenario in args.only:
+                for scenario in simple:
                     pool: Pool | None = None
                     if scenario == "health_check":
                         methods = [h.Check for h in health[:n_channels]]
@@ -562,6 +679,10 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                 print(f"{scenario:<18}{in_flight:>9}{row['rps']:>11.1f}{row['p50_ms']:>9.2f}"
                       f"{row['p99_ms']:>9.2f}{'-' if ratio is None else f'{ratio:.3f}':>17}"
                       f"{med['cli']:>6.0f}{cpu_column(med['srv'])}{spread}", flush=True)
+        if "watch_fanout" in args.only:
+            results += await watch_fanout(args, channels, memory, add_one, daemon_pid)
+        if "backup_1gb" in args.only:
+            results += await backup_under_load(args, channels, memory, add_one, daemon_pid)
         return results
     finally:
         for channel in channels:
@@ -576,7 +697,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rounds of all scenarios per level; medians are reported (default 3)")
     parser.add_argument("--warmup", type=float, default=0.5,
                         help="untimed seconds before each measurement (default 0.5)")
-    parser.add_argument("--only", default=",".join(SCENARIOS),
+    parser.add_argument("--only", default=",".join(DEFAULT_SCENARIOS),
                         help=f"comma-separated scenarios, from: {', '.join(SCENARIOS)}")
     parser.add_argument("--in-flight", default="1,64", help="comma-separated levels (default 1,64)")
     parser.add_argument("--addr", help="HOST:PORT of a running daemon; none: start one")
@@ -606,6 +727,11 @@ def main(argv: list[str] | None = None) -> None:
                                "exp": int(time.time()) + 86_400}, secret.encode())
     daemon = None if args.addr else LocalDaemon(env)
     args.events_namespace = None
+    if daemon is not None and "backup_1gb" in args.only:
+        t0 = time.perf_counter()
+        preload_gigabyte(daemon.db_path)
+        print(f"wrote a {daemon.db_path.stat().st_size / 2**30:.2f} GiB database in "
+              f"{time.perf_counter() - t0:.1f} s")
     if daemon is not None and "list_events" in args.only:
         t0 = time.perf_counter()
         args.events_namespace = "bench-events"
