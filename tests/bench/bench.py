@@ -400,7 +400,10 @@ GIGABYTE_DOC = 100 * 1024
 
 
 def preload_gigabyte(path: Path) -> None:
-    """Write about 1 GB of 100 KiB snapshots straight into a file no daemon has open."""
+    """Write about 1 GB of 100 KiB snapshots straight into a file no daemon has open.
+
+    Each snapshot is stored twice, in its table and as the resource of its change.
+    """
     from jarvis_memory_server.store.snapshots import SnapshotStore
     from jarvis_memory_server.store.sqlite import Database, now_us
 
@@ -408,7 +411,7 @@ def preload_gigabyte(path: Path) -> None:
     db.open()
     try:
         store, blob = SnapshotStore(db), json.dumps({"blob": "x" * GIGABYTE_DOC})
-        for _ in range(10):
+        for _ in range(5):
             with db.write() as txn:
                 for _ in range(1024):
                     store.insert(txn, {"namespace": "bench-gb", "kind": "ballast", "data": blob,
