@@ -582,9 +582,10 @@ class AsyncClient(api.ClientBase):
                                           metadata=self._metadata)
             try:
                 async for response in stream:
-                    change = api.to_change(response.change)
-                    start, attempt = change.revision + 1, 0
-                    yield change
+                    for message in response.changes:
+                        change = api.to_change(message)
+                        start, attempt = change.revision + 1, 0
+                        yield change
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
                 attempt += 1

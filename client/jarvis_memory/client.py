@@ -572,9 +572,10 @@ class Client(api.ClientBase):
                                           metadata=self._metadata)
             try:
                 for response in stream:
-                    change = api.to_change(response.change)
-                    start, attempt = change.revision + 1, 0
-                    yield change
+                    for message in response.changes:
+                        change = api.to_change(message)
+                        start, attempt = change.revision + 1, 0
+                        yield change
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
                 attempt += 1

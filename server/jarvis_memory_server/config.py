@@ -25,6 +25,7 @@ class Config:
     snapshot_max_age_s: float = 0.0
     state_purge_interval_s: float = 10.0
     watch_buffer: int = 10_000
+    watch_coalesce_s: float = 0.02
     change_retention: int = 1_000_000
     compact_interval_s: float = 10.0
     jwt_secret: str = ""
@@ -113,6 +114,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(env JARVIS_MEMORY_WATCH_BUFFER; default %(default)s)",
     )
     parser.add_argument(
+        "--watch-coalesce-ms", dest="watch_coalesce_ms", type=float,
+        default=float(_env("WATCH_COALESCE_MS", "20")),
+        help="how long a watcher gathers changes into one message: more watchers cost writers "
+        "less, at this much latency (env JARVIS_MEMORY_WATCH_COALESCE_MS; default %(default)s)",
+    )
+    parser.add_argument(
         "--change-retention", type=int, default=int(_env("CHANGE_RETENTION", "1000000")),
         help="newest changes the change log keeps for watchers to replay "
         "(env JARVIS_MEMORY_CHANGE_RETENTION; default %(default)s)",
@@ -176,6 +183,7 @@ def from_args(args: argparse.Namespace) -> Config:
         snapshot_max_age_s=max(0.0, args.snapshot_max_age_s),
         state_purge_interval_s=args.state_purge_interval_s,
         watch_buffer=max(1, args.watch_buffer),
+        watch_coalesce_s=max(0.0, args.watch_coalesce_ms / 1000),
         change_retention=max(1, args.change_retention),
         compact_interval_s=args.compact_interval_s,
         jwt_secret=args.jwt_secret,

@@ -101,7 +101,8 @@ class Daemon:
         self.sessions = SessionService(self.db)
         self.state = StateService(self.db)
         self.watch = WatchService(
-            self.db, buffer=config.watch_buffer, retention=config.change_retention
+            self.db, buffer=config.watch_buffer, retention=config.change_retention,
+            coalesce_s=config.watch_coalesce_s,
         )
         self.snapshots = SnapshotService(
             self.db, keep=config.snapshot_keep, max_age_s=config.snapshot_max_age_s

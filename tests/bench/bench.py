@@ -375,8 +375,8 @@ async def watch_fanout(args: argparse.Namespace, channels: list[Any], memory: li
 
         async def drain(stream: Any) -> None:
             try:
-                async for _ in stream:
-                    delivered[0] += 1
+                async for response in stream:
+                    delivered[0] += len(response.changes)
             except (grpc.aio.AioRpcError, asyncio.CancelledError):
                 pass  # cancelled below
 

@@ -66,7 +66,9 @@ result.changes = await new Promise((resolve, reject) => {
   const seen = [];
   const stream = watch.Watch({ namespace, start_revision: "1" });
   stream.on("data", (response) => {
-    seen.push(`${response.change.kind}:${response.change.operation}`);
+    for (const change of response.changes) {
+      if (seen.length < 5) seen.push(`${change.kind}:${change.operation}`);
+    }
     if (seen.length === 5) { stream.cancel(); resolve(seen); }
   });
   stream.on("error", (err) => { if (err.code !== grpc.status.CANCELLED) reject(err); });

@@ -21,6 +21,9 @@ from jarvis_memory_server.store.writes import ChangeRow
 
 REPLAY_PAGE = 1000
 COMPACT_BATCH = 10_000
+# One message carries at most this many changes, or about this much resource text.
+MAX_BATCH_CHANGES = 256
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -35,12 +38,20 @@ class _Watcher:
 class WatchService(ServiceBase):
     """Streams committed changes to watchers; compacts the log."""
 
-    def __init__(self, db: Database, *, buffer: int = 10_000, retention: int = 1_000_000) -> None:
+    def __init__(
+        self, db: Database, *, buffer: int = 10_000, retention: int = 1_000_000,
+        coalesce_s: float = 0.02,
+    ) -> None:
         super().__init__(db)
         self._store = ChangeStore(db)
         self._watchers: set[_Watcher] = set()
         self.buffer = buffer
         self.retention = retention
+        # Sending costs the event loop ~40 µs a message per watcher: waiting a little after a
+        # wake-up lets a busy feed go out as one message of many changes instead of many
+        # (measured with 16 watchers: writes at 0.24 of the rate without watchers when every
+        # change was a message, 0.63 with 5 ms, 0.78 with 20 ms).
+        self.coalesce_s = coalesce_s
         db.writes.on_commit = self._publish
 
     @property
@@ -67,10 +78,11 @@ class WatchService(ServiceBase):
 
     async def watch(
         self, namespace: str, kinds: tuple[str, ...], start_revision: int
-    ) -> AsyncIterator[ChangeRow]:
-        """Yield the changes of a namespace from ``start_revision`` (0: from now) on.
+    ) -> AsyncIterator[list[ChangeRow]]:
+        """Yield batches of the changes of a namespace from ``start_revision`` (0: from now) on.
 
-        Raises InvalidArgument, OutOfRange (a compacted start), ResourceExhausted (fell behind).
+        Batches are never empty and in revision order. Raises InvalidArgument, OutOfRange (a
+        compacted start), ResourceExhausted (fell behind).
         """
         if start_revision < 0:
             raise InvalidArgument("start_revision", "must not be negative")
@@ -86,24 +98,30 @@ class WatchService(ServiceBase):
                         f"{oldest}", reason="REVISION_COMPACTED", oldest_revision=str(oldest))
                 while True:  # replay what the log holds
                     page = self._store.page(namespace, kinds, last, REPLAY_PAGE)
-                    for change in page:
-                        yield change
-                        last = change.revision
+                    for batch in _batches(page):
+                        yield batch
+                        last = batch[-1].revision
                     if len(page) < REPLAY_PAGE:
                         break
             while True:  # live
                 while watcher.queue.empty() and not watcher.overflowed:
                     watcher.wake.clear()
                     await watcher.wake.wait()
+                    if self.coalesce_s:
+                        await asyncio.sleep(self.coalesce_s)
                 if watcher.overflowed:
                     raise ResourceExhausted(
                         f"the watcher fell more than {self.buffer} changes behind; resume "
                         f"from revision {last + 1}", reason="WATCHER_TOO_SLOW",
                         resume_revision=str(last + 1))
-                change = watcher.queue.get_nowait()
-                if change.revision > last:  # the replay may have sent it already
-                    yield change
-                    last = change.revision
+                pending: list[ChangeRow] = []
+                while not watcher.queue.empty() and len(pending) < MAX_BATCH_CHANGES:
+                    change = watcher.queue.get_nowait()
+                    if change.revision > last:  # the replay may have sent it already
+                        pending.append(change)
+                for batch in _batches(pending):
+                    yield batch
+                    last = batch[-1].revision
         finally:
             self._watchers.discard(watcher)
 
@@ -114,3 +132,20 @@ class WatchService(ServiceBase):
             return 0
         with self._db.write() as txn:
             return self._store.compact(txn, upto)
+
+
+def _batches(changes: list[ChangeRow]) -> list[list[ChangeRow]]:
+    """Split changes into messages of at most MAX_BATCH_CHANGES / about MAX_BATCH_BYTES."""
+    batches: list[list[ChangeRow]] = []
+    current: list[ChangeRow] = []
+    size = 0
+    for change in changes:
+        weight = 100 + len(change.resource or "")
+        if current and (len(current) >= MAX_BATCH_CHANGES or size + weight > MAX_BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(change)
+        size += weight
+    if current:
+        batches.append(current)
+    return batches

@@ -22,11 +22,37 @@ OPERATION = {"create": watch_pb2.CHANGE_OPERATION_CREATE,
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
-def watch_response(change: ChangeRow) -> watch_pb2.WatchResponse:
-    """A committed change -> WatchResponse."""
-    response = watch_pb2.WatchResponse()
-    response.header.revision = change.revision
-    message = response.change
+class ChangeMessages:
+    """Change messages built once per change and shared by every watcher that sends it.
+
+    Building one (the resource's JSON into a Struct) costs far more than copying it, and with
+    many watchers every change is sent many times. The newest ``size`` are kept.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self._size = size
+        self._messages: dict[int, watch_pb2.Change] = {}
+
+    def get(self, change: ChangeRow) -> watch_pb2.Change:
+        """The message of a change."""
+        message = self._messages.get(change.revision)
+        if message is None:
+            message = watch_pb2.Change()
+            fill_change(message, change)
+            self._messages[change.revision] = message
+            if len(self._messages) > self._size:  # dicts keep insertion order: drop the oldest
+                del self._messages[next(iter(self._messages))]
+        return message
+
+    def response(self, changes: list[ChangeRow]) -> watch_pb2.WatchResponse:
+        """A batch of committed changes -> WatchResponse."""
+        response = watch_pb2.WatchResponse(changes=[self.get(change) for change in changes])
+        response.header.revision = changes[-1].revision
+        return response
+
+
+def fill_change(message: watch_pb2.Change, change: ChangeRow) -> None:
+    """Write a committed change into a Change message."""
     message.revision = change.revision
     message.namespace = change.namespace
     message.kind = change.kind
@@ -35,7 +61,6 @@ def watch_response(change: ChangeRow) -> watch_pb2.WatchResponse:
     set_timestamp(message.time, change.created_at)
     if change.resource is not None:
         message.resource.update(json.loads(change.resource))
-    return response
 
 
 class WatchServicer(ServicerBase, watch_pb2_grpc.WatchServiceServicer):
@@ -44,6 +69,7 @@ class WatchServicer(ServicerBase, watch_pb2_grpc.WatchServiceServicer):
     def __init__(self, watch: WatchService, auth: Authenticator) -> None:
         super().__init__(watch, auth, watch_pb2.DESCRIPTOR.services_by_name["WatchService"])
         self._watch = watch
+        self._messages = ChangeMessages()
 
     @stream_rpc
     async def Watch(
@@ -51,5 +77,5 @@ class WatchServicer(ServicerBase, watch_pb2_grpc.WatchServiceServicer):
     ) -> AsyncIterator[watch_pb2.WatchResponse]:
         changes = self._watch.watch(resolve_namespace(request.namespace),
                                     tuple(request.kinds), request.start_revision)
-        async for change in changes:
-            yield watch_response(change)
+        async for batch in changes:
+            yield self._messages.response(batch)

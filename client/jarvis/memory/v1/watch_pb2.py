@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/watch.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xd3\x01\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x34\n\toperation\x18\x05 \x01(\x0e\x32!.jarvis.memory.v1.ChangeOperation\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08resource\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x0cWatchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\"k\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Change*\x8a\x01\n\x0f\x43hangeOperation\x12 \n\x1c\x43HANGE_OPERATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HANGE_OPERATION_CREATE\x10\x01\x12\x1b\n\x17\x43HANGE_OPERATION_UPDATE\x10\x02\x12\x1b\n\x17\x43HANGE_OPERATION_DELETE\x10\x03\x32`\n\x0cWatchService\x12P\n\x05Watch\x12\x1e.jarvis.memory.v1.WatchRequest\x1a\x1f.jarvis.memory.v1.WatchResponse\"\x04\xc0\xf3\x18\x01\x30\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/watch.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xd3\x01\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x34\n\toperation\x18\x05 \x01(\x0e\x32!.jarvis.memory.v1.ChangeOperation\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08resource\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x0cWatchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\"z\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12)\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x18.jarvis.memory.v1.ChangeJ\x04\x08\x02\x10\x03R\x06\x63hange*\x8a\x01\n\x0f\x43hangeOperation\x12 \n\x1c\x43HANGE_OPERATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HANGE_OPERATION_CREATE\x10\x01\x12\x1b\n\x17\x43HANGE_OPERATION_UPDATE\x10\x02\x12\x1b\n\x17\x43HANGE_OPERATION_DELETE\x10\x03\x32`\n\x0cWatchService\x12P\n\x05Watch\x12\x1e.jarvis.memory.v1.WatchRequest\x1a\x1f.jarvis.memory.v1.WatchResponse\"\x04\xc0\xf3\x18\x01\x30\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1'
   _globals['_WATCHSERVICE'].methods_by_name['Watch']._loaded_options = None
   _globals['_WATCHSERVICE'].methods_by_name['Watch']._serialized_options = b'\300\363\030\001'
-  _globals['_CHANGEOPERATION']._serialized_start=542
-  _globals['_CHANGEOPERATION']._serialized_end=680
+  _globals['_CHANGEOPERATION']._serialized_start=557
+  _globals['_CHANGEOPERATION']._serialized_end=695
   _globals['_CHANGE']._serialized_start=145
   _globals['_CHANGE']._serialized_end=356
   _globals['_WATCHREQUEST']._serialized_start=358
   _globals['_WATCHREQUEST']._serialized_end=430
   _globals['_WATCHRESPONSE']._serialized_start=432
-  _globals['_WATCHRESPONSE']._serialized_end=539
-  _globals['_WATCHSERVICE']._serialized_start=682
-  _globals['_WATCHSERVICE']._serialized_end=778
+  _globals['_WATCHRESPONSE']._serialized_end=554
+  _globals['_WATCHSERVICE']._serialized_start=697
+  _globals['_WATCHSERVICE']._serialized_end=793
 # @@protoc_insertion_point(module_scope)

@@ -143,29 +143,31 @@ Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 
 @_typing.final
 class WatchResponse(_message.Message):
-    """WatchResponse is one change of the stream."""
+    """WatchResponse is one message of the stream: one or more changes, in revision order.
+    Under load the daemon coalesces the changes of a few milliseconds into one message.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
-    CHANGE_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader:
-        """header carries the revision of the change."""
+        """header carries the revision of the last change of the message."""
 
     @_builtins.property
-    def change(self) -> Global___Change:
-        """change is the change."""
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """changes are the changes, in revision order; never empty."""
 
     def __init__(
         self,
         *,
         header: _common_pb2.ResponseHeader | None = ...,
-        change: Global___Change | None = ...,
+        changes: _abc.Iterable[Global___Change] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "header", b"header"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
