@@ -42,7 +42,6 @@ from jarvis.memory.v1 import (
     state_pb2,
     state_pb2_grpc,
     watch_pb2,
-    watch_pb2_grpc,
 )
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import Config
@@ -71,6 +70,7 @@ from jarvis_memory_server.transport.sessions import SessionServicer
 from jarvis_memory_server.transport.snapshots import SnapshotServicer
 from jarvis_memory_server.transport.state import StateServicer
 from jarvis_memory_server.transport.watch import WatchServicer
+from jarvis_memory_server.transport.watch import register as register_watch
 
 log = logging.getLogger("jarvis_memory")
 
@@ -199,9 +199,7 @@ class Daemon:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(AdminService(self.db), self.auth), server
         )
-        watch_pb2_grpc.add_WatchServiceServicer_to_server(
-            WatchServicer(self.watch, self.auth), server
-        )
+        register_watch(WatchServicer(self.watch, self.auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         self._check_exposure()
