@@ -110,8 +110,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--watch-buffer", type=int, default=int(_env("WATCH_BUFFER", "10000")),
-        help="changes a watcher may fall behind before it is ended with RESOURCE_EXHAUSTED "
-        "(env JARVIS_MEMORY_WATCH_BUFFER; default %(default)s)",
+        help="changes (of any namespace) committed while a watcher has not caught up, beyond "
+        "which it is ended with RESOURCE_EXHAUSTED (env JARVIS_MEMORY_WATCH_BUFFER; "
+        "default %(default)s)",
     )
     parser.add_argument(
         "--watch-coalesce-ms", dest="watch_coalesce_ms", type=float,

@@ -1,15 +1,17 @@
 """The change feed: replay from the log, then live changes from the commits, with no gap.
 
-A watcher registers before it replays, so that every change committed from then on reaches
-its queue; the replay reads the log up to what is committed; the live part skips what the
-replay already sent. Each watcher has a bounded queue filled by the committing side without
-waiting: a watcher that falls behind loses its queue (memory stays bounded, writers never
-wait) and is ended with RESOURCE_EXHAUSTED naming the revision to resume from.
+A watcher registers before it replays, so that every batch committed from then on reaches
+it; the replay reads the log up to what is committed; the live part skips what the replay
+already sent. Committing appends each batch once per watcher (a shared list, never copied),
+without waiting: a watcher that lets more than ``buffer`` changes pile up loses its backlog
+(memory stays bounded, writers never wait) and is ended with RESOURCE_EXHAUSTED naming the
+revision to resume from.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -30,7 +32,10 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 class _Watcher:
     namespace: str
     kinds: frozenset[str]
-    queue: asyncio.Queue[ChangeRow]
+    # The committed batches not yet sent, shared with the other watchers (never copied):
+    # publishing costs one append per watcher, whatever the batch size.
+    batches: deque[list[ChangeRow]] = field(default_factory=deque)
+    pending: int = 0  # changes in ``batches``
     overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -63,17 +68,12 @@ class WatchService(ServiceBase):
         for watcher in self._watchers:
             if watcher.overflowed:
                 continue
-            for change in changes:
-                if change.namespace != watcher.namespace or (
-                    watcher.kinds and change.kind not in watcher.kinds
-                ):
-                    continue
-                try:
-                    watcher.queue.put_nowait(change)
-                except asyncio.QueueFull:
-                    watcher.overflowed = True
-                    watcher.queue = asyncio.Queue(1)  # drop the backlog: bounded memory
-                    break
+            watcher.pending += len(changes)
+            if watcher.pending > self.buffer:
+                watcher.overflowed = True
+                watcher.batches.clear()  # drop the backlog: bounded memory
+            else:
+                watcher.batches.append(changes)
             watcher.wake.set()
 
     async def watch(
@@ -86,7 +86,7 @@ class WatchService(ServiceBase):
         """
         if start_revision < 0:
             raise InvalidArgument("start_revision", "must not be negative")
-        watcher = _Watcher(namespace, frozenset(kinds), asyncio.Queue(self.buffer))
+        watcher = _Watcher(namespace, frozenset(kinds))
         self._watchers.add(watcher)
         try:
             last = self._db.revision if start_revision == 0 else start_revision - 1
@@ -104,7 +104,7 @@ class WatchService(ServiceBase):
                     if len(page) < REPLAY_PAGE:
                         break
             while True:  # live
-                while watcher.queue.empty() and not watcher.overflowed:
+                while not watcher.batches and not watcher.overflowed:
                     watcher.wake.clear()
                     await watcher.wake.wait()
                     if self.coalesce_s:
@@ -115,10 +115,13 @@ class WatchService(ServiceBase):
                         f"from revision {last + 1}", reason="WATCHER_TOO_SLOW",
                         resume_revision=str(last + 1))
                 pending: list[ChangeRow] = []
-                while not watcher.queue.empty() and len(pending) < MAX_BATCH_CHANGES:
-                    change = watcher.queue.get_nowait()
-                    if change.revision > last:  # the replay may have sent it already
-                        pending.append(change)
+                while watcher.batches:
+                    for change in watcher.batches.popleft():
+                        # Another namespace or kind, or already sent by the replay: skip.
+                        if (change.revision > last and change.namespace == namespace
+                                and (not watcher.kinds or change.kind in watcher.kinds)):
+                            pending.append(change)
+                watcher.pending = 0
                 for batch in _batches(pending):
                     yield batch
                     last = batch[-1].revision
