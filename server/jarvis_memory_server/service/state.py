@@ -96,6 +96,8 @@ class StateService(ServiceBase):
     def purge_expired(self) -> int:
         """Delete up to PURGE_BATCH expired entries; return how many."""
         now = now_us()
+        if not self._store.any_expired(now):
+            return 0
         with self._db.write() as txn:
             return self._store.purge_expired(txn, now, PURGE_BATCH)
 

@@ -118,6 +118,12 @@ class StateStore:
         with storage_errors():
             return [StateRow._make(r) for r in self._db.reader.execute(_PAGE, params)]
 
+    def any_expired(self, now: int) -> bool:
+        """Whether an entry has expired (a committed read: the purge only writes when needed)."""
+        with storage_errors():
+            row = self._db.reader.execute(_EXPIRED, {"now": now, "limit": 1}).fetchone()
+        return row is not None
+
     def purge_expired(self, txn: WriteTxn, now: int, limit: int) -> int:
         """Delete up to ``limit`` expired entries (any namespace); return how many."""
         expired = txn.cursor.execute(_EXPIRED, {"now": now, "limit": limit}).fetchall()
