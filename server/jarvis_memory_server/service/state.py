@@ -57,8 +57,7 @@ class StateService(ServiceBase):
         text = json_text(value, "value", MAX_VALUE_BYTES)
         now = now_us()
         with self._db.write() as txn:
-            current = self._store.get_for_write(txn, namespace, key)
-            version = current.version if current is not None and current.live(now) else 0
+            version = self._store.live_version(txn, namespace, key, now)
             _check_version(namespace, key, expected_version, version)
             return self._store.put(
                 txn,
@@ -75,8 +74,7 @@ class StateService(ServiceBase):
         _check_key(key)
         now = now_us()
         with self._db.write() as txn:
-            current = self._store.get_for_write(txn, namespace, key)
-            version = current.version if current is not None and current.live(now) else 0
+            version = self._store.live_version(txn, namespace, key, now)
             if expected_version is not None:
                 _check_version(namespace, key, expected_version, version)
             if version == 0:

@@ -268,7 +268,7 @@ class AuditStore:
         """Return SQLite's plan of a tool-call listing."""
         sql = self._sql("calls", _CALL_QUERY, _CALL, _CALL_FILTERS, filters)
         params = {**filters, "namespace": "n", "limit": 51}
-        return [str(r[3]) for r in self._db.reader.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        return self._db.query_plan(sql, params)
 
 
 def _scalar(cursor: apsw.Cursor, sql: str, params: dict[str, Any]) -> int:

@@ -269,5 +269,4 @@ class CollectionStore:
     def explain(self, definition: DefRow, where: Where) -> list[str]:
         """Return SQLite's plan of a query (the tests check index use)."""
         sql = f"SELECT id FROM {table(definition.id)} WHERE {where.sql}"
-        return [str(r[3]) for r in self._db.reader.execute("EXPLAIN QUERY PLAN " + sql,
-                                                           where.params)]
+        return self._db.query_plan(sql, where.params)

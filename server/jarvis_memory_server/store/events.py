@@ -162,4 +162,4 @@ class EventStore:
         sql = self._list_sql[(*self._shape(filters), f"types{len(types)}")]
         params = {**filters, "namespace": namespace, "limit": 51}
         params.update({f"type{i}": t for i, t in enumerate(types)})
-        return [str(r[3]) for r in self._db.reader.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        return self._db.query_plan(sql, params)

@@ -203,7 +203,4 @@ class MemoryStore:
         """Return SQLite's query plan for a list query (used by the tests on index use)."""
         self.page(namespace, filters, limit)  # compiles the SQL for this shape
         sql = self._list_sql[self._shape(filters)]
-        rows = self._db.reader.execute(
-            "EXPLAIN QUERY PLAN " + sql, {**filters, "namespace": namespace, "limit": limit}
-        )
-        return [str(r[3]) for r in rows]
+        return self._db.query_plan(sql, {**filters, "namespace": namespace, "limit": limit})

@@ -105,4 +105,4 @@ class PreferenceStore:
     def explain(self) -> list[str]:
         """Return SQLite's plan of the list query."""
         params = {"namespace": "n", "prefix": "a", "prefix_end": "b", "after": "", "limit": 51}
-        return [str(r[3]) for r in self._db.reader.execute("EXPLAIN QUERY PLAN " + _PAGE, params)]
+        return self._db.query_plan(_PAGE, params)

@@ -368,6 +368,5 @@ class SessionStore:
                     {"namespace": "n", "state": state, "at": 1, "after": 1, "limit": 51},
                 )
         for name, (sql, params) in queries.items():
-            rows = self._db.reader.execute("EXPLAIN QUERY PLAN " + sql, params)
-            plans[name] = [str(r[3]) for r in rows]
+            plans[name] = self._db.query_plan(sql, params)
         return plans

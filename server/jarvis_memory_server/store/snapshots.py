@@ -113,7 +113,4 @@ class SnapshotStore:
             "beyond_keep": (_BEYOND_KEEP, {"namespace": "n", "kind": "k", "keep": 10}),
             "older_than": (_OLDER_THAN, {"before": 1, "limit": 100}),
         }
-        return {
-            name: [str(r[3]) for r in self._db.reader.execute("EXPLAIN QUERY PLAN " + sql, p)]
-            for name, (sql, p) in queries.items()
-        }
+        return {name: self._db.query_plan(sql, p) for name, (sql, p) in queries.items()}

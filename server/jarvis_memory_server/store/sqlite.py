@@ -156,6 +156,10 @@ class Database:
             raise Unavailable("the database is closed")
         return self._reader
 
+    def query_plan(self, sql: str, params: dict[str, Any]) -> list[str]:
+        """Return SQLite's plan of a query, one step per line (the tests check index use)."""
+        return [str(row[3]) for row in self.reader.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
     def _load_revision(self) -> int:
         return int(migrations.scalar(self.conn, 'SELECT max("revision") FROM "changes"') or 0)
 

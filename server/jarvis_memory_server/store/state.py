@@ -85,10 +85,11 @@ class StateStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def get_for_write(self, txn: WriteTxn, namespace: str, key: str) -> StateRow | None:
-        """Return an entry (expired or not) as the current write batch sees it."""
-        row = txn.cursor.execute(_GET, {"namespace": namespace, "key": key}).fetchone()
-        return None if row is None else StateRow._make(row)
+    def live_version(self, txn: WriteTxn, namespace: str, key: str, now: int) -> int:
+        """Return an entry's version as the current write batch sees it; 0: absent or expired."""
+        found = txn.cursor.execute(_GET, {"namespace": namespace, "key": key}).fetchone()
+        row = None if found is None else StateRow._make(found)
+        return row.version if row is not None and row.live(now) else 0
 
     def get(self, namespace: str, key: str) -> StateRow | None:
         """Return a committed entry (expired or not), or None."""
@@ -138,7 +139,4 @@ class StateStore:
                              "limit": 51, "now": 1}),
             "expired": (_EXPIRED, {"now": 1, "limit": 100}),
         }
-        return {
-            name: [str(r[3]) for r in self._db.reader.execute("EXPLAIN QUERY PLAN " + sql, p)]
-            for name, (sql, p) in queries.items()
-        }
+        return {name: self._db.query_plan(sql, p) for name, (sql, p) in queries.items()}
