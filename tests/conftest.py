@@ -100,6 +100,13 @@ class Daemon:
         if self.proc is not None:
             self.wait()
 
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run another `jarvis-memory` command on this daemon's file."""
+        return subprocess.run(
+            [sys.executable, "-m", "jarvis_memory_server", *args, "--db", str(self.db_path)],
+            capture_output=True, text=True, env=self.env, timeout=START_TIMEOUT,
+        )
+
     def client(self, **kwargs: object) -> Client:
         return Client(self.addr, **kwargs)  # type: ignore[arg-type]
 

@@ -20,8 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def describe(conn: apsw.Connection) -> dict[str, object]:
     """Tables with their columns and CHECKs, and indexes with their columns."""
     shape: dict[str, object] = {}
+    # Virtual tables (full-text and vector indexes) and their shadow tables are not models.
+    virtual = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%'")]
     tables = [r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        "SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%'")
+        if not any(r[0] == v or r[0].startswith(v + "_") for v in virtual)]
     for table in tables:
         columns = [tuple(r[1:6]) for r in conn.execute(f'PRAGMA table_info("{table}")')]
         sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name=?", (table,)).fetchone()[0]

@@ -19,6 +19,7 @@ from jarvis.memory.v1 import (
     event_pb2,
     memory_pb2,
     preference_pb2,
+    search_pb2,
     session_pb2,
     snapshot_pb2,
     state_pb2,
@@ -31,9 +32,12 @@ from jarvis_memory.types import (
     Collection,
     Decision,
     Event,
+    EventHit,
     Field,
     Memory,
+    MemoryHit,
     Message,
+    MessageHit,
     Page,
     PlanningCycle,
     Preference,
@@ -263,6 +267,7 @@ class MemoryFields(TypedDict, total=False):
 
     subject: str
     attributes: Mapping[str, Any] | None
+    embedding: Sequence[float] | None  # computed by the caller, for vector search
 
 
 class MemoryFilters(TypedDict, total=False):
@@ -285,6 +290,7 @@ class MemoryChanges(TypedDict, total=False):
     subject: str
     attributes: Mapping[str, Any] | None
     stale: bool
+    embedding: Sequence[float] | None  # None or [] removes it
 
 
 def new_memory(
@@ -300,6 +306,7 @@ def new_memory(
     attributes = fields.get("attributes")
     if attributes is not None:
         message.attributes.CopyFrom(to_struct(attributes))
+    message.embedding.extend(fields.get("embedding") or ())
     return message
 
 
@@ -310,7 +317,7 @@ def add_memory_request(
     m = new_memory(content, category, source, fields)
     request = memory_pb2.AddMemoryRequest(
         namespace=namespace, content=m.content, category=m.category, source=m.source,
-        subject=m.subject,
+        subject=m.subject, embedding=m.embedding,
     )
     if m.HasField("attributes"):
         request.attributes.CopyFrom(m.attributes)
@@ -331,6 +338,8 @@ def add_memories_request(
                 fields["subject"] = item["subject"]
             if "attributes" in item:
                 fields["attributes"] = item["attributes"]
+            if "embedding" in item:
+                fields["embedding"] = item["embedding"]
             batch.append(new_memory(item["content"], item["category"], item["source"], fields))
     return memory_pb2.AddMemoriesRequest(namespace=namespace, memories=batch)
 
@@ -342,6 +351,16 @@ def list_memories_request(
     request = memory_pb2.ListMemoriesRequest(
         namespace=namespace, page_size=page_size, page_token=page_token
     )
+    return _memory_filters(request, filters)
+
+
+MemoryFilterRequest = TypeVar(
+    "MemoryFilterRequest", memory_pb2.ListMemoriesRequest, memory_pb2.SearchMemoriesRequest
+)
+
+
+def _memory_filters(request: MemoryFilterRequest, filters: MemoryFilters) -> MemoryFilterRequest:
+    """Set the filter fields that ListMemories and SearchMemories share."""
     if (category := filters.get("category")) is not None:
         request.category = category_value(category)
     if (source := filters.get("source")) is not None:
@@ -378,7 +397,8 @@ def update_memory_request(
     if "stale" in changes:
         memory.stale = changes["stale"]
     return memory_pb2.UpdateMemoryRequest(
-        namespace=namespace, memory=memory, update_mask=FieldMask(paths=list(changes))
+        namespace=namespace, memory=memory, update_mask=FieldMask(paths=list(changes)),
+        embedding=changes.get("embedding") or (),
     )
 
 
@@ -508,6 +528,7 @@ class MessageFields(TypedDict, total=False):
     model: str
     tokens_used: int
     tool_calls: Any
+    embedding: Sequence[float] | None  # computed by the caller, for vector search
 
 
 def start_session_request(
@@ -539,6 +560,7 @@ def append_message_request(
     request = session_pb2.AppendMessageRequest(
         namespace=namespace, session_id=session_id, role=role_value(role), content=content,
         model=fields.get("model", ""), tokens_used=fields.get("tokens_used", 0),
+        embedding=fields.get("embedding") or (),
     )
     tool_calls = fields.get("tool_calls")
     if tool_calls is not None:
@@ -692,9 +714,19 @@ def list_events_request(
 ) -> event_pb2.ListEventsRequest:
     """Build a ListEventsRequest."""
     request = event_pb2.ListEventsRequest(
-        namespace=namespace, page_size=page_size, page_token=page_token,
-        types=[event_type_value(t) for t in filters.get("types", ())],
+        namespace=namespace, page_size=page_size, page_token=page_token
     )
+    return _event_filters(request, filters)
+
+
+EventFilterRequest = TypeVar(
+    "EventFilterRequest", event_pb2.ListEventsRequest, event_pb2.SearchEventsRequest
+)
+
+
+def _event_filters(request: EventFilterRequest, filters: EventFilters) -> EventFilterRequest:
+    """Set the filter fields that ListEvents and SearchEvents share."""
+    request.types.extend(event_type_value(t) for t in filters.get("types", ()))
     if (min_severity := filters.get("min_severity")) is not None:
         request.min_severity = severity_value(min_severity)
     if (node := filters.get("node")) is not None:
@@ -1063,3 +1095,79 @@ def to_change(message: watch_pb2.Change) -> Change:
                   key=message.key, operation=_OPERATIONS.get(message.operation, "unknown"),
                   time=to_datetime(message.time),
                   resource=_optional_struct(message, "resource"))
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+def mode_value(value: str | int) -> Any:
+    """Search mode name ("keyword", "vector", "hybrid") or number -> SearchMode number."""
+    return _enum_value(search_pb2.SearchMode, "SEARCH_MODE_", value, "mode")
+
+
+def search_memories_request(
+    namespace: str, query: str, limit: int, mode: str | int, embedding: Sequence[float] | None,
+    filters: MemoryFilters,
+) -> memory_pb2.SearchMemoriesRequest:
+    """Build a SearchMemoriesRequest (the filters are list_memories')."""
+    request = memory_pb2.SearchMemoriesRequest(
+        namespace=namespace, query=query, limit=limit, mode=mode_value(mode),
+        embedding=embedding or (),
+    )
+    return _memory_filters(request, filters)
+
+
+class MessageSearchFilters(TypedDict, total=False):
+    """Filters of search_messages (combined with AND)."""
+
+    role: str | int | None
+    created_after: datetime | None
+    created_before: datetime | None
+
+
+def search_messages_request(
+    namespace: str, query: str, limit: int, mode: str | int, embedding: Sequence[float] | None,
+    session_id: str | None, filters: MessageSearchFilters,
+) -> session_pb2.SearchMessagesRequest:
+    """Build a SearchMessagesRequest."""
+    request = session_pb2.SearchMessagesRequest(
+        namespace=namespace, query=query, limit=limit, mode=mode_value(mode),
+        embedding=embedding or (),
+    )
+    if session_id is not None:
+        request.session_id = session_id
+    if (role := filters.get("role")) is not None:
+        request.role = role_value(role)
+    if (after := filters.get("created_after")) is not None:
+        request.created_after.CopyFrom(to_timestamp(after))
+    if (before := filters.get("created_before")) is not None:
+        request.created_before.CopyFrom(to_timestamp(before))
+    return request
+
+
+def search_events_request(
+    namespace: str, query: str, limit: int, filters: EventFilters
+) -> event_pb2.SearchEventsRequest:
+    """Build a SearchEventsRequest (the filters are list_events')."""
+    request = event_pb2.SearchEventsRequest(namespace=namespace, query=query, limit=limit)
+    return _event_filters(request, filters)
+
+
+def _memory_hits(response: memory_pb2.SearchMemoriesResponse) -> list[MemoryHit]:
+    return [MemoryHit(to_memory(h.memory), h.score, h.snippet) for h in response.hits]
+
+
+def _message_hits(response: session_pb2.SearchMessagesResponse) -> list[MessageHit]:
+    return [MessageHit(to_message(h.message), h.score, h.snippet) for h in response.hits]
+
+
+def _event_hits(response: event_pb2.SearchEventsResponse) -> list[EventHit]:
+    return [EventHit(to_event_record(h.event), h.score, h.snippet) for h in response.hits]
+
+
+SEARCH_MEMORIES = Rpc(_MEMORY_SERVICE + "SearchMemories", memory_pb2.SearchMemoriesRequest,
+                      memory_pb2.SearchMemoriesResponse, _memory_hits, idempotent=True)
+SEARCH_MESSAGES = Rpc(_SESSION_SERVICE + "SearchMessages", session_pb2.SearchMessagesRequest,
+                      session_pb2.SearchMessagesResponse, _message_hits, idempotent=True)
+SEARCH_EVENTS = Rpc(_EVENT_SERVICE + "SearchEvents", event_pb2.SearchEventsRequest,
+                    event_pb2.SearchEventsResponse, _event_hits, idempotent=True)

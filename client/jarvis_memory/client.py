@@ -28,8 +28,11 @@ from jarvis_memory.types import (
     Collection,
     Decision,
     Event,
+    EventHit,
     Memory,
+    MemoryHit,
     Message,
+    MessageHit,
     Page,
     PlanningCycle,
     Preference,
@@ -274,6 +277,50 @@ class Client(api.ClientBase):
             namespace=self._ns(namespace), id=event_id, resolved_by=resolved_by
         )
         return self._unary(api.RESOLVE_EVENT, request)
+
+    # -- search -----------------------------------------------------------------------------
+
+    def search_memories(
+        self, query: str = "", *, limit: int = 10, mode: str | int = "keyword",
+        embedding: Sequence[float] | None = None, namespace: str | None = None,
+        **filters: Unpack[api.MemoryFilters],
+    ) -> list[MemoryHit]:
+        """Return the memories most relevant to ``query``, best first (at most 100).
+
+        ``mode`` is "keyword" (BM25 over the words of ``query``), "vector" (cosine similarity
+        to ``embedding``) or "hybrid" (both, fused by reciprocal rank). The filters are
+        list_memories'. Any text is a valid query. Raises InvalidArgument for a missing query
+        or embedding, or an embedding whose dimension differs from the namespace's.
+        """
+        request = api.search_memories_request(
+            self._ns(namespace), query, limit, mode, embedding, filters
+        )
+        return self._unary(api.SEARCH_MEMORIES, request)
+
+    def search_messages(
+        self, query: str = "", *, session_id: str | None = None, limit: int = 10,
+        mode: str | int = "keyword", embedding: Sequence[float] | None = None,
+        namespace: str | None = None, **filters: Unpack[api.MessageSearchFilters],
+    ) -> list[MessageHit]:
+        """Return the messages most relevant to ``query``, in one session or all (None).
+
+        As search_memories; the filters are ``role``, ``created_after``, ``created_before``.
+        """
+        request = api.search_messages_request(
+            self._ns(namespace), query, limit, mode, embedding, session_id, filters
+        )
+        return self._unary(api.SEARCH_MESSAGES, request)
+
+    def search_events(
+        self, query: str, *, limit: int = 10, namespace: str | None = None,
+        **filters: Unpack[api.EventFilters],
+    ) -> list[EventHit]:
+        """Return the events whose summary or details best match ``query`` (keyword ranking).
+
+        The filters are list_events'.
+        """
+        request = api.search_events_request(self._ns(namespace), query, limit, filters)
+        return self._unary(api.SEARCH_EVENTS, request)
 
     # -- snapshots --------------------------------------------------------------------------
 

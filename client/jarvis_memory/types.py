@@ -244,3 +244,34 @@ class Change:
     operation: str
     time: datetime
     resource: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHit:
+    """A memory found by search_memories.
+
+    A higher ``score`` is better (comparable only within one result list); ``snippet`` marks
+    matched terms as **term** ("" for hits found only by their embedding).
+    """
+
+    memory: Memory
+    score: float
+    snippet: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHit:
+    """A message found by search_messages (see MemoryHit)."""
+
+    message: Message
+    score: float
+    snippet: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventHit:
+    """An event found by search_events (see MemoryHit)."""
+
+    event: Event
+    score: float
+    snippet: str

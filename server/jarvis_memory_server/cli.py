@@ -1,4 +1,4 @@
-"""Command line: `jarvis-memory serve` (the default), `token`, `backup` and `restore`."""
+"""Command line: `jarvis-memory serve` (the default), `token`, `backup`, `restore`, `reindex`."""
 
 from __future__ import annotations
 
@@ -56,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("backup_file", help="a file written by 'jarvis-memory backup'")
     restore.add_argument("--force", action="store_true",
                          help="replace an existing database file")
-    for sub in (create, token_commands.choices["list"], revoke, restore):
+    reindex = commands.add_parser(
+        "reindex",
+        help="rebuild the full-text and vector indexes from the tables (the daemon must be "
+        "stopped)",
+    )
+    for sub in (create, token_commands.choices["list"], revoke, restore, reindex):
         sub.add_argument(
             "--db", dest="db_path", default=os.environ.get("JARVIS_MEMORY_DB", DEFAULT_DB),
             help="the daemon's database file (env JARVIS_MEMORY_DB; default %(default)s)",
@@ -158,6 +163,37 @@ def restore_command(args: argparse.Namespace) -> None:
     print(f"restored {target} from {source} (schema version {version[0]})")
 
 
+def reindex_command(args: argparse.Namespace) -> None:
+    """Rebuild every search index from its table, in one transaction, with the daemon stopped."""
+    import time
+
+    from jarvis_memory_server.store.search import SearchStore
+    from jarvis_memory_server.store.sqlite import Database, exclusive_use
+
+    target = pathlib.Path(args.db_path)
+    if not target.exists():
+        raise StartupError(f"{target} does not exist")
+    with exclusive_use(target):  # refuses while a daemon runs on the file
+        db = Database(target)
+        db.open()  # applies migrations first
+        try:
+            started = time.perf_counter()
+            cursor = db.conn.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                counts = SearchStore.rebuild(db.conn)
+                SearchStore.check(db.conn)
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        finally:
+            db.close()
+    for index, rows in counts.items():
+        print(f"{index}: {rows} rows indexed")
+    print(f"reindexed {target} in {time.perf_counter() - started:.1f} s")
+
+
 def _utc(us: int) -> str:
     return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -169,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                             "--version")):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
-    commands = {"token": token_command, "backup": backup_command, "restore": restore_command}
+    commands = {"token": token_command, "backup": backup_command, "restore": restore_command,
+                "reindex": reindex_command}
     if args.command in commands:
         try:
             commands[args.command](args)

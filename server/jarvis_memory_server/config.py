@@ -26,6 +26,7 @@ class Config:
     state_purge_interval_s: float = 10.0
     watch_buffer: int = 10_000
     watch_coalesce_s: float = 0.02
+    search_threads: int = 4
     change_retention: int = 1_000_000
     compact_interval_s: float = 10.0
     jwt_secret: str = ""
@@ -121,6 +122,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "less, at this much latency (env JARVIS_MEMORY_WATCH_COALESCE_MS; default %(default)s)",
     )
     parser.add_argument(
+        "--search-threads", type=int, default=int(_env("SEARCH_THREADS", "4")),
+        help="worker threads that run searches off the event loop, each with its own "
+        "connection (env JARVIS_MEMORY_SEARCH_THREADS; default %(default)s)",
+    )
+    parser.add_argument(
         "--change-retention", type=int, default=int(_env("CHANGE_RETENTION", "1000000")),
         help="newest changes the change log keeps for watchers to replay "
         "(env JARVIS_MEMORY_CHANGE_RETENTION; default %(default)s)",
@@ -185,6 +191,7 @@ def from_args(args: argparse.Namespace) -> Config:
         state_purge_interval_s=args.state_purge_interval_s,
         watch_buffer=max(1, args.watch_buffer),
         watch_coalesce_s=max(0.0, args.watch_coalesce_ms / 1000),
+        search_threads=max(1, args.search_threads),
         change_retention=max(1, args.change_retention),
         compact_interval_s=args.compact_interval_s,
         jwt_secret=args.jwt_secret,

@@ -53,6 +53,7 @@ from jarvis_memory_server.service.collections import CollectionService
 from jarvis_memory_server.service.events import EventService
 from jarvis_memory_server.service.memories import MemoryService
 from jarvis_memory_server.service.preferences import PreferenceService
+from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionService
 from jarvis_memory_server.service.snapshots import AGE_SWEEP_BATCH, SnapshotService
 from jarvis_memory_server.service.state import PURGE_BATCH, StateService
@@ -100,6 +101,7 @@ class Daemon:
         self.checkpointer: Checkpointer | None = None
         self.sessions = SessionService(self.db)
         self.state = StateService(self.db)
+        self.search = SearchService(self.db, workers=config.search_threads)
         self.watch = WatchService(
             self.db, buffer=config.watch_buffer, retention=config.change_retention,
             coalesce_s=config.watch_coalesce_s,
@@ -173,13 +175,13 @@ class Daemon:
             ]
         )
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(
-            MemoryServicer(MemoryService(self.db), self.auth), server
+            MemoryServicer(MemoryService(self.db), self.search, self.auth), server
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(self.sessions, self.auth), server
+            SessionServicer(self.sessions, self.search, self.auth), server
         )
         event_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(EventService(self.db), self.auth), server
+            EventServicer(EventService(self.db), self.search, self.auth), server
         )
         snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server(
             SnapshotServicer(self.snapshots, self.auth), server
@@ -278,6 +280,7 @@ class Daemon:
             await self.server.stop(self.config.grace_period_s)
         if self.checkpointer is not None:
             self.checkpointer.stop()
+        self.search.close()
         self.db.close()
 
 

@@ -56,6 +56,26 @@ class EventFilter:
     resolved: bool | None = None
 
 
+def filter_values(filters: EventFilter) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Check filters; return their SQL values (severity as its number) and the sorted types.
+
+    Raises InvalidArgument for an unknown type, severity or source.
+    """
+    for t in filters.types:
+        choice(t, Event.TYPES, "types")
+    values: dict[str, Any] = {}
+    if filters.min_severity is not None:
+        choice(filters.min_severity, SEVERITIES, "min_severity")
+        values["min_severity"] = SEVERITIES.index(filters.min_severity) + 1
+    if filters.source is not None:
+        choice(filters.source, Event.SOURCES, "source")
+        values["source"] = filters.source
+    for name in ("node", "since", "until", "resolved"):
+        if getattr(filters, name) is not None:
+            values[name] = getattr(filters, name)
+    return values, tuple(sorted(set(filters.types)))
+
+
 class EventService(ServiceBase):
     """Records, reads, lists and resolves events."""
 
@@ -127,19 +147,7 @@ class EventService(ServiceBase):
     ) -> tuple[list[EventRow], str]:
         """Return one page of events newest first, and the next page's token."""
         limit = page_size(size)
-        for t in filters.types:
-            choice(t, Event.TYPES, "types")
-        values: dict[str, Any] = {}
-        if filters.min_severity is not None:
-            choice(filters.min_severity, SEVERITIES, "min_severity")
-            values["min_severity"] = SEVERITIES.index(filters.min_severity) + 1
-        if filters.source is not None:
-            choice(filters.source, Event.SOURCES, "source")
-            values["source"] = filters.source
-        for name in ("node", "since", "until", "resolved"):
-            if getattr(filters, name) is not None:
-                values[name] = getattr(filters, name)
-        types = tuple(sorted(set(filters.types)))
+        values, types = filter_values(filters)
         fingerprint = filter_fingerprint(namespace, {**values, "types": list(types)})
         if token:
             values["cursor_at"], values["cursor_id"] = decode_cursor(token, fingerprint)

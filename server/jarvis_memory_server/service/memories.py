@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,16 @@ from jarvis_memory_server.service.common import (
     not_found,
     page_size,
 )
+from jarvis_memory_server.service.search import (
+    check_dimension,
+    claim_dimension,
+    embedding_bytes,
+)
 from jarvis_memory_server.store.memories import UPDATABLE, MemoryRow, MemoryStore
 from jarvis_memory_server.store.models import Memory
+from jarvis_memory_server.store.search import MEMORIES, SearchStore
 from jarvis_memory_server.store.sqlite import Database, now_us
+from jarvis_memory_server.store.writes import WriteTxn
 
 MAX_CONTENT_BYTES = 65536
 MAX_SUBJECT_CHARS = 256
@@ -52,6 +60,7 @@ class NewMemory:
     source: str
     subject: str = ""
     attributes: dict[str, Any] | None = None
+    embedding: Sequence[float] = ()
 
 
 class MemoryService(ServiceBase):
@@ -60,6 +69,7 @@ class MemoryService(ServiceBase):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._store = MemoryStore(db)
+        self._search = SearchStore(db)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -68,9 +78,11 @@ class MemoryService(ServiceBase):
 
         Raises InvalidArgument for empty or oversized fields and unknown categories or sources.
         """
-        values = self._validated(namespace, memory, "")
+        values, vector = self._validated(namespace, memory, "")
         with self._db.write() as txn:
-            return self._store.upsert(txn, values)
+            if vector is not None:
+                claim_dimension(self._search, txn, namespace, len(vector) // 4, "embedding")
+            return self._add(txn, values, vector)
 
     def add_many(self, namespace: str, memories: list[NewMemory]) -> list[tuple[MemoryRow, bool]]:
         """Add a batch in one transaction: all or nothing; dedup applies inside the batch too.
@@ -84,22 +96,46 @@ class MemoryService(ServiceBase):
                 "memories", f"holds {len(memories)} memories; at most {MAX_BATCH} per call"
             )
         batch = [self._validated(namespace, m, f"memories[{i}].") for i, m in enumerate(memories)]
+        dimensions = {len(m.embedding): i for i, m in enumerate(memories) if m.embedding}
+        if len(dimensions) > 1:
+            (first, _), (other, i) = sorted(dimensions.items(), key=lambda d: d[1])[:2]
+            raise InvalidArgument(
+                f"memories[{i}].embedding",
+                f"has {other} values, but an earlier memory of the batch has {first}",
+                reason="EMBEDDING_DIMENSION_MISMATCH",
+            )
         with self._db.write() as txn:
-            return [self._store.upsert(txn, values) for values in batch]
+            for dimension, i in dimensions.items():
+                claim_dimension(self._search, txn, namespace, dimension, f"memories[{i}].embedding")
+            return [self._add(txn, values, vector) for values, vector in batch]
+
+    def _add(
+        self, txn: WriteTxn, values: dict[str, Any], vector: bytes | None
+    ) -> tuple[MemoryRow, bool]:
+        row, deduplicated = self._store.upsert(txn, values)
+        if vector is not None:
+            self._search.put_embedding(
+                txn, MEMORIES, row.namespace, row.id, vector, len(vector) // 4
+            )
+        return row, deduplicated
 
     def update(self, namespace: str, memory_id: int, changes: dict[str, Any]) -> MemoryRow:
         """Change the named fields of a memory and return it.
 
-        ``changes`` maps field names (content, category, source, subject, attributes, stale) to
-        new values. Raises InvalidArgument, NotFound, or AlreadyExists when new content
-        duplicates another memory.
+        ``changes`` maps field names (content, category, source, subject, attributes, stale,
+        embedding) to new values. New content without a new embedding removes the embedding
+        (it described the old content); an empty embedding removes it too. Raises
+        InvalidArgument, NotFound, or AlreadyExists when new content duplicates another memory.
         """
         check_id(memory_id, "memory")
         if not changes:
             raise InvalidArgument("update_mask", "must name at least one field")
         columns: dict[str, Any] = {}
+        vector = None
         for name, value in changes.items():
-            if name == "content":
+            if name == "embedding":
+                vector = embedding_bytes(value, "embedding")
+            elif name == "content":
                 columns["content"] = _content(value, "content")
                 columns["content_hash"] = content_hash(value)
             elif name == "category":
@@ -114,12 +150,26 @@ class MemoryService(ServiceBase):
                 columns["stale"] = int(bool(value))
             else:
                 raise InvalidArgument(
-                    "update_mask", f"{name!r} cannot be changed; use any of {', '.join(UPDATABLE)}"
+                    "update_mask",
+                    f"{name!r} cannot be changed; use any of {', '.join(UPDATABLE)}, embedding",
                 )
         with self._db.write() as txn:
-            row = self._store.update(txn, namespace, memory_id, columns, now_us())
+            new_space = vector is not None and check_dimension(
+                self._search, txn, namespace, len(vector) // 4, "embedding"
+            )
+            if columns:
+                row = self._store.update(txn, namespace, memory_id, columns, now_us())
+            else:  # only the embedding changes; the memory itself does not
+                row = self._store.get_for_write(txn, namespace, memory_id)
             if row is None:
                 raise not_found("memory", namespace, memory_id)
+            if vector is not None:
+                if new_space:
+                    self._search.fix_dimension(txn, namespace, len(vector) // 4)
+                self._search.put_embedding(txn, MEMORIES, namespace, memory_id, vector,
+                                           len(vector) // 4)
+            elif "embedding" in changes or "content" in columns:
+                self._search.delete_embedding(txn, MEMORIES, memory_id)
             return row
 
     def delete(self, namespace: str, memory_id: int) -> None:
@@ -182,7 +232,9 @@ class MemoryService(ServiceBase):
     # -- validation -------------------------------------------------------------------------
 
     @staticmethod
-    def _validated(namespace: str, memory: NewMemory, prefix: str) -> dict[str, Any]:
+    def _validated(
+        namespace: str, memory: NewMemory, prefix: str
+    ) -> tuple[dict[str, Any], bytes | None]:
         return {
             "namespace": namespace,
             "content": _content(memory.content, prefix + "content"),
@@ -192,7 +244,7 @@ class MemoryService(ServiceBase):
             "subject": _subject(memory.subject, prefix + "subject"),
             "attributes": _attributes(memory.attributes, prefix + "attributes"),
             "now": now_us(),
-        }
+        }, embedding_bytes(memory.embedding, prefix + "embedding")
 
 
 

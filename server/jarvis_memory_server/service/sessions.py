@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,9 @@ from jarvis_memory_server.service.common import (
     json_object,
     page_size,
 )
+from jarvis_memory_server.service.search import claim_dimension, embedding_bytes
 from jarvis_memory_server.store.models import Message, Session
+from jarvis_memory_server.store.search import MESSAGES, SearchStore
 from jarvis_memory_server.store.sessions import EventRow, MessageRow, SessionRow, SessionStore
 from jarvis_memory_server.store.sqlite import Database, now_us
 from jarvis_memory_server.store.writes import WriteTxn
@@ -47,6 +50,7 @@ class NewMessage:
     model: str = ""
     tokens_used: int = 0
     tool_calls: Any = None  # any JSON value; None: no tool calls
+    embedding: Sequence[float] = ()  # for vector search; () when none
 
 
 class SessionService(ServiceBase):
@@ -55,6 +59,7 @@ class SessionService(ServiceBase):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._store = SessionStore(db)
+        self._search = SearchStore(db)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -137,11 +142,18 @@ class SessionService(ServiceBase):
         tool_calls = json_object(message.tool_calls, "tool_calls", MAX_TOOL_CALLS_BYTES)
         if not message.content.strip() and tool_calls is None:
             raise InvalidArgument("content", "is required unless tool_calls is set")
+        vector = embedding_bytes(message.embedding, "embedding")
         values = {"role": message.role, "content": message.content, "model": message.model,
                   "tokens_used": message.tokens_used, "tool_calls": tool_calls, "now": now_us()}
         with self._db.write() as txn:
             session = self._active_session(txn, namespace, session_id)
-            return self._store.append_message(txn, session, values)
+            if vector is None:
+                return self._store.append_message(txn, session, values)
+            dimension = len(vector) // 4
+            claim_dimension(self._search, txn, namespace, dimension, "embedding")
+            row = self._store.append_message(txn, session, values)
+            self._search.put_embedding(txn, MESSAGES, namespace, row.id, vector, dimension)
+            return row
 
     def log_event(
         self, namespace: str, session_id: str, event_type: str, data: dict[str, Any] | None

@@ -30,6 +30,33 @@ class Migration:
     statements: tuple[str, ...]
 
 
+def _text_index(table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """DDL of an FTS5 index over ``columns`` of ``table``, kept in step by triggers.
+
+    Frozen like every migration: a different index needs a new migration, not a change here.
+    The index is "external content": it stores only the inverted index, and reads the text
+    from ``table`` (by rowid = id) for snippets and rebuilds. The triggers run in the
+    transaction of each write, so the index can never disagree with a committed row.
+    """
+    fts = f"{table}_fts"
+    names = ", ".join(columns)
+    new = ", ".join(f"new.{c}" for c in columns)
+    old = ", ".join(f"old.{c}" for c in columns)
+    delete = (f"INSERT INTO {fts}({fts}, rowid, {names}) VALUES ('delete', old.id, {old});")
+    insert = f"INSERT INTO {fts}(rowid, {names}) VALUES (new.id, {new});"
+    return (
+        f"CREATE VIRTUAL TABLE {fts} USING fts5({names}, content='{table}', "
+        f"content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')",
+        # Per-term document counts, to bound the work of queries made of very common words.
+        f"CREATE VIRTUAL TABLE {fts}_terms USING fts5vocab({fts}, 'row')",
+        f"CREATE TRIGGER {fts}_insert AFTER INSERT ON {table} BEGIN {insert} END",
+        f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} BEGIN {delete} END",
+        f"CREATE TRIGGER {fts}_update AFTER UPDATE OF {names} ON {table} "
+        f"BEGIN {delete} {insert} END",
+        f"INSERT INTO {fts}({fts}) VALUES ('rebuild')",  # index the rows already there
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -231,6 +258,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         8,
         "the new resource in each change, for watchers",
         ('ALTER TABLE "changes" ADD COLUMN "resource" TEXT',),
+    ),
+    Migration(
+        9,
+        "search: full-text indexes of memories, messages and events; embeddings",
+        (
+            *_text_index("memories", ("subject", "content", "attributes")),
+            *_text_index("messages", ("content",)),
+            *_text_index("events", ("summary", "details")),
+            'CREATE TABLE "embedding_spaces" ("namespace" TEXT NOT NULL PRIMARY KEY, '
+            '"dimension" INTEGER NOT NULL)',
+            'CREATE TABLE "memory_embeddings" ("memory_id" INTEGER NOT NULL PRIMARY KEY, '
+            '"vector" BLOB NOT NULL, FOREIGN KEY ("memory_id") REFERENCES "memories" ("id") '
+            "ON DELETE CASCADE)",
+            'CREATE TABLE "message_embeddings" ("message_id" INTEGER NOT NULL PRIMARY KEY, '
+            '"vector" BLOB NOT NULL, FOREIGN KEY ("message_id") REFERENCES "messages" ("id") '
+            "ON DELETE CASCADE)",
+        ),
     ),
 )
 

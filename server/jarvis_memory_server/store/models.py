@@ -391,7 +391,47 @@ class CollectionDef(BaseModel):
         table_name = "collections"
         indexes = ((("namespace", "name"), True),)
 
+
+class EmbeddingSpace(BaseModel):
+    """A namespace's embedding dimension, fixed by the first embedding stored in it."""
+
+    namespace = pw.TextField(primary_key=True)
+    dimension = pw.IntegerField()
+
+    class Meta:
+        table_name = "embedding_spaces"
+
+
+class MemoryEmbedding(BaseModel):
+    """A memory's client-computed embedding: float32 values, little-endian.
+
+    The exact vectors, for ranking; a sign index per dimension (a sqlite-vec vec0 table,
+    store/search.py) selects the candidates.
+    """
+
+    memory = pw.ForeignKeyField(
+        Memory, primary_key=True, column_name="memory_id", on_delete="CASCADE"
+    )
+    vector = pw.BlobField()
+
+    class Meta:
+        table_name = "memory_embeddings"
+
+
+class MessageEmbedding(BaseModel):
+    """A message's client-computed embedding (as MemoryEmbedding)."""
+
+    message = pw.ForeignKeyField(
+        Message, primary_key=True, column_name="message_id", on_delete="CASCADE"
+    )
+    vector = pw.BlobField()
+
+    class Meta:
+        table_name = "message_embeddings"
+
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
     Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference,
-    StateEntry, ToolCall, PlanningCycle, Decision, CollectionDef,
+    StateEntry, ToolCall, PlanningCycle, Decision, CollectionDef, EmbeddingSpace,
+    MemoryEmbedding, MessageEmbedding,
 )

@@ -2,8 +2,9 @@
 
 The daemon serves every request on one asyncio event loop thread, which owns two connections:
 the writer (its write path is writes.py: group commit) and a reader, which sees committed data
-only. Work that must not block the loop (checkpoints, backups) uses connections of its own in
-other threads; WAL mode keeps readers and the writer out of each other's way.
+only. Work that must not block the loop (searches, checkpoints, backups) uses connections of its
+own in other threads; WAL mode keeps readers and the writer out of each other's way. Every
+connection has the sqlite-vec extension loaded (vector indexes and distance functions).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 import apsw
 import peewee as pw
+import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
 from jarvis_memory_server.errors import StartupError, Unavailable
@@ -38,6 +40,13 @@ _SYNCHRONOUS: dict[str, str] = {"normal": "NORMAL", "full": "FULL"}
 
 
 MIGRATION_BUSY_TIMEOUT_MS = 30_000
+
+
+def load_extensions(conn: apsw.Connection) -> None:
+    """Load sqlite-vec into a connection: vec0 tables and vec_* functions (store/search.py)."""
+    conn.enable_load_extension(True)
+    conn.load_extension(sqlite_vec.loadable_path())
+    conn.enable_load_extension(False)
 
 
 def now_us() -> int:
@@ -61,6 +70,9 @@ class Database:
         self.peewee = APSWDatabase(None)
         self._conn: apsw.Connection | None = None
         self._reader: apsw.Connection | None = None
+        self._thread_local = threading.local()
+        self._thread_readers: list[apsw.Connection] = []
+        self._thread_readers_lock = threading.Lock()
         self.writes = GroupCommitter(self)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -83,6 +95,7 @@ class Database:
         try:
             self.peewee.connect(reuse_if_open=True)
             conn = self.peewee.connection()
+            load_extensions(conn)
             mode = migrations.scalar(conn, "PRAGMA journal_mode")
             if str(mode).lower() != "wal":
                 raise StartupError(f"{self.path}: could not switch the database to WAL mode")
@@ -104,6 +117,7 @@ class Database:
 
     def _connect_reader(self) -> apsw.Connection:
         reader = apsw.Connection(str(self.path))
+        load_extensions(reader)
         reader.setbusytimeout(self.busy_timeout_ms)
         for name, value in self.pragmas().items():
             if name != "journal_mode":  # a property of the file, already set by the writer
@@ -133,6 +147,10 @@ class Database:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        with self._thread_readers_lock:
+            for reader in self._thread_readers:
+                reader.close()
+            self._thread_readers.clear()
         if self._conn is not None:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -155,6 +173,21 @@ class Database:
         if self._reader is None:
             raise Unavailable("the database is closed")
         return self._reader
+
+    def thread_reader(self) -> apsw.Connection:
+        """The calling thread's own reader connection, for reads run off the event loop.
+
+        Opened on first use in each thread and closed with the database. (APSW releases the
+        GIL while SQLite works, so a long search in a worker thread leaves the loop serving.)
+        """
+        reader: apsw.Connection | None = getattr(self._thread_local, "reader", None)
+        if reader is None:
+            if self._conn is None:
+                raise Unavailable("the database is closed")
+            reader = self._thread_local.reader = self._connect_reader()
+            with self._thread_readers_lock:
+                self._thread_readers.append(reader)
+        return reader
 
     def query_plan(self, sql: str, params: dict[str, Any]) -> list[str]:
         """Return SQLite's plan of a query, one step per line (the tests check index use)."""
@@ -179,6 +212,7 @@ class Database:
     def connect_aside(self) -> apsw.Connection:
         """Open another connection on the file, for work done outside the event loop thread."""
         conn = apsw.Connection(str(self.path))
+        load_extensions(conn)
         conn.setbusytimeout(self.busy_timeout_ms)
         # Read the schema now: until a connection has read the file, it does not know that the
         # file is in WAL mode and checkpoints through it do nothing.

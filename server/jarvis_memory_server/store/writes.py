@@ -198,6 +198,12 @@ class GroupCommitter:
         batch = self._batch or self._begin()
         batch.writes += 1
         txn = batch.txn
+        if batch.writes > 1:
+            # FTS5 keeps index updates in memory and writes them out at the next savepoint,
+            # which every later statement opens; do it now, so that what an earlier write left
+            # pending is not counted as a change of this one.
+            with storage_errors():
+                txn.cursor.execute("SAVEPOINT flush; RELEASE flush")
         start, changes_before = txn.revision, conn.total_changes()
         try:
             with storage_errors():

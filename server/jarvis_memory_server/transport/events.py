@@ -19,9 +19,13 @@ from jarvis_memory_server.service.events import (
     EventRow,
     EventService,
     NewEvent,
+    filter_values,
 )
+from jarvis_memory_server.service.search import SearchService
+from jarvis_memory_server.store.search import EVENTS
 from jarvis_memory_server.transport.convert import EnumNames, micros, set_timestamp, struct_to_dict
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
+from jarvis_memory_server.transport.search import search_request
 
 TYPE = EnumNames(event_pb2.EventType, "EVENT_TYPE_")
 SEVERITY = EnumNames(event_pb2.EventSeverity, "EVENT_SEVERITY_")
@@ -49,12 +53,28 @@ def fill_event(message: event_pb2.Event, row: EventRow) -> event_pb2.Event:
     return message
 
 
+def event_filter(
+    request: event_pb2.ListEventsRequest | event_pb2.SearchEventsRequest,
+) -> EventFilter:
+    """The filters of a ListEvents or SearchEvents request."""
+    return EventFilter(
+        types=tuple(TYPE.required(t, "types") for t in request.types),
+        min_severity=SEVERITY.optional(request.min_severity, "min_severity"),
+        node=request.node if request.HasField("node") else None,
+        source=SOURCE.optional(request.source, "source"),
+        since=micros(request.since, "since") if request.HasField("since") else None,
+        until=micros(request.until, "until") if request.HasField("until") else None,
+        resolved=request.resolved if request.HasField("resolved") else None,
+    )
+
+
 class EventServicer(ServicerBase, event_pb2_grpc.EventServiceServicer):
     """Serves jarvis.memory.v1.EventService."""
 
-    def __init__(self, events: EventService, auth: Authenticator) -> None:
+    def __init__(self, events: EventService, search: SearchService, auth: Authenticator) -> None:
         super().__init__(events, auth, event_pb2.DESCRIPTOR.services_by_name["EventService"])
         self._events = events
+        self._search = search
 
     @write_rpc
     def RecordEvent(
@@ -90,17 +110,8 @@ class EventServicer(ServicerBase, event_pb2_grpc.EventServiceServicer):
     def ListEvents(
         self, request: event_pb2.ListEventsRequest, context: Context
     ) -> event_pb2.ListEventsResponse:
-        filters = EventFilter(
-            types=tuple(TYPE.required(t, "types") for t in request.types),
-            min_severity=SEVERITY.optional(request.min_severity, "min_severity"),
-            node=request.node if request.HasField("node") else None,
-            source=SOURCE.optional(request.source, "source"),
-            since=micros(request.since, "since") if request.HasField("since") else None,
-            until=micros(request.until, "until") if request.HasField("until") else None,
-            resolved=request.resolved if request.HasField("resolved") else None,
-        )
         rows, token = self._events.list_page(
-            resolve_namespace(request.namespace), filters,
+            resolve_namespace(request.namespace), event_filter(request),
             size=request.page_size, token=request.page_token,
         )
         response = event_pb2.ListEventsResponse(next_page_token=token)
@@ -120,3 +131,19 @@ class EventServicer(ServicerBase, event_pb2_grpc.EventServiceServicer):
         return response
 
 
+
+    @read_rpc
+    async def SearchEvents(
+        self, request: event_pb2.SearchEventsRequest, context: Context
+    ) -> event_pb2.SearchEventsResponse:
+        values, types = filter_values(event_filter(request))
+        if types:
+            values["types"] = json.dumps(types)
+        if "resolved" in values:
+            values["resolved"] = int(values["resolved"])
+        hits = await self._search.run(EVENTS, search_request(self._search, request, values))
+        response = event_pb2.SearchEventsResponse()
+        for hit in hits:
+            found = response.hits.add(score=hit.score, snippet=hit.snippet)
+            fill_event(found.event, EventRow._make(hit.row))
+        return response

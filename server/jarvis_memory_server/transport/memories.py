@@ -12,6 +12,8 @@ from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.memories import MemoryRow, MemoryService, NewMemory
+from jarvis_memory_server.service.search import SearchService
+from jarvis_memory_server.store.search import MEMORIES
 from jarvis_memory_server.transport.convert import (
     EnumNames,
     micros,
@@ -19,6 +21,7 @@ from jarvis_memory_server.transport.convert import (
     struct_to_dict,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
+from jarvis_memory_server.transport.search import search_request, time_filter
 
 CATEGORY = EnumNames(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_")
 SOURCE = EnumNames(memory_pb2.MemorySource, "MEMORY_SOURCE_")
@@ -56,15 +59,19 @@ def new_memory(
         source=SOURCE.required(message.source, prefix + "source"),
         subject=message.subject,
         attributes=struct_to_dict(message.attributes) if message.HasField("attributes") else None,
+        embedding=message.embedding,
     )
 
 
 class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
     """Serves jarvis.memory.v1.MemoryService."""
 
-    def __init__(self, memories: MemoryService, auth: Authenticator) -> None:
+    def __init__(
+        self, memories: MemoryService, search: SearchService, auth: Authenticator
+    ) -> None:
         super().__init__(memories, auth, memory_pb2.DESCRIPTOR.services_by_name["MemoryService"])
         self._memories = memories
+        self._search = search
 
     @write_rpc
     def AddMemory(
@@ -144,11 +151,13 @@ class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
                 )
             elif path == "stale":
                 changes["stale"] = given.stale
+            elif path == "embedding":
+                changes["embedding"] = request.embedding
             else:
                 raise InvalidArgument(
                     "update_mask",
                     f"{path!r} is not an updatable field (content, category, source, subject, "
-                    "attributes, stale)",
+                    "attributes, stale, embedding)",
                 )
         row = self._memories.update(namespace, given.id, changes)
         response = memory_pb2.UpdateMemoryResponse()
@@ -161,3 +170,27 @@ class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.DeleteMemoryResponse:
         self._memories.delete(resolve_namespace(request.namespace), request.id)
         return memory_pb2.DeleteMemoryResponse()
+
+    @read_rpc
+    async def SearchMemories(
+        self, request: memory_pb2.SearchMemoriesRequest, context: Context
+    ) -> memory_pb2.SearchMemoriesResponse:
+        filters: dict[str, object] = {}
+        category = CATEGORY.optional(request.category, "category")
+        if category is not None:
+            filters["category"] = category
+        source = SOURCE.optional(request.source, "source")
+        if source is not None:
+            filters["source"] = source
+        if request.HasField("subject"):
+            filters["subject"] = request.subject
+        if request.HasField("stale"):
+            filters["stale"] = int(request.stale)
+        time_filter(request, "created_after", filters, "created_after")
+        time_filter(request, "created_before", filters, "created_before")
+        hits = await self._search.run(MEMORIES, search_request(self._search, request, filters))
+        response = memory_pb2.SearchMemoriesResponse()
+        for hit in hits:
+            found = response.hits.add(score=hit.score, snippet=hit.snippet)
+            fill_memory(found.memory, MemoryRow._make(hit.row))
+        return response

@@ -6,9 +6,10 @@ The table turns the daemon's named errors into gRPC statuses with a google.rpc.E
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import grpc
 from google.protobuf import any_pb2
@@ -140,15 +141,23 @@ def rich_status(code: grpc.StatusCode, message: str, reason: str, metadata: dict
     )
 
 
-def read_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Response]:
-    """Wrap a synchronous handler that only reads; fill its response header."""
+@overload
+def read_rpc(handler: Wrapped[S, Request, Response]) -> Wrapped[S, Request, Response]: ...
+@overload
+def read_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Response]: ...
+def read_rpc(handler: Any) -> Any:
+    """Wrap a handler that only reads; fill its response header.
+
+    The handler is synchronous, or a coroutine when it hands long work to a worker thread.
+    """
     method = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
             check_credentials(self, method, request, context)
-            response = handler(self, request, context)
+            result = handler(self, request, context)
+            response: Response = await result if inspect.isawaitable(result) else result
             if pending_commit() is not None:  # a write here would be answered uncommitted
                 raise RuntimeError(f"{method} is a read_rpc but wrote")
             response.header.revision = self.revision  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from jarvis.memory.v1 import session_pb2, session_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
+from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.service.sessions import (
     EventRow,
     MessageRow,
@@ -19,6 +20,7 @@ from jarvis_memory_server.service.sessions import (
     SessionRow,
     SessionService,
 )
+from jarvis_memory_server.store.search import MESSAGES
 from jarvis_memory_server.transport.convert import (
     EnumNames,
     set_timestamp,
@@ -26,6 +28,7 @@ from jarvis_memory_server.transport.convert import (
     value_to_python,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
+from jarvis_memory_server.transport.search import search_request, time_filter
 
 STATE = EnumNames(session_pb2.SessionState, "SESSION_STATE_")
 TRIGGER = EnumNames(session_pb2.SessionEndTrigger, "SESSION_END_TRIGGER_")
@@ -91,9 +94,12 @@ def fill_event(message: session_pb2.SessionEvent, row: EventRow) -> session_pb2.
 class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
     """Serves jarvis.memory.v1.SessionService."""
 
-    def __init__(self, sessions: SessionService, auth: Authenticator) -> None:
+    def __init__(
+        self, sessions: SessionService, search: SearchService, auth: Authenticator
+    ) -> None:
         super().__init__(sessions, auth, session_pb2.DESCRIPTOR.services_by_name["SessionService"])
         self._sessions = sessions
+        self._search = search
 
     @write_rpc
     def StartSession(
@@ -194,6 +200,7 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
                 value_to_python(request.tool_calls)
                 if request.HasField("tool_calls") else None
             ),
+            embedding=request.embedding,
         )
         row = self._sessions.append_message(
             resolve_namespace(request.namespace), request.session_id, message
@@ -215,4 +222,23 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
         response = session_pb2.ListMessagesResponse(next_page_token=token)
         for row in rows:
             fill_message(response.messages.add(), row)
+        return response
+
+    @read_rpc
+    async def SearchMessages(
+        self, request: session_pb2.SearchMessagesRequest, context: Context
+    ) -> session_pb2.SearchMessagesResponse:
+        filters: dict[str, object] = {}
+        if request.HasField("session_id"):
+            filters["session_id"] = request.session_id
+        role = ROLE.optional(request.role, "role")
+        if role is not None:
+            filters["role"] = role
+        time_filter(request, "created_after", filters, "created_after")
+        time_filter(request, "created_before", filters, "created_before")
+        hits = await self._search.run(MESSAGES, search_request(self._search, request, filters))
+        response = session_pb2.SearchMessagesResponse()
+        for hit in hits:
+            found = response.hits.add(score=hit.score, snippet=hit.snippet)
+            fill_message(found.message, MessageRow._make(hit.row))
         return response

@@ -504,3 +504,140 @@ class ResolveEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveEventResponse: _TypeAlias = ResolveEventResponse  # noqa: Y015
+
+@_typing.final
+class SearchEventsRequest(_message.Message):
+    """SearchEventsRequest is the input of SearchEvents. Filters combine with AND."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    MIN_SEVERITY_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """namespace to search; empty means "default"."""
+    query: _builtins.str
+    """query is the text to search for; required, at most 10000 characters."""
+    limit: _builtins.int
+    """limit is the most hits to return; 0 means 10, above 100 means 100, negative
+    is rejected.
+    """
+    min_severity: Global___EventSeverity.ValueType
+    """min_severity keeps events at least this severe; UNSPECIFIED keeps all."""
+    node: _builtins.str
+    """node, when set, keeps only events of this node."""
+    source: Global___EventSource.ValueType
+    """source keeps only events from this source; UNSPECIFIED keeps all."""
+    resolved: _builtins.bool
+    """resolved, when set, keeps only resolved (true) or unresolved (false) events."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
+        """types keeps only events of these types; empty keeps all."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """since, when set, keeps events that occurred at or after it."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """until, when set, keeps events that occurred strictly before it."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        query: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        types: _abc.Iterable[Global___EventType.ValueType] | None = ...,
+        min_severity: Global___EventSeverity.ValueType = ...,
+        node: _builtins.str | None = ...,
+        source: Global___EventSource.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        resolved: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_node", b"_node", "_resolved", b"_resolved", "node", b"node", "resolved", b"resolved", "since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_node", b"_node", "_resolved", b"_resolved", "limit", b"limit", "min_severity", b"min_severity", "namespace", b"namespace", "node", b"node", "query", b"query", "resolved", b"resolved", "since", b"since", "source", b"source", "types", b"types", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__node: _TypeAlias = _typing.Literal["node"]  # noqa: Y015
+    _WhichOneofArgType__node: _TypeAlias = _typing.Literal["_node", b"_node"]  # noqa: Y015
+    _WhichOneofReturnType__resolved: _TypeAlias = _typing.Literal["resolved"]  # noqa: Y015
+    _WhichOneofArgType__resolved: _TypeAlias = _typing.Literal["_resolved", b"_resolved"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__node) -> _WhichOneofReturnType__node | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resolved) -> _WhichOneofReturnType__resolved | None: ...
+
+Global___SearchEventsRequest: _TypeAlias = SearchEventsRequest  # noqa: Y015
+
+@_typing.final
+class SearchEventsResponse(_message.Message):
+    """SearchEventsResponse is the output of SearchEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader:
+        """header carries the store revision the search saw (at least)."""
+
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventHit]:
+        """hits are the matching events, best first."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        hits: _abc.Iterable[Global___EventHit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hits", b"hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchEventsResponse: _TypeAlias = SearchEventsResponse  # noqa: Y015
+
+@_typing.final
+class EventHit(_message.Message):
+    """EventHit is one event found by SearchEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """score orders the hits, higher is better (a BM25 score with proximity bonus)."""
+    snippet: _builtins.str
+    """snippet is an excerpt of the summary or details with each matched term
+    between "**" and "**".
+    """
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """event is the event found."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+        score: _builtins.float = ...,
+        snippet: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "score", b"score", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventHit: _TypeAlias = EventHit  # noqa: Y015

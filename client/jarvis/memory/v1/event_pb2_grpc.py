@@ -51,6 +51,11 @@ class EventServiceStub:
                 request_serializer=jarvis_dot_memory_dot_v1_dot_event__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=jarvis_dot_memory_dot_v1_dot_event__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.SearchEvents = channel.unary_unary(
+                '/jarvis.memory.v1.EventService/SearchEvents',
+                request_serializer=jarvis_dot_memory_dot_v1_dot_event__pb2.SearchEventsRequest.SerializeToString,
+                response_deserializer=jarvis_dot_memory_dot_v1_dot_event__pb2.SearchEventsResponse.FromString,
+                _registered_method=True)
         self.ResolveEvent = channel.unary_unary(
                 '/jarvis.memory.v1.EventService/ResolveEvent',
                 request_serializer=jarvis_dot_memory_dot_v1_dot_event__pb2.ResolveEventRequest.SerializeToString,
@@ -84,6 +89,15 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchEvents(self, request, context):
+        """SearchEvents returns the events whose summary or details best match a
+        query, best first (keyword ranking as in SearchMode), with the filters of
+        ListEvents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ResolveEvent(self, request, context):
         """ResolveEvent marks an event resolved, recording by whom and when. Resolving a resolved
         event is FAILED_PRECONDITION and changes nothing.
@@ -109,6 +123,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=jarvis_dot_memory_dot_v1_dot_event__pb2.ListEventsRequest.FromString,
                     response_serializer=jarvis_dot_memory_dot_v1_dot_event__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'SearchEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchEvents,
+                    request_deserializer=jarvis_dot_memory_dot_v1_dot_event__pb2.SearchEventsRequest.FromString,
+                    response_serializer=jarvis_dot_memory_dot_v1_dot_event__pb2.SearchEventsResponse.SerializeToString,
             ),
             'ResolveEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.ResolveEvent,
@@ -199,6 +218,33 @@ class EventService:
             '/jarvis.memory.v1.EventService/ListEvents',
             jarvis_dot_memory_dot_v1_dot_event__pb2.ListEventsRequest.SerializeToString,
             jarvis_dot_memory_dot_v1_dot_event__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jarvis.memory.v1.EventService/SearchEvents',
+            jarvis_dot_memory_dot_v1_dot_event__pb2.SearchEventsRequest.SerializeToString,
+            jarvis_dot_memory_dot_v1_dot_event__pb2.SearchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

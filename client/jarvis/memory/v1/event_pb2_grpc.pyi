@@ -41,6 +41,11 @@ class EventServiceStub:
     """GetEvent returns one event."""
     ListEvents: _grpc.UnaryUnaryMultiCallable[_event_pb2.ListEventsRequest, _event_pb2.ListEventsResponse]
     """ListEvents lists events newest first, filtered."""
+    SearchEvents: _grpc.UnaryUnaryMultiCallable[_event_pb2.SearchEventsRequest, _event_pb2.SearchEventsResponse]
+    """SearchEvents returns the events whose summary or details best match a
+    query, best first (keyword ranking as in SearchMode), with the filters of
+    ListEvents.
+    """
     ResolveEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.ResolveEventRequest, _event_pb2.ResolveEventResponse]
     """ResolveEvent marks an event resolved, recording by whom and when. Resolving a resolved
     event is FAILED_PRECONDITION and changes nothing.
@@ -59,6 +64,11 @@ class EventServiceAsyncStub(EventServiceStub):
     """GetEvent returns one event."""
     ListEvents: _aio.UnaryUnaryMultiCallable[_event_pb2.ListEventsRequest, _event_pb2.ListEventsResponse]  # type: ignore[assignment]
     """ListEvents lists events newest first, filtered."""
+    SearchEvents: _aio.UnaryUnaryMultiCallable[_event_pb2.SearchEventsRequest, _event_pb2.SearchEventsResponse]  # type: ignore[assignment]
+    """SearchEvents returns the events whose summary or details best match a
+    query, best first (keyword ranking as in SearchMode), with the filters of
+    ListEvents.
+    """
     ResolveEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.ResolveEventRequest, _event_pb2.ResolveEventResponse]  # type: ignore[assignment]
     """ResolveEvent marks an event resolved, recording by whom and when. Resolving a resolved
     event is FAILED_PRECONDITION and changes nothing.
@@ -92,6 +102,17 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_pb2.ListEventsResponse, _abc.Awaitable[_event_pb2.ListEventsResponse]]:
         """ListEvents lists events newest first, filtered."""
+
+    @_abc_1.abstractmethod
+    def SearchEvents(
+        self,
+        request: _event_pb2.SearchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.SearchEventsResponse, _abc.Awaitable[_event_pb2.SearchEventsResponse]]:
+        """SearchEvents returns the events whose summary or details best match a
+        query, best first (keyword ranking as in SearchMode), with the filters of
+        ListEvents.
+        """
 
     @_abc_1.abstractmethod
     def ResolveEvent(

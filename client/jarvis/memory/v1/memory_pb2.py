@@ -26,9 +26,10 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
+from jarvis.memory.v1 import search_pb2 as jarvis_dot_memory_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djarvis/memory/v1/memory.proto\x12\x10jarvis.memory.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xbf\x03\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x06 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12+\n\nattributes\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05stale\x18\t \x01(\x08\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_accessed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erestated_count\x18\r \x01(\x03\x12\x10\n\x08revision\x18\x0e \x01(\x03\"\xd8\x01\n\x10\x41\x64\x64MemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x04 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x85\x01\n\x11\x41\x64\x64MemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\"\xbe\x01\n\tNewMemory\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x03 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"V\n\x12\x41\x64\x64MemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x08memories\x18\x02 \x03(\x0b\x32\x1b.jarvis.memory.v1.NewMemory\"{\n\x13\x41\x64\x64MemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x32\n\x07results\x18\x02 \x03(\x0b\x32!.jarvis.memory.v1.AddMemoryResult\"Q\n\x0f\x41\x64\x64MemoryResult\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"1\n\x10GetMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"o\n\x11GetMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"\xda\x02\n\x13ListMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x04 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x05 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_subjectB\x08\n\x06_stale\"\x8d\x01\n\x14ListMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12*\n\x08memories\x18\x02 \x03(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x83\x01\n\x13UpdateMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"r\n\x14UpdateMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"4\n\x13\x44\x65leteMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"H\n\x14\x44\x65leteMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader*\x88\x01\n\x0eMemoryCategory\x12\x1f\n\x1bMEMORY_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMEMORY_CATEGORY_PREFERENCE\x10\x01\x12\x18\n\x14MEMORY_CATEGORY_FACT\x10\x02\x12\x1b\n\x17MEMORY_CATEGORY_PATTERN\x10\x03*p\n\x0cMemorySource\x12\x1d\n\x19MEMORY_SOURCE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMEMORY_SOURCE_USER_EXPLICIT\x10\x01\x12 \n\x1cMEMORY_SOURCE_AGENT_INFERRED\x10\x02\x32\xd8\x04\n\rMemoryService\x12Z\n\tAddMemory\x12\".jarvis.memory.v1.AddMemoryRequest\x1a#.jarvis.memory.v1.AddMemoryResponse\"\x04\xc0\xf3\x18\x02\x12`\n\x0b\x41\x64\x64Memories\x12$.jarvis.memory.v1.AddMemoriesRequest\x1a%.jarvis.memory.v1.AddMemoriesResponse\"\x04\xc0\xf3\x18\x02\x12Z\n\tGetMemory\x12\".jarvis.memory.v1.GetMemoryRequest\x1a#.jarvis.memory.v1.GetMemoryResponse\"\x04\xc0\xf3\x18\x01\x12\x63\n\x0cListMemories\x12%.jarvis.memory.v1.ListMemoriesRequest\x1a&.jarvis.memory.v1.ListMemoriesResponse\"\x04\xc0\xf3\x18\x01\x12\x63\n\x0cUpdateMemory\x12%.jarvis.memory.v1.UpdateMemoryRequest\x1a&.jarvis.memory.v1.UpdateMemoryResponse\"\x04\xc0\xf3\x18\x02\x12\x63\n\x0c\x44\x65leteMemory\x12%.jarvis.memory.v1.DeleteMemoryRequest\x1a&.jarvis.memory.v1.DeleteMemoryResponse\"\x04\xc0\xf3\x18\x02\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djarvis/memory/v1/memory.proto\x12\x10jarvis.memory.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\x1a\x1djarvis/memory/v1/search.proto\"\xbf\x03\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x06 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12+\n\nattributes\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05stale\x18\t \x01(\x08\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_accessed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erestated_count\x18\r \x01(\x03\x12\x10\n\x08revision\x18\x0e \x01(\x03\"\xeb\x01\n\x10\x41\x64\x64MemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x04 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tembedding\x18\x07 \x03(\x02\"\x85\x01\n\x11\x41\x64\x64MemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\"\xd1\x01\n\tNewMemory\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x03 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tembedding\x18\x06 \x03(\x02\"V\n\x12\x41\x64\x64MemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x08memories\x18\x02 \x03(\x0b\x32\x1b.jarvis.memory.v1.NewMemory\"{\n\x13\x41\x64\x64MemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x32\n\x07results\x18\x02 \x03(\x0b\x32!.jarvis.memory.v1.AddMemoryResult\"Q\n\x0f\x41\x64\x64MemoryResult\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"1\n\x10GetMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"o\n\x11GetMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"\xda\x02\n\x13ListMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x04 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x05 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_subjectB\x08\n\x06_stale\"\x8d\x01\n\x14ListMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12*\n\x08memories\x18\x02 \x03(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x96\x01\n\x13UpdateMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x11\n\tembedding\x18\x04 \x03(\x02\"r\n\x14UpdateMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"4\n\x13\x44\x65leteMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"H\n\x14\x44\x65leteMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\"\x92\x03\n\x15SearchMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.jarvis.memory.v1.SearchMode\x12\x11\n\tembedding\x18\x05 \x03(\x02\x12\x32\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x07 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\t \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_subjectB\x08\n\x06_stale\"u\n\x16SearchMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12)\n\x04hits\x18\x02 \x03(\x0b\x32\x1b.jarvis.memory.v1.MemoryHit\"U\n\tMemoryHit\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07snippet\x18\x03 \x01(\t*\x88\x01\n\x0eMemoryCategory\x12\x1f\n\x1bMEMORY_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMEMORY_CATEGORY_PREFERENCE\x10\x01\x12\x18\n\x14MEMORY_CATEGORY_FACT\x10\x02\x12\x1b\n\x17MEMORY_CATEGORY_PATTERN\x10\x03*p\n\x0cMemorySource\x12\x1d\n\x19MEMORY_SOURCE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMEMORY_SOURCE_USER_EXPLICIT\x10\x01\x12 \n\x1cMEMORY_SOURCE_AGENT_INFERRED\x10\x02\x32\xc3\x05\n\rMemoryService\x12Z\n\tAddMemory\x12\".jarvis.memory.v1.AddMemoryRequest\x1a#.jarvis.memory.v1.AddMemoryResponse\"\x04\xc0\xf3\x18\x02\x12`\n\x0b\x41\x64\x64Memories\x12$.jarvis.memory.v1.AddMemoriesRequest\x1a%.jarvis.memory.v1.AddMemoriesResponse\"\x04\xc0\xf3\x18\x02\x12Z\n\tGetMemory\x12\".jarvis.memory.v1.GetMemoryRequest\x1a#.jarvis.memory.v1.GetMemoryResponse\"\x04\xc0\xf3\x18\x01\x12\x63\n\x0cListMemories\x12%.jarvis.memory.v1.ListMemoriesRequest\x1a&.jarvis.memory.v1.ListMemoriesResponse\"\x04\xc0\xf3\x18\x01\x12\x63\n\x0cUpdateMemory\x12%.jarvis.memory.v1.UpdateMemoryRequest\x1a&.jarvis.memory.v1.UpdateMemoryResponse\"\x04\xc0\xf3\x18\x02\x12\x63\n\x0c\x44\x65leteMemory\x12%.jarvis.memory.v1.DeleteMemoryRequest\x1a&.jarvis.memory.v1.DeleteMemoryResponse\"\x04\xc0\xf3\x18\x02\x12i\n\x0eSearchMemories\x12\'.jarvis.memory.v1.SearchMemoriesRequest\x1a(.jarvis.memory.v1.SearchMemoriesResponse\"\x04\xc0\xf3\x18\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,40 +49,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMORYSERVICE'].methods_by_name['UpdateMemory']._serialized_options = b'\300\363\030\002'
   _globals['_MEMORYSERVICE'].methods_by_name['DeleteMemory']._loaded_options = None
   _globals['_MEMORYSERVICE'].methods_by_name['DeleteMemory']._serialized_options = b'\300\363\030\002'
-  _globals['_MEMORYCATEGORY']._serialized_start=2509
-  _globals['_MEMORYCATEGORY']._serialized_end=2645
-  _globals['_MEMORYSOURCE']._serialized_start=2647
-  _globals['_MEMORYSOURCE']._serialized_end=2759
-  _globals['_MEMORY']._serialized_start=180
-  _globals['_MEMORY']._serialized_end=627
-  _globals['_ADDMEMORYREQUEST']._serialized_start=630
-  _globals['_ADDMEMORYREQUEST']._serialized_end=846
-  _globals['_ADDMEMORYRESPONSE']._serialized_start=849
-  _globals['_ADDMEMORYRESPONSE']._serialized_end=982
-  _globals['_NEWMEMORY']._serialized_start=985
-  _globals['_NEWMEMORY']._serialized_end=1175
-  _globals['_ADDMEMORIESREQUEST']._serialized_start=1177
-  _globals['_ADDMEMORIESREQUEST']._serialized_end=1263
-  _globals['_ADDMEMORIESRESPONSE']._serialized_start=1265
-  _globals['_ADDMEMORIESRESPONSE']._serialized_end=1388
-  _globals['_ADDMEMORYRESULT']._serialized_start=1390
-  _globals['_ADDMEMORYRESULT']._serialized_end=1471
-  _globals['_GETMEMORYREQUEST']._serialized_start=1473
-  _globals['_GETMEMORYREQUEST']._serialized_end=1522
-  _globals['_GETMEMORYRESPONSE']._serialized_start=1524
-  _globals['_GETMEMORYRESPONSE']._serialized_end=1635
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=1638
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=1984
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=1987
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=2128
-  _globals['_UPDATEMEMORYREQUEST']._serialized_start=2131
-  _globals['_UPDATEMEMORYREQUEST']._serialized_end=2262
-  _globals['_UPDATEMEMORYRESPONSE']._serialized_start=2264
-  _globals['_UPDATEMEMORYRESPONSE']._serialized_end=2378
-  _globals['_DELETEMEMORYREQUEST']._serialized_start=2380
-  _globals['_DELETEMEMORYREQUEST']._serialized_end=2432
-  _globals['_DELETEMEMORYRESPONSE']._serialized_start=2434
-  _globals['_DELETEMEMORYRESPONSE']._serialized_end=2506
-  _globals['_MEMORYSERVICE']._serialized_start=2762
-  _globals['_MEMORYSERVICE']._serialized_end=3362
+  _globals['_MEMORYSERVICE'].methods_by_name['SearchMemories']._loaded_options = None
+  _globals['_MEMORYSERVICE'].methods_by_name['SearchMemories']._serialized_options = b'\300\363\030\001'
+  _globals['_MEMORYCATEGORY']._serialized_start=3208
+  _globals['_MEMORYCATEGORY']._serialized_end=3344
+  _globals['_MEMORYSOURCE']._serialized_start=3346
+  _globals['_MEMORYSOURCE']._serialized_end=3458
+  _globals['_MEMORY']._serialized_start=211
+  _globals['_MEMORY']._serialized_end=658
+  _globals['_ADDMEMORYREQUEST']._serialized_start=661
+  _globals['_ADDMEMORYREQUEST']._serialized_end=896
+  _globals['_ADDMEMORYRESPONSE']._serialized_start=899
+  _globals['_ADDMEMORYRESPONSE']._serialized_end=1032
+  _globals['_NEWMEMORY']._serialized_start=1035
+  _globals['_NEWMEMORY']._serialized_end=1244
+  _globals['_ADDMEMORIESREQUEST']._serialized_start=1246
+  _globals['_ADDMEMORIESREQUEST']._serialized_end=1332
+  _globals['_ADDMEMORIESRESPONSE']._serialized_start=1334
+  _globals['_ADDMEMORIESRESPONSE']._serialized_end=1457
+  _globals['_ADDMEMORYRESULT']._serialized_start=1459
+  _globals['_ADDMEMORYRESULT']._serialized_end=1540
+  _globals['_GETMEMORYREQUEST']._serialized_start=1542
+  _globals['_GETMEMORYREQUEST']._serialized_end=1591
+  _globals['_GETMEMORYRESPONSE']._serialized_start=1593
+  _globals['_GETMEMORYRESPONSE']._serialized_end=1704
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=1707
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=2053
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=2056
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=2197
+  _globals['_UPDATEMEMORYREQUEST']._serialized_start=2200
+  _globals['_UPDATEMEMORYREQUEST']._serialized_end=2350
+  _globals['_UPDATEMEMORYRESPONSE']._serialized_start=2352
+  _globals['_UPDATEMEMORYRESPONSE']._serialized_end=2466
+  _globals['_DELETEMEMORYREQUEST']._serialized_start=2468
+  _globals['_DELETEMEMORYREQUEST']._serialized_end=2520
+  _globals['_DELETEMEMORYRESPONSE']._serialized_start=2522
+  _globals['_DELETEMEMORYRESPONSE']._serialized_end=2594
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_start=2597
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_end=2999
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_start=3001
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_end=3118
+  _globals['_MEMORYHIT']._serialized_start=3120
+  _globals['_MEMORYHIT']._serialized_end=3205
+  _globals['_MEMORYSERVICE']._serialized_start=3461
+  _globals['_MEMORYSERVICE']._serialized_end=4168
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from jarvis.memory.v1 import common_pb2 as _common_pb2
+from jarvis.memory.v1 import search_pb2 as _search_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -186,6 +187,7 @@ class AddMemoryRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace isolates one assistant's or user's data; empty means "default".
     1 to 128 characters of letters, digits and "._:-", starting with a letter or digit.
@@ -202,6 +204,15 @@ class AddMemoryRequest(_message.Message):
     def attributes(self) -> _struct_pb2.Struct:
         """attributes is optional structured data; at most 65536 bytes once encoded as JSON."""
 
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """embedding is an optional vector computed by the client (for example by a
+        sentence-embedding model) for vector search. Its length must equal the
+        namespace's dimension, fixed by the first embedding stored in the
+        namespace (1 to 4096); values must be finite and not all zero. Adding
+        content that already exists with an embedding replaces the stored one.
+        """
+
     def __init__(
         self,
         *,
@@ -211,10 +222,11 @@ class AddMemoryRequest(_message.Message):
         source: Global___MemorySource.ValueType = ...,
         subject: _builtins.str = ...,
         attributes: _struct_pb2.Struct | None = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category", b"category", "content", b"content", "namespace", b"namespace", "source", b"source", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category", b"category", "content", b"content", "embedding", b"embedding", "namespace", b"namespace", "source", b"source", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,6 +277,7 @@ class NewMemory(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """content is required; as in AddMemoryRequest."""
     category: Global___MemoryCategory.ValueType
@@ -277,6 +290,10 @@ class NewMemory(_message.Message):
     def attributes(self) -> _struct_pb2.Struct:
         """attributes is optional; as in AddMemoryRequest."""
 
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """embedding is optional; as in AddMemoryRequest."""
+
     def __init__(
         self,
         *,
@@ -285,10 +302,11 @@ class NewMemory(_message.Message):
         source: Global___MemorySource.ValueType = ...,
         subject: _builtins.str = ...,
         attributes: _struct_pb2.Struct | None = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category", b"category", "content", b"content", "source", b"source", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category", b"category", "content", b"content", "embedding", b"embedding", "source", b"source", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -554,6 +572,7 @@ class UpdateMemoryRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace is the memory's namespace; empty means "default"."""
     @_builtins.property
@@ -565,9 +584,16 @@ class UpdateMemoryRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """update_mask names the fields to change: any of "content", "category",
-        "source", "subject", "attributes", "stale". It must name at least one.
-        New content that normalises to another memory's content is ALREADY_EXISTS.
+        "source", "subject", "attributes", "stale", "embedding". It must name at
+        least one. New content that normalises to another memory's content is
+        ALREADY_EXISTS. Changing the content without giving a new embedding
+        removes the memory's embedding, which described the old content; an
+        "embedding" path with an empty embedding removes it too.
         """
+
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """embedding is the new embedding when update_mask names "embedding"."""
 
     def __init__(
         self,
@@ -575,10 +601,11 @@ class UpdateMemoryRequest(_message.Message):
         namespace: _builtins.str = ...,
         memory: Global___Memory | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "namespace", b"namespace", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "memory", b"memory", "namespace", b"namespace", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -663,3 +690,152 @@ class DeleteMemoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteMemoryResponse: _TypeAlias = DeleteMemoryResponse  # noqa: Y015
+
+@_typing.final
+class SearchMemoriesRequest(_message.Message):
+    """SearchMemoriesRequest is the input of SearchMemories. Filters combine with AND."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """namespace to search; empty means "default"."""
+    query: _builtins.str
+    """query is the text to search for (at most 10000 characters); required in
+    KEYWORD and HYBRID mode.
+    """
+    limit: _builtins.int
+    """limit is the most hits to return; 0 means 10, above 100 means 100, negative
+    is rejected.
+    """
+    mode: _search_pb2.SearchMode.ValueType
+    """mode is how to rank; UNSPECIFIED means KEYWORD."""
+    category: Global___MemoryCategory.ValueType
+    """category keeps only memories of this category; UNSPECIFIED keeps all."""
+    source: Global___MemorySource.ValueType
+    """source keeps only memories from this source; UNSPECIFIED keeps all."""
+    subject: _builtins.str
+    """subject, when set, keeps only memories with exactly this subject."""
+    stale: _builtins.bool
+    """stale, when set, keeps only memories whose stale flag equals it."""
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """embedding is the query vector; required in VECTOR and HYBRID mode, with the
+        namespace's dimension.
+        """
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """created_after, when set, keeps memories created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """created_before, when set, keeps memories created strictly before this time."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        query: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        mode: _search_pb2.SearchMode.ValueType = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
+        category: Global___MemoryCategory.ValueType = ...,
+        source: Global___MemorySource.ValueType = ...,
+        subject: _builtins.str | None = ...,
+        stale: _builtins.bool | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "created_after", b"created_after", "created_before", b"created_before", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "category", b"category", "created_after", b"created_after", "created_before", b"created_before", "embedding", b"embedding", "limit", b"limit", "mode", b"mode", "namespace", b"namespace", "query", b"query", "source", b"source", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
+    _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    _WhichOneofReturnType__subject: _TypeAlias = _typing.Literal["subject"]  # noqa: Y015
+    _WhichOneofArgType__subject: _TypeAlias = _typing.Literal["_subject", b"_subject"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__subject) -> _WhichOneofReturnType__subject | None: ...
+
+Global___SearchMemoriesRequest: _TypeAlias = SearchMemoriesRequest  # noqa: Y015
+
+@_typing.final
+class SearchMemoriesResponse(_message.Message):
+    """SearchMemoriesResponse is the output of SearchMemories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader:
+        """header carries the store revision the search saw (at least)."""
+
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoryHit]:
+        """hits are the matching memories, best first."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        hits: _abc.Iterable[Global___MemoryHit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hits", b"hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchMemoriesResponse: _TypeAlias = SearchMemoriesResponse  # noqa: Y015
+
+@_typing.final
+class MemoryHit(_message.Message):
+    """MemoryHit is one memory found by SearchMemories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """score orders the hits (higher is better): a BM25 score with proximity
+    bonus in KEYWORD mode, the cosine similarity in VECTOR mode, the fused
+    reciprocal-rank score in HYBRID mode. Scores compare only within one response.
+    """
+    snippet: _builtins.str
+    """snippet is an excerpt of the best-matching field with each matched term
+    between "**" and "**" (words left out are shown as "..."); empty when
+    the memory was found only by its embedding.
+    """
+    @_builtins.property
+    def memory(self) -> Global___Memory:
+        """memory is the memory found."""
+
+    def __init__(
+        self,
+        *,
+        memory: Global___Memory | None = ...,
+        score: _builtins.float = ...,
+        snippet: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "score", b"score", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryHit: _TypeAlias = MemoryHit  # noqa: Y015

@@ -67,6 +67,11 @@ class MemoryServiceStub:
                 request_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.SerializeToString,
                 response_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.FromString,
                 _registered_method=True)
+        self.SearchMemories = channel.unary_unary(
+                '/jarvis.memory.v1.MemoryService/SearchMemories',
+                request_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesRequest.SerializeToString,
+                response_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -121,6 +126,15 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMemories(self, request, context):
+        """SearchMemories returns the memories most relevant to a query, best first,
+        by keyword, vector or hybrid ranking (see SearchMode), with the filters of
+        ListMemories applied in every mode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +167,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteMemory,
                     request_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.FromString,
                     response_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.SerializeToString,
+            ),
+            'SearchMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMemories,
+                    request_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesRequest.FromString,
+                    response_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +339,33 @@ class MemoryService:
             '/jarvis.memory.v1.MemoryService/DeleteMemory',
             jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.SerializeToString,
             jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jarvis.memory.v1.MemoryService/SearchMemories',
+            jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesRequest.SerializeToString,
+            jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class MemoryServiceStub:
     """UpdateMemory changes the fields of a memory named by update_mask."""
     DeleteMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]
     """DeleteMemory removes a memory for good."""
+    SearchMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoriesRequest, _memory_pb2.SearchMemoriesResponse]
+    """SearchMemories returns the memories most relevant to a query, best first,
+    by keyword, vector or hybrid ranking (see SearchMode), with the filters of
+    ListMemories applied in every mode.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -81,6 +86,11 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """UpdateMemory changes the fields of a memory named by update_mask."""
     DeleteMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]  # type: ignore[assignment]
     """DeleteMemory removes a memory for good."""
+    SearchMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoriesRequest, _memory_pb2.SearchMemoriesResponse]  # type: ignore[assignment]
+    """SearchMemories returns the memories most relevant to a query, best first,
+    by keyword, vector or hybrid ranking (see SearchMode), with the filters of
+    ListMemories applied in every mode.
+    """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """MemoryService stores the facts, preferences and patterns an assistant knows
@@ -141,5 +151,16 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteMemoryResponse, _abc.Awaitable[_memory_pb2.DeleteMemoryResponse]]:
         """DeleteMemory removes a memory for good."""
+
+    @_abc_1.abstractmethod
+    def SearchMemories(
+        self,
+        request: _memory_pb2.SearchMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.SearchMemoriesResponse, _abc.Awaitable[_memory_pb2.SearchMemoriesResponse]]:
+        """SearchMemories returns the memories most relevant to a query, best first,
+        by keyword, vector or hybrid ranking (see SearchMode), with the filters of
+        ListMemories applied in every mode.
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from jarvis.memory.v1 import common_pb2 as _common_pb2
+from jarvis.memory.v1 import search_pb2 as _search_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -748,6 +749,7 @@ class AppendMessageRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TOKENS_USED_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the session; empty means "default"."""
     session_id: _builtins.str
@@ -768,6 +770,12 @@ class AppendMessageRequest(_message.Message):
         JSON).
         """
 
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """embedding is an optional vector computed by the client for vector search,
+        with the namespace's dimension (see AddMemoryRequest.embedding).
+        """
+
     def __init__(
         self,
         *,
@@ -778,10 +786,11 @@ class AppendMessageRequest(_message.Message):
         model: _builtins.str = ...,
         tokens_used: _builtins.int = ...,
         tool_calls: _struct_pb2.Value | None = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tool_calls", b"tool_calls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "model", b"model", "namespace", b"namespace", "role", b"role", "session_id", b"session_id", "tokens_used", b"tokens_used", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "embedding", b"embedding", "model", b"model", "namespace", b"namespace", "role", b"role", "session_id", b"session_id", "tokens_used", b"tokens_used", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -888,3 +897,133 @@ class ListMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMessagesResponse: _TypeAlias = ListMessagesResponse  # noqa: Y015
+
+@_typing.final
+class SearchMessagesRequest(_message.Message):
+    """SearchMessagesRequest is the input of SearchMessages. Filters combine with AND."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """namespace to search; empty means "default"."""
+    query: _builtins.str
+    """query is the text to search for (at most 10000 characters); required in
+    KEYWORD and HYBRID mode.
+    """
+    limit: _builtins.int
+    """limit is the most hits to return; 0 means 10, above 100 means 100, negative
+    is rejected.
+    """
+    mode: _search_pb2.SearchMode.ValueType
+    """mode is how to rank; UNSPECIFIED means KEYWORD."""
+    session_id: _builtins.str
+    """session_id, when set, keeps only messages of this session."""
+    role: Global___MessageRole.ValueType
+    """role keeps only messages of this role; UNSPECIFIED keeps all."""
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """embedding is the query vector; required in VECTOR and HYBRID mode."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """created_after, when set, keeps messages appended at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """created_before, when set, keeps messages appended strictly before this time."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        query: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        mode: _search_pb2.SearchMode.ValueType = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
+        session_id: _builtins.str | None = ...,
+        role: Global___MessageRole.ValueType = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_session_id", b"_session_id", "created_after", b"created_after", "created_before", b"created_before", "session_id", b"session_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_session_id", b"_session_id", "created_after", b"created_after", "created_before", b"created_before", "embedding", b"embedding", "limit", b"limit", "mode", b"mode", "namespace", b"namespace", "query", b"query", "role", b"role", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__session_id: _TypeAlias = _typing.Literal["session_id"]  # noqa: Y015
+    _WhichOneofArgType__session_id: _TypeAlias = _typing.Literal["_session_id", b"_session_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__session_id) -> _WhichOneofReturnType__session_id | None: ...
+
+Global___SearchMessagesRequest: _TypeAlias = SearchMessagesRequest  # noqa: Y015
+
+@_typing.final
+class SearchMessagesResponse(_message.Message):
+    """SearchMessagesResponse is the output of SearchMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader:
+        """header carries the store revision the search saw (at least)."""
+
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageHit]:
+        """hits are the matching messages, best first."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        hits: _abc.Iterable[Global___MessageHit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hits", b"hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchMessagesResponse: _TypeAlias = SearchMessagesResponse  # noqa: Y015
+
+@_typing.final
+class MessageHit(_message.Message):
+    """MessageHit is one message found by SearchMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """score orders the hits, higher is better (see MemoryHit.score)."""
+    snippet: _builtins.str
+    """snippet is an excerpt of the content with each matched term between "**"
+    and "**"; empty when the message was found only by its embedding.
+    """
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """message is the message found; its session_id names its session."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+        score: _builtins.float = ...,
+        snippet: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "score", b"score", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageHit: _TypeAlias = MessageHit  # noqa: Y015

@@ -77,6 +77,11 @@ class SessionServiceStub:
                 request_serializer=jarvis_dot_memory_dot_v1_dot_session__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=jarvis_dot_memory_dot_v1_dot_session__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.SearchMessages = channel.unary_unary(
+                '/jarvis.memory.v1.SessionService/SearchMessages',
+                request_serializer=jarvis_dot_memory_dot_v1_dot_session__pb2.SearchMessagesRequest.SerializeToString,
+                response_deserializer=jarvis_dot_memory_dot_v1_dot_session__pb2.SearchMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -144,6 +149,14 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMessages(self, request, context):
+        """SearchMessages returns the messages most relevant to a query, best first,
+        across the namespace's sessions or within one (see SearchMode).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +199,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=jarvis_dot_memory_dot_v1_dot_session__pb2.ListMessagesRequest.FromString,
                     response_serializer=jarvis_dot_memory_dot_v1_dot_session__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'SearchMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMessages,
+                    request_deserializer=jarvis_dot_memory_dot_v1_dot_session__pb2.SearchMessagesRequest.FromString,
+                    response_serializer=jarvis_dot_memory_dot_v1_dot_session__pb2.SearchMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +425,33 @@ class SessionService:
             '/jarvis.memory.v1.SessionService/ListMessages',
             jarvis_dot_memory_dot_v1_dot_session__pb2.ListMessagesRequest.SerializeToString,
             jarvis_dot_memory_dot_v1_dot_session__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jarvis.memory.v1.SessionService/SearchMessages',
+            jarvis_dot_memory_dot_v1_dot_session__pb2.SearchMessagesRequest.SerializeToString,
+            jarvis_dot_memory_dot_v1_dot_session__pb2.SearchMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

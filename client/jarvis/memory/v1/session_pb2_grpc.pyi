@@ -58,6 +58,10 @@ class SessionServiceStub:
     """AppendMessage adds a message at the end of an active session's conversation."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListMessagesRequest, _session_pb2.ListMessagesResponse]
     """ListMessages lists a session's messages oldest first."""
+    SearchMessages: _grpc.UnaryUnaryMultiCallable[_session_pb2.SearchMessagesRequest, _session_pb2.SearchMessagesResponse]
+    """SearchMessages returns the messages most relevant to a query, best first,
+    across the namespace's sessions or within one (see SearchMode).
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -89,6 +93,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """AppendMessage adds a message at the end of an active session's conversation."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_session_pb2.ListMessagesRequest, _session_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """ListMessages lists a session's messages oldest first."""
+    SearchMessages: _aio.UnaryUnaryMultiCallable[_session_pb2.SearchMessagesRequest, _session_pb2.SearchMessagesResponse]  # type: ignore[assignment]
+    """SearchMessages returns the messages most relevant to a query, best first,
+    across the namespace's sessions or within one (see SearchMode).
+    """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     """SessionService records conversations: when a session began and ended, what was said in it
@@ -165,5 +173,15 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.ListMessagesResponse, _abc.Awaitable[_session_pb2.ListMessagesResponse]]:
         """ListMessages lists a session's messages oldest first."""
+
+    @_abc_1.abstractmethod
+    def SearchMessages(
+        self,
+        request: _session_pb2.SearchMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.SearchMessagesResponse, _abc.Awaitable[_session_pb2.SearchMessagesResponse]]:
+        """SearchMessages returns the messages most relevant to a query, best first,
+        across the namespace's sessions or within one (see SearchMode).
+        """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

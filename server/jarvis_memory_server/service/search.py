@@ -1,0 +1,352 @@
+"""Search rules: reading any user text as a query, ranking, vector checks, hybrid fusion.
+
+Keyword ranking, in order:
+1. The query is split by the index's own tokenizer (unicode61 + Porter stemming), so that a
+   query word always means what an indexed word means. Quotes delimit phrases, a "*" right
+   after a word makes it a prefix; every other character is a separator. The FTS5 expression
+   is then built from quoted strings only, so no user text is ever read as an operator.
+2. Stop words ("the", "does", ...) are dropped unless the query holds nothing else.
+3. The words are OR-ed, rarest first, while the rows they match stay within a budget
+   (MATCH_BUDGET): scoring costs about 1 µs a matching row, and a word found in most rows
+   adds little to BM25 anyway. When even the rarest word is over budget, only the newest
+   rows are ranked (an id floor), so that every query answers in bounded time.
+4. BM25 with per-column weights picks candidates; those holding every query word get a bonus,
+   and those holding them close together (NEAR) another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from array import array
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from jarvis_memory_server.errors import InvalidArgument
+from jarvis_memory_server.service.common import ServiceBase
+from jarvis_memory_server.store.search import (
+    MAX_CANDIDATES,
+    SearchIndex,
+    SearchStore,
+)
+from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.store.writes import WriteTxn
+
+MODES = ("keyword", "vector", "hybrid")
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+MAX_QUERY_CHARS = 65536  # any realistic text (a pasted 10 kB message) is a valid query
+MAX_QUERY_TERMS = 64  # the first distinct words of a longer query are searched
+MAX_DIMENSION = 4096
+
+# Rows a keyword query may score (see the module docstring, step 3).
+MATCH_BUDGET = 12_000
+# Candidates reranked per hit asked for (at least MIN_CANDIDATES).
+CANDIDATES_PER_HIT = 3
+MIN_CANDIDATES = 30
+# Score multipliers: every query word present, and all of them within NEAR_DISTANCE tokens.
+ALL_TERMS_BONUS = 1.25
+NEAR_BONUS = 1.25
+NEAR_DISTANCE = 8
+# Reciprocal rank fusion constant (the value of Cormack et al., 2009).
+RRF_K = 60
+# Sign-index candidates per hit asked for, before exact ranking (at least MIN_VECTOR_CANDIDATES).
+VECTOR_CANDIDATES_PER_HIT = 20
+MIN_VECTOR_CANDIDATES = 200
+
+# Common English function words; BM25 gives them little weight, but in an OR query each one
+# matches most rows and costs time. Content words ("like", "want") are kept.
+STOP_WORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is it
+    its itself just me more most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself
+    yourselves""".split()  # noqa: SIM905 - a word list reads better as text
+)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One searchable unit of a query: a word, a prefix, or a phrase of several words."""
+
+    words: tuple[str, ...]  # as written in the query
+    tokens: tuple[str, ...]  # as indexed (stemmed)
+    prefix: bool = False
+
+    @property
+    def expression(self) -> str:
+        """The term as an FTS5 string: quoted, so nothing in it is an operator."""
+        quoted = '"' + " ".join(self.words).replace('"', '""') + '"'
+        return quoted + " *" if self.prefix else quoted
+
+    @property
+    def is_stop_word(self) -> bool:
+        """A lone common word (not a prefix, not in a phrase)."""
+        return len(self.words) == 1 and not self.prefix and self.words[0].casefold() in STOP_WORDS
+
+
+def parse_query(text: str, tokenize: Callable[[str], list[tuple[int, int, str]]]) -> list[Term]:
+    """Read any text as a list of distinct terms (see the module docstring, steps 1-2)."""
+    terms: list[Term] = []
+    seen: set[tuple[tuple[str, ...], bool]] = set()
+    segments = text.split('"')
+    for number, segment in enumerate(segments):
+        # Odd segments lie between quotes, unless the last quote has no partner.
+        quoted = number % 2 == 1 and number < len(segments) - 1
+        data = segment.encode()
+        tokens = tokenize(segment)
+        found: list[Term] = []
+        if quoted and len(tokens) > 1:
+            found.append(Term(
+                words=tuple(data[start:end].decode() for start, end, _ in tokens),
+                tokens=tuple(token for _, _, token in tokens),
+            ))
+        else:
+            for start, end, token in tokens:
+                found.append(Term(
+                    words=(data[start:end].decode(),),
+                    tokens=(token,),
+                    prefix=not quoted and data[end:end + 1] == b"*",
+                ))
+        for term in found:
+            key = (term.tokens, term.prefix)
+            if key not in seen and len(terms) < MAX_QUERY_TERMS:
+                seen.add(key)
+                terms.append(term)
+    content = [t for t in terms if not t.is_stop_word]
+    return content or terms
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the row (as its store's row type), its score, its snippet."""
+
+    row: Any
+    score: float
+    snippet: str
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A validated search."""
+
+    namespace: str
+    query: str
+    mode: str
+    vector: bytes | None
+    dimension: int
+    filters: dict[str, Any]
+    limit: int
+
+
+def search_limit(value: int) -> int:
+    """0 means the default; above the maximum is the maximum; negative is rejected."""
+    if value < 0:
+        raise InvalidArgument("limit", f"must not be negative (got {value})")
+    return min(value or DEFAULT_LIMIT, MAX_LIMIT)
+
+
+def embedding_bytes(values: Sequence[float], field: str) -> bytes | None:
+    """Check a client's embedding and pack it as float32; None when it is empty.
+
+    Raises InvalidArgument for too many values, non-finite values or an all-zero vector
+    (whose cosine distance is undefined).
+    """
+    if not values:
+        return None
+    if len(values) > MAX_DIMENSION:
+        raise InvalidArgument(
+            field, f"has {len(values)} values; at most {MAX_DIMENSION} are allowed"
+        )
+    packed = array("f", values)
+    norm = math.fsum(v * v for v in packed)
+    if not math.isfinite(norm):
+        raise InvalidArgument(field, "must hold only finite numbers (no NaN or infinity)")
+    if norm == 0.0:
+        raise InvalidArgument(field, "must not be all zeros: it has no direction to compare")
+    return packed.tobytes()
+
+
+def check_dimension(
+    store: SearchStore, txn: WriteTxn, namespace: str, dimension: int, field: str
+) -> bool:
+    """Check an embedding's dimension against the namespace's; True when it has none yet.
+
+    Only reads, so that a write can call it before changing any row. The caller then fixes a
+    new namespace's dimension with SearchStore.fix_dimension. Raises InvalidArgument on a
+    mismatch.
+    """
+    fixed = store.dimension(txn.cursor, namespace)
+    if fixed is not None and fixed != dimension:
+        raise InvalidArgument(
+            field,
+            f"has {dimension} values, but namespace {namespace!r} stores embeddings of "
+            f"dimension {fixed} (fixed by its first embedding)",
+            reason="EMBEDDING_DIMENSION_MISMATCH",
+        )
+    return fixed is None
+
+
+def claim_dimension(
+    store: SearchStore, txn: WriteTxn, namespace: str, dimension: int, field: str
+) -> None:
+    """check_dimension, then fix a new namespace's dimension.
+
+    For writes that have nothing left to check before they change rows.
+    """
+    if check_dimension(store, txn, namespace, dimension, field):
+        store.fix_dimension(txn, namespace, dimension)
+
+
+class SearchService(ServiceBase):
+    """Keyword, vector and hybrid search over memories, messages and events.
+
+    Called from worker threads: every read uses the calling thread's own connection.
+    """
+
+    def __init__(self, db: Database, *, workers: int = 4) -> None:
+        super().__init__(db)
+        self._store = SearchStore(db)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search")
+
+    async def run(self, index: SearchIndex, request: SearchRequest) -> list[Hit]:
+        """Run search() in a worker thread, so that the event loop keeps serving meanwhile."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.search, index, request)
+
+    def close(self) -> None:
+        """Wait for running searches and stop the workers (before the database closes)."""
+        self._pool.shutdown(wait=True)
+
+    def request(
+        self,
+        namespace: str,
+        query: str,
+        *,
+        mode: str,
+        embedding: Sequence[float],
+        filters: dict[str, Any],
+        limit: int,
+    ) -> SearchRequest:
+        """Validate a search. Raises InvalidArgument naming the field at fault."""
+        if mode not in MODES:
+            raise InvalidArgument("mode", f"must be one of {', '.join(MODES)}")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidArgument(
+                "query", f"is {len(query)} characters; at most {MAX_QUERY_CHARS} are allowed"
+            )
+        if mode in ("keyword", "hybrid") and not query.strip():
+            raise InvalidArgument("query", f"is required in {mode.upper()} mode")
+        vector = embedding_bytes(embedding, "embedding")
+        if mode in ("vector", "hybrid") and vector is None:
+            raise InvalidArgument("embedding", f"is required in {mode.upper()} mode")
+        return SearchRequest(namespace, query, mode, vector, len(embedding), filters,
+                             search_limit(limit))
+
+    def search(self, index: SearchIndex, request: SearchRequest) -> list[Hit]:
+        """Run a validated search; return hits best first (rows as tuples of the index)."""
+        if request.mode == "keyword":
+            return self._keyword(index, request, request.limit)
+        if request.mode == "vector":
+            return self._vector(index, request, request.limit)
+        wanted = max(request.limit * CANDIDATES_PER_HIT, MIN_CANDIDATES)
+        return fuse(
+            [self._keyword(index, request, wanted), self._vector(index, request, wanted)],
+            request.limit,
+        )
+
+    # -- keyword ---------------------------------------------------------------------------
+
+    def _keyword(self, index: SearchIndex, request: SearchRequest, limit: int) -> list[Hit]:
+        terms = parse_query(request.query, self._store.tokenize)
+        frequencies = {t: self._frequency(index, t) for t in terms}
+        chosen: list[Term] = []
+        matched = 0
+        for term in sorted(terms, key=lambda t: frequencies[t]):
+            count = frequencies[term]
+            if count == 0 or (chosen and matched + count > MATCH_BUDGET):
+                continue
+            chosen.append(term)
+            matched += count
+        if not chosen:
+            return []
+        min_id = None
+        if matched > MATCH_BUDGET:  # even the rarest word is everywhere: rank the newest rows
+            low, high = self._store.id_range(index)
+            min_id = high - (high - low) * MATCH_BUDGET // matched
+        match = " OR ".join(t.expression for t in chosen)
+        wanted = max(limit * CANDIDATES_PER_HIT, MIN_CANDIDATES)
+        candidates = self._store.keyword(
+            index, request.namespace, match, request.filters, min_id=min_id, limit=wanted
+        )
+        if not candidates:
+            return []
+        ids = [row[0] for row, _ in candidates]
+        scores = dict(zip(ids, (score for _, score in candidates), strict=True))
+        if len(terms) > 1:
+            every = " AND ".join(t.expression for t in terms)
+            for row_id in self._store.matching_ids(index, every, ids):
+                scores[row_id] *= ALL_TERMS_BONUS
+            near = f"NEAR({' '.join(t.expression for t in terms)}, {NEAR_DISTANCE})"
+            for row_id in self._store.matching_ids(index, near, ids):
+                scores[row_id] *= NEAR_BONUS
+        rows = {row[0]: row for row, _ in candidates}
+        best = sorted(ids, key=lambda i: (-scores[i], -i))[:limit]
+        snippets = self._store.snippets(index, " OR ".join(t.expression for t in terms), best)
+        return [Hit(rows[i], scores[i], snippets.get(i, "")) for i in best]
+
+    def _frequency(self, index: SearchIndex, term: Term) -> int:
+        # A phrase is no more frequent than its rarest word.
+        return min(self._store.doc_frequency(index, token, term.prefix) for token in term.tokens)
+
+    # -- vector ----------------------------------------------------------------------------
+
+    def _vector(self, index: SearchIndex, request: SearchRequest, limit: int) -> list[Hit]:
+        assert request.vector is not None  # checked by request()
+        dimension = self._store.read_dimension(request.namespace)
+        if dimension is None:
+            return []  # no embedding stored in this namespace yet
+        if dimension != request.dimension:
+            raise InvalidArgument(
+                "embedding",
+                f"has {request.dimension} values, but namespace {request.namespace!r} stores "
+                f"embeddings of dimension {dimension}",
+                reason="EMBEDDING_DIMENSION_MISMATCH",
+            )
+        k = min(MAX_CANDIDATES, max(limit * VECTOR_CANDIDATES_PER_HIT, MIN_VECTOR_CANDIDATES))
+        candidates = self._store.nearest_candidates(
+            index, request.namespace, request.vector, dimension, k
+        )
+        found = self._store.nearest(
+            index, request.namespace, request.vector, request.filters, among=candidates,
+            limit=limit,
+        )
+        if len(found) < limit and len(candidates) == k:
+            # The filters dropped too many candidates: rank every row that passes them.
+            found = self._store.nearest(
+                index, request.namespace, request.vector, request.filters, among=None,
+                limit=limit,
+            )
+        return [Hit(row, similarity, "") for row, similarity in found]
+
+
+def fuse(rankings: list[list[Hit]], limit: int) -> list[Hit]:
+    """Reciprocal rank fusion: each hit scores the sum of 1 / (RRF_K + rank) over the lists.
+
+    A hit keeps the first non-empty snippet any list gave it.
+    """
+    scores: dict[int, float] = {}
+    hits: dict[int, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            row_id = hit.row[0]
+            scores[row_id] = scores.get(row_id, 0.0) + 1.0 / (RRF_K + rank)
+            if row_id not in hits or not hits[row_id].snippet:
+                hits[row_id] = hit
+    best = sorted(scores, key=lambda i: (-scores[i], -i))[:limit]
+    return [Hit(hits[i].row, scores[i], hits[i].snippet) for i in best]

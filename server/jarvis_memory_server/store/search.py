@@ -1,0 +1,385 @@
+"""SQL of search: FTS5 full-text indexes and sqlite-vec embeddings.
+
+Hand-written SQL, like collections.py: MATCH, bm25(), snippet() and vec0 KNN have no Peewee
+form. The full-text indexes (migration 9) are kept in step with their tables by triggers, in
+the transaction of every write. Embeddings are stored exactly in memory_embeddings and
+message_embeddings; for each dimension a vec0 table holds the sign bits of every vector
+("binary quantisation", 32x smaller), which a KNN scans to pick candidates that are then
+ranked by exact cosine distance. Reads here run on the calling thread's own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from jarvis_memory_server.store.events import EventRow
+from jarvis_memory_server.store.failures import storage_errors
+from jarvis_memory_server.store.memories import MemoryRow
+from jarvis_memory_server.store.sessions import MessageRow
+from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.store.writes import WriteTxn
+
+# Marks around each matched term in a snippet, and the ellipsis for text left out.
+SNIPPET_OPEN, SNIPPET_CLOSE, SNIPPET_ELLIPSIS = "**", "**", "..."
+SNIPPET_TOKENS = 24  # the most tokens in a snippet
+
+# The most candidates a sign-index KNN may return (vec0's own limit is 4096).
+MAX_CANDIDATES = 4096
+
+# Document frequencies change slowly; caching them saves a doclist read per term and query.
+DOC_FREQUENCY_TTL_S = 30.0
+
+
+@dataclass(frozen=True)
+class SearchIndex:
+    """What search needs to know about one searchable table."""
+
+    kind: str  # "memory", "message", "event"
+    table: str
+    fts: str
+    weights: tuple[float, ...]  # bm25 weight of each indexed column, in index order
+    select: str  # the columns of the row type, from the table aliased "t"
+    joins: str  # extra joins the select needs
+    filters: dict[str, str]  # filter name -> SQL condition on "t" with :named parameters
+    embeddings: str | None  # table of exact vectors, keyed by the row's id
+    embedding_key: str | None
+
+
+MEMORIES = SearchIndex(
+    kind="memory",
+    table="memories",
+    fts="memories_fts",
+    # subject, content, attributes: a short label that matches says more than body text.
+    weights=(3.0, 1.0, 0.5),
+    select=", ".join(f"t.{name}" for name in MemoryRow._fields),
+    joins="",
+    filters={
+        "category": "t.category = :category",
+        "source": "t.source = :source",
+        "subject": "t.subject = :subject",
+        "stale": "t.stale = :stale",
+        "created_after": "t.created_at >= :created_after",
+        "created_before": "t.created_at < :created_before",
+    },
+    embeddings="memory_embeddings",
+    embedding_key="memory_id",
+)
+
+MESSAGES = SearchIndex(
+    kind="message",
+    table="messages",
+    fts="messages_fts",
+    weights=(1.0,),
+    select=", ".join(
+        "s.session_id" if name == "session_id" else f"t.{name}" for name in MessageRow._fields
+    ),
+    joins="JOIN sessions s ON s.id = t.session_ref",
+    filters={
+        "session_id": "s.session_id = :session_id",
+        "role": "t.role = :role",
+        "created_after": "t.created_at >= :created_after",
+        "created_before": "t.created_at < :created_before",
+    },
+    embeddings="message_embeddings",
+    embedding_key="message_id",
+)
+
+EVENTS = SearchIndex(
+    kind="event",
+    table="events",
+    fts="events_fts",
+    weights=(2.0, 0.5),  # summary, details
+    select=", ".join(f"t.{name}" for name in EventRow._fields),
+    joins="",
+    filters={
+        "types": "t.type IN (SELECT value FROM json_each(:types))",
+        "min_severity": "t.severity >= :min_severity",
+        "node": "t.node = :node",
+        "source": "t.source = :source",
+        "since": "t.occurred_at >= :since",
+        "until": "t.occurred_at < :until",
+        "resolved": "t.resolved = :resolved",
+    },
+    embeddings=None,
+    embedding_key=None,
+)
+
+INDEXES = (MEMORIES, MESSAGES, EVENTS)
+
+
+def sign_table(index: SearchIndex, dimension: int) -> str:
+    """The vec0 table of the sign bits of an index's vectors of one dimension."""
+    return f"{index.kind}_vector_signs_{dimension}"
+
+
+def padded_dimension(dimension: int) -> int:
+    """Bit vectors are whole bytes: vectors are padded with zeros to a multiple of 8."""
+    return -(-dimension // 8) * 8
+
+
+class SearchStore:
+    """Queries of the full-text indexes and the embeddings."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._sql: dict[tuple[Any, ...], str] = {}
+        self._frequencies: dict[tuple[str, str], tuple[int, float]] = {}
+        self._frequencies_lock = threading.Lock()
+        self._tokenizers = threading.local()
+
+    # -- text ------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[tuple[int, int, str]]:
+        """Split text as the indexes do: (start byte, end byte, stemmed token) of each word."""
+        tokenizer = getattr(self._tokenizers, "tokenizer", None)
+        if tokenizer is None:
+            conn = self._db.thread_reader()
+            tokenizer = conn.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
+            self._tokenizers.tokenizer = tokenizer
+        tokens: Any = tokenizer(
+            text.encode(), apsw.FTS5_TOKENIZE_QUERY, None, include_colocated=False
+        )
+        return [(int(t[0]), int(t[1]), str(t[2])) for t in tokens]
+
+    def doc_frequency(self, index: SearchIndex, token: str, prefix: bool) -> int:
+        """How many rows hold the (stemmed) token, or any token it prefixes (cached a while)."""
+        key = (index.fts, token + ("*" if prefix else ""))
+        now = time.monotonic()
+        with self._frequencies_lock:
+            cached = self._frequencies.get(key)
+        if cached is not None and now - cached[1] < DOC_FREQUENCY_TTL_S:
+            return cached[0]
+        if prefix:
+            sql = (f"SELECT coalesce(sum(doc), 0) FROM {index.fts}_terms "
+                   "WHERE term >= :token AND term < :token || char(1114111)")
+        else:
+            sql = f"SELECT coalesce(sum(doc), 0) FROM {index.fts}_terms WHERE term = :token"
+        with storage_errors():
+            found: Any = self._db.thread_reader().execute(sql, {"token": token}).fetchone()
+        count = int(found[0])
+        with self._frequencies_lock:
+            if len(self._frequencies) > 100_000:
+                self._frequencies.clear()
+            self._frequencies[key] = (count, now)
+        return count
+
+    def id_range(self, index: SearchIndex) -> tuple[int, int]:
+        """The smallest and largest row id of an index's table (0, 0 when empty)."""
+        sql = f"SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM {index.table}"
+        with storage_errors():
+            found: Any = self._db.thread_reader().execute(sql).fetchone()
+        low, high = found
+        return int(low), int(high)
+
+    def keyword(
+        self,
+        index: SearchIndex,
+        namespace: str,
+        match: str,
+        filters: dict[str, Any],
+        *,
+        min_id: int | None,
+        limit: int,
+    ) -> list[tuple[tuple[Any, ...], float]]:
+        """Return up to ``limit`` (row, bm25 score) best first; a higher score is better.
+
+        ``match`` is an FTS5 query; ``min_id`` bounds the rows ranked to the newest.
+        """
+        shape = ("keyword", index.kind, tuple(sorted(filters)), min_id is not None)
+        sql = self._sql.get(shape)
+        if sql is None:
+            conditions = [f"{index.fts} MATCH :match", f"{index.fts}.rank MATCH :ranking",
+                          "t.namespace = :namespace"]
+            if min_id is not None:
+                conditions.append(f"{index.fts}.rowid >= :min_id")
+            conditions += [index.filters[name] for name in sorted(filters)]
+            sql = self._sql[shape] = (
+                f"SELECT {index.select}, {index.fts}.rank FROM {index.fts} "
+                f"JOIN {index.table} t ON t.id = {index.fts}.rowid {index.joins} "
+                f"WHERE {' AND '.join(conditions)} ORDER BY {index.fts}.rank LIMIT :limit"
+            )
+        ranking = f"bm25({', '.join(str(w) for w in index.weights)})"
+        params = {**filters, "match": match, "ranking": ranking, "namespace": namespace,
+                  "min_id": min_id, "limit": limit}
+        with storage_errors():
+            rows: list[Any] = self._db.thread_reader().execute(sql, params).fetchall()
+        # bm25() is lower for better matches; flip it so that scores grow with relevance.
+        return [(tuple(r[:-1]), -float(r[-1])) for r in rows]
+
+    def matching_ids(self, index: SearchIndex, match: str, ids: Sequence[int]) -> set[int]:
+        """Return which of ``ids`` match an FTS5 query (for the proximity bonus)."""
+        sql = (f"SELECT rowid FROM {index.fts} WHERE {index.fts} MATCH :match "
+               "AND rowid IN (SELECT value FROM json_each(:ids))")
+        with storage_errors():
+            rows = self._db.thread_reader().execute(sql, {"match": match, "ids": json.dumps(ids)})
+            return {int(r[0]) for r in rows}
+
+    def snippets(self, index: SearchIndex, match: str, ids: Sequence[int]) -> dict[int, str]:
+        """Return an excerpt of each row with the terms matching the query marked."""
+        sql = (
+            f"SELECT rowid, snippet({index.fts}, -1, :open, :close, :ellipsis, :tokens) "
+            f"FROM {index.fts} WHERE {index.fts} MATCH :match "
+            "AND rowid IN (SELECT value FROM json_each(:ids))"
+        )
+        params = {"match": match, "ids": json.dumps(ids), "open": SNIPPET_OPEN,
+                  "close": SNIPPET_CLOSE, "ellipsis": SNIPPET_ELLIPSIS, "tokens": SNIPPET_TOKENS}
+        with storage_errors():
+            return {int(r[0]): str(r[1]) for r in self._db.thread_reader().execute(sql, params)}
+
+    # -- vectors ---------------------------------------------------------------------------
+
+    def dimension(self, conn: apsw.Connection | apsw.Cursor, namespace: str) -> int | None:
+        """The namespace's embedding dimension; None before its first embedding."""
+        row = conn.execute(
+            "SELECT dimension FROM embedding_spaces WHERE namespace = :namespace",
+            {"namespace": namespace},
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def read_dimension(self, namespace: str) -> int | None:
+        """dimension() on the calling thread's reader."""
+        with storage_errors():
+            return self.dimension(self._db.thread_reader(), namespace)
+
+    def fix_dimension(self, txn: WriteTxn, namespace: str, dimension: int) -> None:
+        """Record a namespace's first embedding dimension; create its sign indexes if new."""
+        cursor = txn.cursor
+        cursor.execute(
+            "INSERT INTO embedding_spaces (namespace, dimension) VALUES (:namespace, :dimension)",
+            {"namespace": namespace, "dimension": dimension},
+        )
+        for index in (MEMORIES, MESSAGES):
+            table = sign_table(index, dimension)
+            cursor.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING vec0("
+                f"{index.embedding_key} INTEGER PRIMARY KEY, namespace TEXT PARTITION KEY, "
+                f"signs BIT[{padded_dimension(dimension)}])"
+            )
+            # Exact vectors go away with their rows (ON DELETE CASCADE); their signs with them.
+            cursor.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_delete AFTER DELETE ON {index.embeddings} "
+                f"BEGIN DELETE FROM {table} WHERE {index.embedding_key} = "
+                f"old.{index.embedding_key}; END"
+            )
+
+    def put_embedding(
+        self, txn: WriteTxn, index: SearchIndex, namespace: str, row_id: int, vector: bytes,
+        dimension: int,
+    ) -> None:
+        """Store (or replace) a row's embedding; the dimension must already be fixed."""
+        self.delete_embedding(txn, index, row_id)
+        txn.cursor.execute(
+            f"INSERT INTO {index.embeddings} ({index.embedding_key}, vector) VALUES (:id, :vector)",
+            {"id": row_id, "vector": vector},
+        )
+        padding = bytes(4 * (padded_dimension(dimension) - dimension))
+        txn.cursor.execute(
+            f"INSERT INTO {sign_table(index, dimension)} ({index.embedding_key}, namespace, signs) "
+            "VALUES (:id, :namespace, vec_quantize_binary(:vector))",
+            {"id": row_id, "namespace": namespace, "vector": vector + padding},
+        )
+
+    def delete_embedding(self, txn: WriteTxn, index: SearchIndex, row_id: int) -> None:
+        """Remove a row's embedding, if it has one (its signs go by trigger)."""
+        txn.cursor.execute(
+            f"DELETE FROM {index.embeddings} WHERE {index.embedding_key} = :id", {"id": row_id}
+        )
+
+    def nearest_candidates(
+        self, index: SearchIndex, namespace: str, vector: bytes, dimension: int, k: int
+    ) -> list[int]:
+        """Ids of the ``k`` rows whose sign bits are nearest the query's (Hamming distance)."""
+        padding = bytes(4 * (padded_dimension(dimension) - dimension))
+        sql = (f"SELECT {index.embedding_key} FROM {sign_table(index, dimension)} "
+               "WHERE signs MATCH vec_quantize_binary(:vector) AND k = :k "
+               "AND namespace = :namespace")
+        params = {"vector": vector + padding, "k": k, "namespace": namespace}
+        with storage_errors():
+            return [int(r[0]) for r in self._db.thread_reader().execute(sql, params)]
+
+    def nearest(
+        self,
+        index: SearchIndex,
+        namespace: str,
+        vector: bytes,
+        filters: dict[str, Any],
+        *,
+        among: Sequence[int] | None,
+        limit: int,
+    ) -> list[tuple[tuple[Any, ...], float]]:
+        """Return up to ``limit`` (row, cosine similarity) best first, by exact distance.
+
+        ``among`` restricts the ranking to candidate ids; None ranks every row of the
+        namespace that has an embedding and matches the filters.
+        """
+        shape = ("nearest", index.kind, tuple(sorted(filters)), among is None)
+        sql = self._sql.get(shape)
+        if sql is None:
+            conditions = ["t.namespace = :namespace"]
+            conditions += [index.filters[name] for name in sorted(filters)]
+            source = (f"{index.table} t JOIN {index.embeddings} e "
+                      f"ON e.{index.embedding_key} = t.id")
+            if among is not None:
+                source = (f"json_each(:among) c JOIN {index.embeddings} e "
+                          f"ON e.{index.embedding_key} = c.value "
+                          f"JOIN {index.table} t ON t.id = e.{index.embedding_key}")
+            sql = self._sql[shape] = (
+                f"SELECT {index.select}, vec_distance_cosine(e.vector, :vector) AS distance "
+                f"FROM {source} {index.joins} WHERE {' AND '.join(conditions)} "
+                "ORDER BY distance LIMIT :limit"
+            )
+        params = {**filters, "namespace": namespace, "vector": vector, "limit": limit,
+                  "among": json.dumps(list(among)) if among is not None else None}
+        with storage_errors():
+            rows: list[Any] = self._db.thread_reader().execute(sql, params).fetchall()
+        return [(tuple(r[:-1]), 1.0 - float(r[-1])) for r in rows]
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    @staticmethod
+    def rebuild(conn: apsw.Connection) -> dict[str, int]:
+        """Rebuild every full-text index and sign index from its table; return row counts.
+
+        For ``jarvis-memory reindex``: runs in the caller's transaction on ``conn``.
+        """
+        counts: dict[str, int] = {}
+        for index in INDEXES:
+            conn.execute(f"INSERT INTO {index.fts}({index.fts}) VALUES ('rebuild')")
+            found: Any = conn.execute(f"SELECT count(*) FROM {index.table}").fetchone()
+            counts[index.fts] = int(found[0])
+        dimensions = [r[0] for r in conn.execute("SELECT DISTINCT dimension FROM embedding_spaces")]
+        for index in (MEMORIES, MESSAGES):
+            for dimension in dimensions:
+                table = sign_table(index, dimension)
+                conn.execute(f"DELETE FROM {table}")
+                padding = bytes(4 * (padded_dimension(dimension) - dimension))
+                rows: list[Any] = conn.execute(
+                    f"SELECT e.{index.embedding_key}, t.namespace, e.vector "
+                    f"FROM {index.embeddings} e JOIN {index.table} t "
+                    f"ON t.id = e.{index.embedding_key} "
+                    "JOIN embedding_spaces s ON s.namespace = t.namespace "
+                    "WHERE s.dimension = :dimension",
+                    {"dimension": dimension},
+                ).fetchall()
+                conn.executemany(
+                    f"INSERT INTO {table} ({index.embedding_key}, namespace, signs) "
+                    "VALUES (?, ?, vec_quantize_binary(?))",
+                    [(row_id, namespace, vector + padding) for row_id, namespace, vector in rows],
+                )
+                counts[table] = len(rows)
+        return counts
+
+    @staticmethod
+    def check(conn: apsw.Connection) -> None:
+        """Raise apsw.CorruptError when a full-text index disagrees with its table."""
+        for index in INDEXES:
+            conn.execute(
+                f"INSERT INTO {index.fts}({index.fts}, rank) VALUES ('integrity-check', 1)"
+            )

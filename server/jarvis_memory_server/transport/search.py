@@ -1,0 +1,33 @@
+"""What the Search* RPCs of the memory, session and event servicers share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jarvis.memory.v1 import search_pb2
+from jarvis_memory_server.service.common import resolve_namespace
+from jarvis_memory_server.service.search import SearchRequest, SearchService
+from jarvis_memory_server.transport.convert import EnumNames, micros
+
+MODE = EnumNames(search_pb2.SearchMode, "SEARCH_MODE_")
+
+
+def search_request(
+    search: SearchService, request: Any, filters: dict[str, Any]
+) -> SearchRequest:
+    """Validate a Search*Request (namespace, query, limit, and mode + embedding if it has them)."""
+    has_vectors = hasattr(request, "embedding")
+    return search.request(
+        resolve_namespace(request.namespace),
+        request.query,
+        mode=(MODE.optional(request.mode, "mode") if has_vectors else None) or "keyword",
+        embedding=request.embedding if has_vectors else (),
+        filters=filters,
+        limit=request.limit,
+    )
+
+
+def time_filter(request: Any, field: str, filters: dict[str, Any], name: str) -> None:
+    """Copy a Timestamp filter, when set, into ``filters[name]`` as microseconds."""
+    if request.HasField(field):
+        filters[name] = micros(getattr(request, field), field)
