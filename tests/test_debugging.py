@@ -52,6 +52,9 @@ def test_readme_command(daemon: Daemon, command: str) -> None:
         assert "service MemoryService" in output
     if "--list-methods" in command:
         assert "jarvis.memory.v1.WatchService/Watch" in output
+    if "MemoryService/SearchMemories" in command:
+        hits = json.loads(output)["hits"]
+        assert "**watch** **commands**" in hits[0]["snippet"]
     if "MemoryService/AddMemory" in command:
         memory = json.loads(output)["memory"]
         assert memory["content"] in command

@@ -23,6 +23,11 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
   Rows watch_1 / watch_16: rps is changes delivered per second over all watchers;
   writes_with_16_watchers: the write rate then, and its ratio_to_health is its ratio to the
   write rate with no watcher (the target is >= 0.9);
+- search: SearchMemories over 100k memories of English prose with 384-dimension embeddings
+  (written into the file before the daemon starts; tests/bench/corpus.py), at 1 and 8 in
+  flight: keyword queries of rare, medium and common words, questions, stop words only, common
+  words with a category filter; vector KNN; vector with a filter; hybrid. Needs the daemon
+  this script starts (not --addr).
 - backup_1gb (not in the default set; --only backup_1gb): a 1 GB database written into the
   file before the daemon starts; row backup_1gb: p50_ms is the backup's duration;
   writes_during_backup: the write rate during the backup, ratio_to_health its ratio to the
@@ -91,10 +96,13 @@ from jarvis.memory.v1 import (
 )
 from jarvis_memory_server.service.auth import sign_jwt
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import SearchCorpus
+
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
              "append_message", "list_messages", "record_event", "list_events", "set_preference",
              "put_state", "put_state_cas", "tool_call", "insert_rows_1", "insert_rows_500",
-             "watch_fanout", "backup_1gb")
+             "watch_fanout", "search", "backup_1gb")
 DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "backup_1gb")
 EVENTS = 100_000
 SESSION_MESSAGES = 10_000
@@ -340,12 +348,13 @@ def tool_call_pair(stub: audit_pb2_grpc.AuditServiceStub,
     return pair
 
 
-def row(scenario: str, stats: dict[str, float], ratio: float | None) -> dict[str, Any]:
+def row(scenario: str, stats: dict[str, float], ratio: float | None,
+        in_flight: int = 64) -> dict[str, Any]:
     """One result row, printed and returned for bench-results.json."""
-    result = {"scenario": scenario, "in_flight": 64, "rps": round(stats["rps"], 1),
+    result = {"scenario": scenario, "in_flight": in_flight, "rps": round(stats["rps"], 1),
               "p50_ms": round(stats["p50_ms"], 3), "p99_ms": round(stats["p99_ms"], 3),
               "ratio_to_health": None if ratio is None else round(ratio, 3)}
-    print(f"{scenario:<26}{64:>9}{result['rps']:>11.1f}{result['p50_ms']:>9.2f}"
+    print(f"{scenario:<26}{in_flight:>9}{result['rps']:>11.1f}{result['p50_ms']:>9.2f}"
           f"{result['p99_ms']:>9.2f}{'-' if ratio is None else f'{ratio:.3f}':>9}", flush=True)
     return result
 
@@ -393,6 +402,70 @@ async def watch_fanout(args: argparse.Namespace, channels: list[Any], memory: li
         if watchers == 16:
             results.append(row("writes_with_16_watchers", stats,
                                stats["rps"] / baseline["rps"]))
+    return results
+
+
+SEARCH_CORPUS = 100_000
+SEARCH_NAMESPACE = "bench-search"
+
+
+def preload_search_corpus(path: Path) -> SearchCorpus:
+    """Write the search corpus straight into a file no daemon has open, 1000 per transaction."""
+    from jarvis_memory_server.service.memories import MemoryService, NewMemory
+    from jarvis_memory_server.store.sqlite import Database
+
+    corpus = SearchCorpus(SEARCH_CORPUS)
+    db = Database(path)
+    db.open()
+    try:
+        service, batch = MemoryService(db), []
+        categories = ("preference", "fact", "pattern")
+        for i, (content, vector) in enumerate(corpus.memories()):
+            batch.append(NewMemory(content=content, category=categories[i % 3],
+                                   source="user_explicit", embedding=vector))
+            if len(batch) == 1000:
+                service.add_many(SEARCH_NAMESPACE, batch)
+                batch = []
+        if batch:
+            service.add_many(SEARCH_NAMESPACE, batch)
+    finally:
+        db.close()
+    return corpus
+
+
+async def search_bench(args: argparse.Namespace, memory: list[Any], corpus: SearchCorpus,
+                       daemon_pid: int | None) -> list[dict[str, Any]]:
+    """SearchMemories latency and rate by kind of query, at 1 and 8 in flight."""
+    print(f"\nsearch over {corpus.size} memories ({SEARCH_NAMESPACE}; 384-dimension embeddings)",
+          flush=True)
+    ns, limit = SEARCH_NAMESPACE, 10
+    pattern = memory_pb2.MEMORY_CATEGORY_PATTERN
+    queries = corpus.queries()
+    vectors = [corpus.vector() for _ in range(300)]
+    vector_mode, hybrid_mode = 2, 3  # SEARCH_MODE_VECTOR, SEARCH_MODE_HYBRID
+    sets: dict[str, list[Any]] = {
+        f"keyword_{name}": [memory_pb2.SearchMemoriesRequest(namespace=ns, query=q, limit=limit)
+                            for q in texts]
+        for name, texts in queries.items()
+    }
+    sets["keyword_common_filtered"] = [
+        memory_pb2.SearchMemoriesRequest(namespace=ns, query=q, limit=limit, category=pattern)
+        for q in queries["common"]]
+    sets["vector"] = [memory_pb2.SearchMemoriesRequest(namespace=ns, mode=vector_mode,
+                                                       embedding=v, limit=limit) for v in vectors]
+    sets["vector_filtered"] = [
+        memory_pb2.SearchMemoriesRequest(namespace=ns, mode=vector_mode, embedding=v,
+                                         limit=limit, category=pattern) for v in vectors]
+    sets["hybrid"] = [
+        memory_pb2.SearchMemoriesRequest(namespace=ns, mode=hybrid_mode, query=q, embedding=v,
+                                         limit=limit)
+        for q, v in zip(queries["medium"], vectors, strict=False)]
+    results = []
+    for in_flight in (1, 8):
+        for name, requests in sets.items():
+            stats = await measure([m.SearchMemories for m in memory], itertools.cycle(requests),
+                                  in_flight, args.warmup, args.duration, daemon_pid)
+            results.append(row(f"search_{name}", stats, None, in_flight))
     return results
 
 
@@ -599,7 +672,7 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
               f"{'ratio_to_health':>17}{'cli%':>6}{'srv%':>6}", flush=True)
         for in_flight in args.in_flight:
             n_channels = 2 if in_flight > 1 else 1
-            simple = [s for s in args.only if s not in ("watch_fanout", "backup_1gb")]
+            simple = [s for s in args.only if s not in ("watch_fanout", "search", "backup_1gb")]
             rounds: dict[str, list[dict[str, float]]] = {scenario: [] for scenario in simple}
             for _ in range(args.rounds):
                 health_rps: float | None = None
@@ -684,6 +757,8 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                       f"{med['cli']:>6.0f}{cpu_column(med['srv'])}{spread}", flush=True)
         if "watch_fanout" in args.only:
             results += await watch_fanout(args, channels, memory, add_one, daemon_pid)
+        if "search" in args.only and args.search_corpus is not None:
+            results += await search_bench(args, memory, args.search_corpus, daemon_pid)
         if "backup_1gb" in args.only:
             results += await backup_under_load(args, channels, memory, add_one, daemon_pid)
         return results
@@ -730,6 +805,15 @@ def main(argv: list[str] | None = None) -> None:
                                "exp": int(time.time()) + 86_400}, secret.encode())
     daemon = None if args.addr else LocalDaemon(env)
     args.events_namespace = None
+    args.search_corpus = None
+    if "search" in args.only:
+        if daemon is None:
+            print("search: skipped (it preloads the file of a daemon this script starts)")
+        else:
+            t0 = time.perf_counter()
+            args.search_corpus = preload_search_corpus(daemon.db_path)
+            print(f"preloaded {SEARCH_CORPUS} memories with embeddings into the file in "
+                  f"{time.perf_counter() - t0:.1f} s")
     if daemon is not None and "backup_1gb" in args.only:
         t0 = time.perf_counter()
         preload_gigabyte(daemon.db_path)

@@ -111,6 +111,7 @@ class Database:
             self.close()
             raise
         conn.setbusytimeout(self.busy_timeout_ms)
+        conn.set_update_hook(self.writes.count_change)
         self._conn = conn
         self.writes.revision = self._load_revision()
         self._reader = self._connect_reader()

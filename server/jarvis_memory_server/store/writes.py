@@ -112,6 +112,11 @@ class WriteTxn:
         return self.revision
 
 
+def is_index_table(table: str) -> bool:
+    """Whether a table belongs to a full-text or vector index (store/search.py)."""
+    return "_fts" in table or "_vector_signs_" in table
+
+
 @dataclass
 class _Batch:
     txn: WriteTxn
@@ -167,6 +172,19 @@ class GroupCommitter:
     )
     # Called with each committed batch's changes, in commit order (the watch broadcaster).
     on_commit: Callable[[list[ChangeRow]], None] | None = None
+    # Rows of the schema's own tables changed on the writer connection (count_change).
+    changed_rows: int = 0
+
+    def count_change(self, _op: int, _db: str, table: str, _rowid: int) -> None:
+        """The writer connection's update hook: count a changed row of a table of ours.
+
+        Rows of index shadow tables are not counted: FTS5 keeps its updates in memory and
+        writes them out whenever a later statement opens a savepoint, so the rows it writes
+        during one write may stem from an earlier write of the batch. (SQLite's
+        total_changes() counts those too, which is why it is not used.)
+        """
+        if not is_index_table(table):
+            self.changed_rows += 1
 
     @property
     def commit_running(self) -> bool:
@@ -198,18 +216,12 @@ class GroupCommitter:
         batch = self._batch or self._begin()
         batch.writes += 1
         txn = batch.txn
-        if batch.writes > 1:
-            # FTS5 keeps index updates in memory and writes them out at the next savepoint,
-            # which every later statement opens; do it now, so that what an earlier write left
-            # pending is not counted as a change of this one.
-            with storage_errors():
-                txn.cursor.execute("SAVEPOINT flush; RELEASE flush")
-        start, changes_before = txn.revision, conn.total_changes()
+        start, changes_before = txn.revision, self.changed_rows
         try:
             with storage_errors():
                 yield txn
         except BaseException as exc:
-            if not (isinstance(exc, JarvisError) and conn.total_changes() == changes_before):
+            if not (isinstance(exc, JarvisError) and self.changed_rows == changes_before):
                 self._abort(batch, exc)
             elif batch.committed is None:
                 self._commit_inline()
