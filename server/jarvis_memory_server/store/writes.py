@@ -212,7 +212,6 @@ class GroupCommitter:
         """
         if self._committing is not None:
             raise RuntimeError("write() while a commit runs: await writable() first")
-        conn = self.db.conn
         batch = self._batch or self._begin()
         batch.writes += 1
         txn = batch.txn
