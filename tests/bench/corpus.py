@@ -65,7 +65,7 @@ class SearchCorpus:
         for i in range(self.size):
             content = " ".join(self.rng.choice(self.sentences)
                                for _ in range(self.rng.randint(1, 2)))
-            content = f"{content} (memory {i})"
+            content = f"{content} #{i}"
             self.frequencies.update(set(WORD.findall(content.lower())))
             yield content, self.vector()
 
@@ -78,7 +78,9 @@ class SearchCorpus:
     def queries(self) -> dict[str, list[str]]:
         """Query sets by how many memories their words match."""
         rng = random.Random(self.seed + 1)
-        rare, medium = self.words(2e-5, 2e-4), self.words(5e-3, 2e-2)
+        # The 500 rarest words (each sentence recurs in ~50 memories, so "rare" is 20-100).
+        rare = sorted(self.words(0, 1.0), key=lambda w: self.frequencies[w])[:500]
+        medium = self.words(5e-3, 2e-2)
         common = self.words(0.1, 1.0)
         return {
             "rare": [" ".join(rng.sample(rare, rng.randint(1, 2))) for _ in range(300)],
