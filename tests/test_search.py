@@ -346,7 +346,8 @@ def test_dedup_update_and_delete_keep_embeddings_in_step(jm: Client, namespace: 
     assert restated.deduplicated and restated.id == memory.id
     hit = jm.search_memories(mode="vector", embedding=[0.0, 1.0], namespace=namespace)[0]
     assert hit.score == pytest.approx(1.0)  # the restatement replaced the embedding
-    jm.update_memory(memory.id, embedding=[1.0, 1.0], namespace=namespace)
+    updated = jm.update_memory(memory.id, embedding=[1.0, 1.0], namespace=namespace)
+    assert updated.revision > restated.revision  # a recorded change, answered once committed
     hit = jm.search_memories(mode="vector", embedding=[1.0, 1.0], namespace=namespace)[0]
     assert hit.score == pytest.approx(1.0)
     jm.update_memory(memory.id, content="Walks the dog at one", namespace=namespace)

@@ -26,8 +26,9 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 - search: SearchMemories over 100k memories of English prose with 384-dimension embeddings
   (written into the file before the daemon starts; tests/bench/corpus.py), at 1 and 8 in
   flight: keyword queries of rare, medium and common words, questions, stop words only, common
-  words with a category filter; vector KNN; vector with a filter; hybrid. Needs the daemon
-  this script starts (not --addr).
+  words with a category filter; vector KNN; vector with a filter; hybrid (the latency rows
+  need the daemon this script starts, not --addr); then recall@1/5/10 of keyword search on
+  the hand-written evaluation in tests/search_eval.
 - backup_1gb (not in the default set; --only backup_1gb): a 1 GB database written into the
   file before the daemon starts; row backup_1gb: p50_ms is the backup's duration;
   writes_during_backup: the write rate during the backup, ratio_to_health its ratio to the
@@ -469,6 +470,45 @@ async def search_bench(args: argparse.Namespace, memory: list[Any], corpus: Sear
     return results
 
 
+EVAL_PATH = Path(__file__).resolve().parents[1] / "search_eval" / "memories.json"
+
+
+async def relevance(memory: Any) -> dict[str, Any]:
+    """Recall@1/5/10 of keyword search on the hand-written evaluation (tests/search_eval).
+
+    Recall@k: the share of a query's relevant memories found in its top k, averaged over the
+    queries of each kind ("lexical": shares words with them; "paraphrase": says it otherwise).
+    """
+    data = json.loads(EVAL_PATH.read_text())
+    namespace = f"bench-eval-{secrets.token_hex(4)}"
+    response = await memory.AddMemories(memory_pb2.AddMemoriesRequest(
+        namespace=namespace, memories=[
+            memory_pb2.NewMemory(content=m["content"], subject=m["subject"], source=SOURCE,
+                                 category=memory_pb2.MemoryCategory.Value(
+                                     "MEMORY_CATEGORY_" + m["category"].upper()))
+            for m in data["memories"]]))
+    ids = {m["key"]: r.memory.id for m, r in zip(data["memories"], response.results, strict=True)}
+    recall: dict[str, dict[int, list[float]]] = {}
+    for query in data["queries"]:
+        found = await memory.SearchMemories(memory_pb2.SearchMemoriesRequest(
+            namespace=namespace, query=query["query"], limit=10))
+        ranked = [h.memory.id for h in found.hits]
+        relevant = {ids[key] for key in query["relevant"]}
+        for kind in (query["kind"], "all"):
+            for k in (1, 5, 10):
+                recall.setdefault(kind, {}).setdefault(k, []).append(
+                    len(relevant & set(ranked[:k])) / len(relevant))
+    summary = {kind: {f"recall@{k}": round(statistics.mean(v), 3) for k, v in by_k.items()}
+               for kind, by_k in recall.items()}
+    print(f"\nkeyword relevance on {len(data['queries'])} hand-written queries over "
+          f"{len(data['memories'])} memories:")
+    for kind, figures in summary.items():
+        counted = sum(1 for q in data["queries"] if kind in (q["kind"], "all"))
+        print(f"  {kind:<11} ({counted:>2} queries) " + "  ".join(
+            f"{name} {value:.3f}" for name, value in figures.items()), flush=True)
+    return {"scenario": "search_relevance", **summary}
+
+
 GIGABYTE_DOC = 100 * 1024
 
 
@@ -757,8 +797,10 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                       f"{med['cli']:>6.0f}{cpu_column(med['srv'])}{spread}", flush=True)
         if "watch_fanout" in args.only:
             results += await watch_fanout(args, channels, memory, add_one, daemon_pid)
-        if "search" in args.only and args.search_corpus is not None:
-            results += await search_bench(args, memory, args.search_corpus, daemon_pid)
+        if "search" in args.only:
+            if args.search_corpus is not None:
+                results += await search_bench(args, memory, args.search_corpus, daemon_pid)
+            results.append(await relevance(memory[0]))
         if "backup_1gb" in args.only:
             results += await backup_under_load(args, channels, memory, add_one, daemon_pid)
         return results

@@ -157,10 +157,9 @@ class MemoryService(ServiceBase):
             new_space = vector is not None and check_dimension(
                 self._search, txn, namespace, len(vector) // 4, "embedding"
             )
-            if columns:
-                row = self._store.update(txn, namespace, memory_id, columns, now_us())
-            else:  # only the embedding changes; the memory itself does not
-                row = self._store.get_for_write(txn, namespace, memory_id)
+            # With no column to change (only the embedding), this still bumps updated_at and
+            # the revision: the change is recorded, and the answer waits for its commit.
+            row = self._store.update(txn, namespace, memory_id, columns, now_us())
             if row is None:
                 raise not_found("memory", namespace, memory_id)
             if vector is not None:

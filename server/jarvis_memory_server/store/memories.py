@@ -123,11 +123,6 @@ class MemoryStore:
             row = self._db.reader.execute(_GET, params).fetchone()
         return None if row is None else MemoryRow._make(row)
 
-    def get_for_write(self, txn: WriteTxn, namespace: str, memory_id: int) -> MemoryRow | None:
-        """get() inside a write transaction (sees the batch's own changes)."""
-        row = txn.cursor.execute(_GET, {"namespace": namespace, "id": memory_id}).fetchone()
-        return None if row is None else MemoryRow._make(row)
-
     def page(self, namespace: str, filters: dict[str, Any], limit: int) -> list[MemoryRow]:
         """Return up to ``limit`` memories newest first, matching every filter given.
 
