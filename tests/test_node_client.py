@@ -33,6 +33,9 @@ def test_node_client(daemon: Daemon) -> None:
     assert seen["notFound"] == "NOT_FOUND"
     assert seen["invalid"].startswith("content: is required")
     assert seen["messages"] == ["hello from node"]
+    assert seen["searched"] == ["Added from **Node**.**js**"]
+    assert seen["hybrid"][0] == [True, True]
+    assert "dimension 3" in seen["mismatch"]
     assert seen["changes"] == [
         "memory:CHANGE_OPERATION_CREATE", "memory:CHANGE_OPERATION_UPDATE",
         "session:CHANGE_OPERATION_CREATE", "session_event:CHANGE_OPERATION_CREATE",

@@ -61,6 +61,25 @@ await call(sessions, "AppendMessage", { namespace, session_id: session.id,
 result.messages = (await call(sessions, "ListMessages", { namespace, session_id: session.id }))
   .messages.map((m) => m.content);
 
+// Search: keyword with a snippet, and hybrid with an embedding sent as a plain JS array.
+const keyword = await call(memories, "SearchMemories", { namespace, query: "node.js", limit: 5 });
+result.searched = keyword.hits.map((h) => h.snippet);
+const withVector = await call(memories, "AddMemory", {
+  namespace, content: "Vectors from Node", category: "MEMORY_CATEGORY_FACT",
+  source: "MEMORY_SOURCE_USER_EXPLICIT", embedding: [0.5, 0.25, 1.0],
+});
+const hybrid = await call(memories, "SearchMemories", {
+  namespace, query: "vectors", mode: "SEARCH_MODE_HYBRID", embedding: [0.5, 0.25, 1.0], limit: 5,
+});
+result.hybrid = hybrid.hits.map((h) => [h.memory.id === withVector.memory.id, h.score > 0]);
+try {
+  await call(memories, "SearchMemories", { namespace, mode: "SEARCH_MODE_VECTOR",
+    embedding: [1.0, 2.0] });
+  result.mismatch = "no error";
+} catch (err) {
+  result.mismatch = err.code === grpc.status.INVALID_ARGUMENT ? err.details : `code ${err.code}`;
+}
+
 // Watch: replay this namespace's changes from revision 1, take five, then cancel.
 result.changes = await new Promise((resolve, reject) => {
   const seen = [];

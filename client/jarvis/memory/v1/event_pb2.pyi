@@ -524,7 +524,7 @@ class SearchEventsRequest(_message.Message):
     namespace: _builtins.str
     """namespace to search; empty means "default"."""
     query: _builtins.str
-    """query is the text to search for; required, at most 10000 characters."""
+    """query is the text to search for; required, at most 65536 characters."""
     limit: _builtins.int
     """limit is the most hits to return; 0 means 10, above 100 means 100, negative
     is rejected.

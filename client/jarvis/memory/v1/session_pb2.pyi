@@ -916,7 +916,7 @@ class SearchMessagesRequest(_message.Message):
     namespace: _builtins.str
     """namespace to search; empty means "default"."""
     query: _builtins.str
-    """query is the text to search for (at most 10000 characters); required in
+    """query is the text to search for (at most 65536 characters); required in
     KEYWORD and HYBRID mode.
     """
     limit: _builtins.int
