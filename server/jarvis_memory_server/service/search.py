@@ -7,9 +7,10 @@ Keyword ranking, in order:
    is then built from quoted strings only, so no user text is ever read as an operator.
 2. Stop words ("the", "does", ...) are dropped unless the query holds nothing else.
 3. The words are OR-ed, rarest first, while the rows they match stay within a budget
-   (MATCH_BUDGET): scoring costs about 1 µs a matching row, and a word found in most rows
-   adds little to BM25 anyway. When even the rarest word is over budget, only the newest
-   rows are ranked (an id floor), so that every query answers in bounded time.
+   (MATCH_BUDGET): scoring costs 1-2 µs a matching row, and a word found in most rows adds
+   little to BM25 anyway. When even the rarest word is over budget, only the newest
+   MATCH_BUDGET matching rows of the namespace are ranked, so that the time any query takes
+   is bounded by the rows its words match.
 4. BM25 with per-column weights picks candidates; those holding every query word get a bonus,
    and those holding them close together another one. Both, and the snippets, come from
    tokenizing the candidates' text here (a few µs each): asking FTS5 would read every query
@@ -289,14 +290,12 @@ class SearchService(ServiceBase):
             matched += count
         if not chosen:
             return []
-        min_id = None
-        if matched > MATCH_BUDGET:  # even the rarest word is everywhere: rank the newest rows
-            low, high = self._store.id_range(index)
-            min_id = high - (high - low) * MATCH_BUDGET // matched
+        # Even the rarest word is everywhere: rank the newest matching rows only.
+        newest = MATCH_BUDGET if matched > MATCH_BUDGET else None
         match = " OR ".join(t.expression for t in chosen)
         wanted = max(limit * CANDIDATES_PER_HIT, MIN_CANDIDATES)
         candidates = self._store.keyword(
-            index, request.namespace, match, request.filters, min_id=min_id, limit=wanted
+            index, request.namespace, match, request.filters, newest=newest, limit=wanted
         )
         if not candidates:
             return []

@@ -170,14 +170,6 @@ class SearchStore:
             self._frequencies[key] = (count, now)
         return count
 
-    def id_range(self, index: SearchIndex) -> tuple[int, int]:
-        """The smallest and largest row id of an index's table (0, 0 when empty)."""
-        sql = f"SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM {index.table}"
-        with storage_errors():
-            found: Any = self._db.thread_reader().execute(sql).fetchone()
-        low, high = found
-        return int(low), int(high)
-
     def keyword(
         self,
         index: SearchIndex,
@@ -185,36 +177,40 @@ class SearchStore:
         match: str,
         filters: dict[str, Any],
         *,
-        min_id: int | None,
+        newest: int | None,
         limit: int,
     ) -> list[tuple[tuple[Any, ...], float]]:
         """Return up to ``limit`` (row, bm25 score) best first; a higher score is better.
 
-        ``match`` is an FTS5 query; ``min_id`` bounds the rows ranked to the newest.
+        ``match`` is an FTS5 query; ``newest``, when given, ranks only the newest that many
+        matching rows of the namespace: FTS5 visits rows newest first and the scan stops
+        there. (bm25() is computed for the namespace's rows only; other namespaces' rows
+        cost a lookup each. Indexing the namespace to skip them costs more: bm25() then
+        counts every row of the namespace on each query, for its IDF.)
         """
-        shape = ("keyword", index.kind, tuple(sorted(filters)), min_id is not None)
+        shape = ("keyword", index.kind, tuple(sorted(filters)), newest is not None)
         sql = self._sql.get(shape)
         if sql is None:
             conditions = [f"{index.fts} MATCH :match", "t.namespace = :namespace"]
-            if min_id is not None:
-                conditions.append(f"{index.fts}.rowid >= :min_id")
             conditions += [index.filters[name] for name in sorted(filters)]
-            # bm25() with the weights written in: twice as fast as "rank MATCH 'bm25(...)'".
             weights = ", ".join(str(w) for w in index.weights)
-            # Only ids and scores are sorted: the rows are read for the winners alone (sorting
-            # whole rows of 4000 matches tripled the cost).
-            sql = self._sql[shape] = (
-                f"SELECT t.id, bm25({index.fts}, {weights}) AS score "
+            # bm25() with the weights written in (twice as fast as "rank MATCH 'bm25(...)'");
+            # only ids and scores are sorted, and rows are read for the winners alone.
+            ranked = (
+                f"SELECT t.id AS id, bm25({index.fts}, {weights}) AS score "
                 f"FROM {index.fts} JOIN {index.table} t ON t.id = {index.fts}.rowid "
-                f"{index.joins} WHERE {' AND '.join(conditions)} ORDER BY score LIMIT :limit"
+                f"{index.joins} WHERE {' AND '.join(conditions)}"
             )
-        params = {**filters, "match": match, "namespace": namespace, "min_id": min_id,
+            if newest is not None:  # FTS5 walks its doclists by rowid, newest first
+                ranked = f"SELECT * FROM ({ranked} ORDER BY {index.fts}.rowid DESC LIMIT :newest)"
+            sql = self._sql[shape] = f"{ranked} ORDER BY score LIMIT :limit"
+        params = {**filters, "match": match, "namespace": namespace, "newest": newest,
                   "limit": limit}
         with storage_errors():
-            ranked: list[Any] = self._db.thread_reader().execute(sql, params).fetchall()
-        rows = self.rows(index, [row_id for row_id, _ in ranked])
+            ranked_ids: list[Any] = self._db.thread_reader().execute(sql, params).fetchall()
+        rows = self.rows(index, [row_id for row_id, _ in ranked_ids])
         # bm25() is lower for better matches; flip it so that scores grow with relevance.
-        return [(rows[row_id], -float(score)) for row_id, score in ranked if row_id in rows]
+        return [(rows[row_id], -float(score)) for row_id, score in ranked_ids if row_id in rows]
 
     def rows(self, index: SearchIndex, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
         """Read rows by id (as tuples of the index's row type)."""
