@@ -139,6 +139,23 @@ def test_search_never_crosses_namespaces(jm: Client, namespace: str) -> None:
     assert jm.search_memories("coffee", namespace=namespace) == []
 
 
+def test_a_word_in_very_many_rows_still_finds_an_older_namespaces_rows(
+    jm: Client, namespace: str
+) -> None:
+    from jarvis_memory_server.service.search import MATCH_BUDGET
+
+    older = [add(jm, f"Umbrella note {i} of the small namespace", namespace).id for i in range(3)]
+    crowd = namespace + "-crowd"
+    for start in range(0, MATCH_BUDGET + 100, 1000):  # newer rows, elsewhere, same word
+        jm.add_memories([{"content": f"umbrella crowd row {i}", "category": "fact",
+                          "source": "user_explicit"} for i in range(start, start + 1000)],
+                        namespace=crowd)
+    # The word is in more rows than a query may score: the namespace's newest are ranked.
+    hits = jm.search_memories("umbrella", limit=10, namespace=namespace)
+    assert sorted(h.memory.id for h in hits) == sorted(older)
+    assert len(jm.search_memories("umbrella", limit=100, namespace=crowd)) == 100
+
+
 def test_filters_combine_with_search(jm: Client, namespace: str) -> None:
     old = add(jm, "Coffee fact from long ago", namespace, category="fact")
     pref = add(jm, "Coffee preference: oat milk", namespace, category="preference",
