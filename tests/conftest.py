@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from jarvis.memory.v1 import memory_pb2_grpc
-from jarvis_memory import Client
+from jarvis_memory import Client, JarvisMemoryError
 
 READY = re.compile(r"serving on (\S+:\d+)")
 START_TIMEOUT = 30.0
@@ -109,6 +109,43 @@ class Daemon:
 
     def client(self, **kwargs: object) -> Client:
         return Client(self.addr, **kwargs)  # type: ignore[arg-type]
+
+
+def kill_under_writes(
+    d: Daemon, write: Callable[[Client, int, int], object], enough: int, writers: int = 4
+) -> list[object]:
+    """kill -9 a daemon while ``writers`` threads write; return what it acknowledged.
+
+    Each thread calls ``write(client, writer, i)`` for i = 0, 1, ... and keeps its result once
+    the call returned (acknowledged); a call that fails was never acknowledged and ends the
+    thread. The daemon is killed once ``enough`` writes were acknowledged.
+    """
+    acknowledged: list[object] = []
+    lock = threading.Lock()
+    reached = threading.Event()
+
+    def writer(n: int) -> None:
+        with d.client(retry=None, timeout=5) as jm:
+            i = 0
+            while True:
+                try:
+                    result = write(jm, n, i)
+                except JarvisMemoryError:
+                    return  # the daemon died under us: this write was never acknowledged
+                with lock:
+                    acknowledged.append(result)
+                    if len(acknowledged) >= enough:
+                        reached.set()
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    assert reached.wait(60)
+    d.kill()
+    for t in threads:
+        t.join(30)
+    return acknowledged
 
 
 def run_daemon_expecting_failure(db_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import Daemon, run_daemon_expecting_failure
+from conftest import Daemon, kill_under_writes, run_daemon_expecting_failure
 from jarvis_memory import Client, JarvisMemoryError
 
 
@@ -65,32 +65,12 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
 
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     d = Daemon(tmp_path / "jarvis.db").start()
-    acknowledged: list[tuple[int, str]] = []
-    lock = threading.Lock()
-    enough = threading.Event()
 
-    def writer(n: int) -> None:
-        with d.client(retry=None, timeout=5) as jm:
-            i = 0
-            while True:
-                content = f"writer {n} fact {i}"
-                try:
-                    m = jm.add_memory(content, category="fact", source="agent_inferred")
-                except JarvisMemoryError:
-                    return  # the daemon died under us: this write was never acknowledged
-                with lock:
-                    acknowledged.append((m.id, content))
-                    if len(acknowledged) >= 400:
-                        enough.set()
-                i += 1
+    def write(jm: Client, n: int, i: int) -> tuple[int, str]:
+        content = f"writer {n} fact {i}"
+        return jm.add_memory(content, category="fact", source="agent_inferred").id, content
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    assert enough.wait(60)
-    d.kill()
-    for t in threads:
-        t.join(30)
+    acknowledged = kill_under_writes(d, write, enough=400)
 
     d.start()
     try:

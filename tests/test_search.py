@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import sqlite_vec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Daemon
+from conftest import Daemon, kill_under_writes
 from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc, search_pb2
-from jarvis_memory import Client, InvalidArgument, JarvisMemoryError
+from jarvis_memory import Client, InvalidArgument
 
 EVAL = json.loads((Path(__file__).parent / "search_eval" / "memories.json").read_text())
 
@@ -244,35 +243,16 @@ def test_index_follows_update_delete_and_restart(fresh_daemon: Daemon) -> None:
 
 def test_index_consistent_after_kill_9_mid_write(tmp_path: Path) -> None:
     d = Daemon(tmp_path / "jarvis.db").start()
-    acknowledged: list[str] = []
-    lock = threading.Lock()
-    enough = threading.Event()
 
-    def writer(n: int) -> None:
-        with d.client(retry=None, timeout=5) as jm:
-            i = 0
-            while True:
-                content = f"writer{n} remembers item{i} zebra"
-                try:
-                    jm.add_memories([{"content": content, "category": "fact",
-                                      "source": "agent_inferred", "embedding": [n + 1.0, i + 1.0]},
-                                     {"content": content + " twice", "category": "fact",
-                                      "source": "agent_inferred"}])
-                except JarvisMemoryError:
-                    return  # the daemon died: not acknowledged
-                with lock:
-                    acknowledged.append(content)
-                    if len(acknowledged) >= 300:
-                        enough.set()
-                i += 1
+    def write(jm: Client, n: int, i: int) -> str:
+        content = f"writer{n} remembers item{i} zebra"
+        jm.add_memories([{"content": content, "category": "fact", "source": "agent_inferred",
+                          "embedding": [n + 1.0, i + 1.0]},
+                         {"content": content + " twice", "category": "fact",
+                          "source": "agent_inferred"}])
+        return content
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    assert enough.wait(60)
-    d.kill()
-    for t in threads:
-        t.join(30)
+    acknowledged = kill_under_writes(d, write, enough=300)
     check_indexes(d.db_path)
     d.start()
     try:

@@ -25,7 +25,7 @@ from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.store.search import EVENTS
 from jarvis_memory_server.transport.convert import EnumNames, micros, set_timestamp, struct_to_dict
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
-from jarvis_memory_server.transport.search import search_request
+from jarvis_memory_server.transport.search import add_hits, search_request
 
 TYPE = EnumNames(event_pb2.EventType, "EVENT_TYPE_")
 SEVERITY = EnumNames(event_pb2.EventSeverity, "EVENT_SEVERITY_")
@@ -143,7 +143,5 @@ class EventServicer(ServicerBase, event_pb2_grpc.EventServiceServicer):
             values["resolved"] = int(values["resolved"])
         hits = await self._search.run(EVENTS, search_request(self._search, request, values))
         response = event_pb2.SearchEventsResponse()
-        for hit in hits:
-            found = response.hits.add(score=hit.score, snippet=hit.snippet)
-            fill_event(found.event, EventRow._make(hit.row))
+        add_hits(response.hits, hits, "event", fill_event, EventRow)
         return response

@@ -21,7 +21,7 @@ from jarvis_memory_server.transport.convert import (
     struct_to_dict,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
-from jarvis_memory_server.transport.search import search_request, time_filter
+from jarvis_memory_server.transport.search import add_hits, search_request, time_filter
 
 CATEGORY = EnumNames(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_")
 SOURCE = EnumNames(memory_pb2.MemorySource, "MEMORY_SOURCE_")
@@ -190,7 +190,5 @@ class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
         time_filter(request, "created_before", filters, "created_before")
         hits = await self._search.run(MEMORIES, search_request(self._search, request, filters))
         response = memory_pb2.SearchMemoriesResponse()
-        for hit in hits:
-            found = response.hits.add(score=hit.score, snippet=hit.snippet)
-            fill_memory(found.memory, MemoryRow._make(hit.row))
+        add_hits(response.hits, hits, "memory", fill_memory, MemoryRow)
         return response

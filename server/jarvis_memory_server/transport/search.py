@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jarvis.memory.v1 import search_pb2
 from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.service.search import SearchRequest, SearchService
+from jarvis_memory_server.service.search import Hit, SearchRequest, SearchService
 from jarvis_memory_server.transport.convert import EnumNames, micros
 
 MODE = EnumNames(search_pb2.SearchMode, "SEARCH_MODE_")
@@ -31,3 +32,13 @@ def time_filter(request: Any, field: str, filters: dict[str, Any], name: str) ->
     """Copy a Timestamp filter, when set, into ``filters[name]`` as microseconds."""
     if request.HasField(field):
         filters[name] = micros(getattr(request, field), field)
+
+
+def add_hits(
+    hits_field: Any, hits: Sequence[Hit], field: str, fill: Callable[[Any, Any], Any],
+    row_type: Any,
+) -> None:
+    """Append each hit to a response's repeated hits, its row converted by ``fill``."""
+    for hit in hits:
+        found = hits_field.add(score=hit.score, snippet=hit.snippet)
+        fill(getattr(found, field), row_type._make(hit.row))

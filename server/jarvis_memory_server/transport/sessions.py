@@ -28,7 +28,7 @@ from jarvis_memory_server.transport.convert import (
     value_to_python,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
-from jarvis_memory_server.transport.search import search_request, time_filter
+from jarvis_memory_server.transport.search import add_hits, search_request, time_filter
 
 STATE = EnumNames(session_pb2.SessionState, "SESSION_STATE_")
 TRIGGER = EnumNames(session_pb2.SessionEndTrigger, "SESSION_END_TRIGGER_")
@@ -238,7 +238,5 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
         time_filter(request, "created_before", filters, "created_before")
         hits = await self._search.run(MESSAGES, search_request(self._search, request, filters))
         response = session_pb2.SearchMessagesResponse()
-        for hit in hits:
-            found = response.hits.add(score=hit.score, snippet=hit.snippet)
-            fill_message(found.message, MessageRow._make(hit.row))
+        add_hits(response.hits, hits, "message", fill_message, MessageRow)
         return response
