@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -451,3 +453,28 @@ def test_recall_on_the_hand_written_evaluation(jm: Client, namespace: str) -> No
     print(f"recall@5 {recall}")
     # Keyword search finds what shares words with the query; paraphrases need embeddings.
     assert recall["lexical"] >= 0.75, recall
+
+
+def test_backup_and_restore_keep_the_search_indexes(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db").start()
+    copy, restored = tmp_path / "copy.db", Daemon(tmp_path / "restored.db")
+    try:
+        with d.client() as jm:
+            add(jm, "Spare key under the blue pot", "default", embedding=[1.0, 0.5, 0.25])
+        backup = subprocess.run(
+            [sys.executable, "-m", "jarvis_memory_server", "backup", "--out", str(copy),
+             "--addr", d.addr], capture_output=True, text=True, timeout=60)
+        assert backup.returncode == 0, backup.stderr
+    finally:
+        assert d.stop() == 0
+    done = restored.run_cli("restore", str(copy))
+    assert done.returncode == 0, done.stderr
+    check_indexes(restored.db_path)
+    restored.start()
+    try:
+        with restored.client() as jm:
+            assert contents(jm.search_memories("spare key")) == ["Spare key under the blue pot"]
+            hit = jm.search_memories(mode="vector", embedding=[1.0, 0.5, 0.25])[0]
+            assert hit.score == pytest.approx(1.0)
+    finally:
+        assert restored.stop() == 0
