@@ -72,6 +72,15 @@ def test_keyword_search_ranks_and_marks_matched_terms(jm: Client, namespace: str
     assert "**Likes**" in hits[0].snippet and "**coffee**" in hits[0].snippet.lower()
 
 
+def test_scores_are_positive_in_a_small_namespace(jm: Client, namespace: str) -> None:
+    # With FTS5's own IDF a word in more than half the rows scores ~0 and ties everything.
+    add(jm, "Coffee: a flat white", namespace)
+    add(jm, "Coffee, coffee and more coffee before noon", namespace)
+    hits = jm.search_memories("coffee", namespace=namespace)
+    assert hits[0].memory.content == "Coffee, coffee and more coffee before noon"
+    assert hits[0].score > hits[1].score > 0.1
+
+
 def test_subject_weighs_more_than_content(jm: Client, namespace: str) -> None:
     add(jm, "Visited the museum with a guide who talked about painting", namespace)
     add(jm, "Paints with watercolours on Sundays", namespace, subject="painting")

@@ -11,10 +11,11 @@ Keyword ranking, in order:
    little to BM25 anyway. When even the rarest word is over budget, only the newest
    MATCH_BUDGET matching rows of the namespace are ranked, so that the time any query takes
    is bounded by the rows its words match.
-4. BM25 with per-column weights picks candidates; those holding every query word get a bonus,
-   and those holding them close together another one. Both, and the snippets, come from
-   tokenizing the candidates' text here (a few µs each): asking FTS5 would read every query
-   word's whole doclist again.
+4. FTS5's bm25() with per-column weights picks candidates. They are scored again here from
+   their own text (tokenized in a few µs each): BM25 with an IDF that stays positive in small
+   namespaces, times a bonus when every query word is present and another when all are close
+   together. Snippets come from the same tokens: asking FTS5 for NEAR or snippet() would read
+   every query word's whole doclist again.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ MIN_CANDIDATES = 30
 ALL_TERMS_BONUS = 1.25
 NEAR_BONUS = 1.25
 NEAR_DISTANCE = 8
+# BM25 parameters (FTS5's, and the usual ones).
+BM25_K1 = 1.2
+BM25_B = 0.75
 # Reciprocal rank fusion constant (the value of Cormack et al., 2009).
 RRF_K = 60
 # Sign-index candidates per hit asked for, before exact ranking (at least MIN_VECTOR_CANDIDATES).
@@ -299,10 +303,14 @@ class SearchService(ServiceBase):
         )
         if not candidates:
             return []
+        rows, columns = self._store.averages(index)
+        average = sum(columns) / rows if rows else 0.0
+        idf = [inverse_frequency(rows, frequencies[t]) for t in terms]
         ranked = []
-        for row, score in candidates:
+        for row, _ in candidates:
             texts = [row[i] for i in index.text_columns]
             found = find_terms(texts, terms, self._store.tokenize)
+            score = bm25(found, idf, index.weights, average)
             if len(terms) > 1 and found.all_present:
                 score *= ALL_TERMS_BONUS
                 if found.span is not None and found.span - len(terms) <= NEAR_DISTANCE:
@@ -352,12 +360,35 @@ class Found:
 
     all_present: bool  # every term occurs in some column
     span: int | None  # the fewest tokens of one column that hold every term (None: none do)
+    hits: list[list[int]]  # per term, per column: how often it occurs
+    length: int  # tokens in all columns
     # The column with the most distinct terms: its text, tokens and each term's positions.
     best: tuple[str, list[tuple[int, int, str]], list[list[int]]] | None
 
     def snippet(self, terms: list[Term]) -> str:
         """An excerpt of the best column with the matches marked ("" when nothing matched)."""
         return "" if self.best is None else make_snippet(*self.best, terms)
+
+
+def inverse_frequency(rows: int, frequency: int) -> float:
+    """BM25's IDF in the form that stays positive (Lucene's), for any number of rows.
+
+    FTS5's bm25() uses log((N - n + 0.5) / (n + 0.5)), clamped to 1e-6 when a word is in more
+    than half the rows: in a namespace of a few memories every score is then about 0, and
+    nothing tells the rows apart.
+    """
+    return math.log(1.0 + (rows - frequency + 0.5) / (frequency + 0.5))
+
+
+def bm25(found: Found, idf: list[float], weights: tuple[float, ...], average: float) -> float:
+    """Score a row the way FTS5 does (weighted hits, whole-row length), with a positive IDF."""
+    score = 0.0
+    norm = BM25_K1 * (1.0 - BM25_B + BM25_B * found.length / average) if average else BM25_K1
+    for term_idf, per_column in zip(idf, found.hits, strict=True):
+        weighted = sum(w * n for w, n in zip(weights, per_column, strict=True))
+        if weighted:
+            score += term_idf * weighted * (BM25_K1 + 1.0) / (weighted + norm)
+    return score
 
 
 def term_positions(tokens: list[str], term: Term) -> list[int]:
@@ -396,12 +427,17 @@ def find_terms(
     span = None
     most = 0
     best = None
-    for text in texts:
+    hits = [[0] * len(texts) for _ in terms]
+    length = 0
+    for column, text in enumerate(texts):
         if not text:
             continue
         tokens = tokenize(text)
+        length += len(tokens)
         words = [token for _, _, token in tokens]
         positions = [term_positions(words, term) for term in terms]
+        for i, found in enumerate(positions):
+            hits[i][column] = len(found)
         matched = sum(1 for found in positions if found)
         present.update(i for i, found in enumerate(positions) if found)
         column_span = smallest_span(positions) if len(terms) > 1 else None
@@ -409,7 +445,7 @@ def find_terms(
             span = column_span if span is None else min(span, column_span)
         if matched > most:
             most, best = matched, (text, tokens, positions)
-    return Found(len(present) == len(terms), span, best)
+    return Found(len(present) == len(terms), span, hits, length, best)
 
 
 def make_snippet(

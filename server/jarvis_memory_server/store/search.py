@@ -114,6 +114,24 @@ EVENTS = SearchIndex(
 INDEXES = (MEMORIES, MESSAGES, EVENTS)
 
 
+def _varints(data: bytes) -> list[int]:
+    """Decode SQLite's big-endian varints (7 bits a byte, the 9th byte whole)."""
+    numbers, i = [], 0
+    while i < len(data):
+        value = 0
+        for position in range(9):
+            byte = data[i]
+            i += 1
+            if position == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                break
+        numbers.append(value)
+    return numbers
+
+
 def sign_table(index: SearchIndex, dimension: int) -> str:
     """The vec0 table of the sign bits of an index's vectors of one dimension."""
     return f"{index.kind}_vector_signs_{dimension}"
@@ -131,6 +149,7 @@ class SearchStore:
         self._db = db
         self._sql: dict[tuple[Any, ...], str] = {}
         self._frequencies: dict[tuple[str, str], tuple[int, float]] = {}
+        self._averages: dict[tuple[str, str], tuple[tuple[int, list[int]], float]] = {}
         self._frequencies_lock = threading.Lock()
         self._tokenizers = threading.local()
 
@@ -169,6 +188,28 @@ class SearchStore:
                 self._frequencies.clear()
             self._frequencies[key] = (count, now)
         return count
+
+    def averages(self, index: SearchIndex) -> tuple[int, list[int]]:
+        """Rows in an index, and the tokens of each column over all rows (cached a while).
+
+        Read from FTS5's averages record (id 1 of its data table): SQLite varints, the row
+        count then one total per column.
+        """
+        key = (index.fts, "")
+        now = time.monotonic()
+        with self._frequencies_lock:
+            cached = self._averages.get(key)
+        if cached is not None and now - cached[1] < DOC_FREQUENCY_TTL_S:
+            return cached[0]
+        with storage_errors():
+            found: Any = self._db.thread_reader().execute(
+                f"SELECT block FROM {index.fts}_data WHERE id = 1"
+            ).fetchone()
+        numbers = _varints(bytes(found[0])) if found else []
+        value = (numbers[0], numbers[1:]) if numbers else (0, [])
+        with self._frequencies_lock:
+            self._averages[key] = (value, now)
+        return value
 
     def keyword(
         self,
