@@ -17,7 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Daemon, kill_under_writes
-from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc, search_pb2
+from jarvis.memory.v1 import (
+    event_pb2,
+    event_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    search_pb2,
+    session_pb2,
+    session_pb2_grpc,
+)
 from jarvis_memory import Client, InvalidArgument
 
 EVAL = json.loads((Path(__file__).parent / "search_eval" / "memories.json").read_text())
@@ -216,6 +224,38 @@ def test_bad_requests_are_invalid_argument(stub: memory_pb2_grpc.MemoryServiceSt
             stub.SearchMemories(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
         assert field in (info.value.details() or ""), request
+
+
+def test_bad_message_and_event_searches_are_invalid_argument(daemon: Daemon) -> None:
+    with grpc.insecure_channel(daemon.addr) as channel:
+        sessions = session_pb2_grpc.SessionServiceStub(channel)
+        events = event_pb2_grpc.EventServiceStub(channel)
+        cases = [
+            (sessions.SearchMessages, session_pb2.SearchMessagesRequest(query=""), "query"),
+            (sessions.SearchMessages, session_pb2.SearchMessagesRequest(query="x", limit=-5),
+             "limit"),
+            (sessions.SearchMessages, session_pb2.SearchMessagesRequest(query="x", role=9),
+             "role"),
+            (sessions.SearchMessages, session_pb2.SearchMessagesRequest(query="x", mode=9),
+             "mode"),
+            (sessions.SearchMessages,
+             session_pb2.SearchMessagesRequest(mode=search_pb2.SEARCH_MODE_VECTOR), "embedding"),
+            (sessions.SearchMessages, session_pb2.SearchMessagesRequest(
+                mode=search_pb2.SEARCH_MODE_VECTOR, embedding=[math.inf]), "embedding"),
+            (sessions.SearchMessages, session_pb2.SearchMessagesRequest(
+                query="x", namespace="bad namespace!"), "namespace"),
+            (events.SearchEvents, event_pb2.SearchEventsRequest(query=" "), "query"),
+            (events.SearchEvents, event_pb2.SearchEventsRequest(query="x", limit=-1), "limit"),
+            (events.SearchEvents, event_pb2.SearchEventsRequest(query="x", types=[9]), "types"),
+            (events.SearchEvents, event_pb2.SearchEventsRequest(query="x", min_severity=9),
+             "min_severity"),
+            (events.SearchEvents, event_pb2.SearchEventsRequest(query="x", source=9), "source"),
+        ]
+        for call, request, field in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                call(request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+            assert field in (info.value.details() or ""), (request, info.value.details())
 
 
 # -- index consistency ----------------------------------------------------------------------
