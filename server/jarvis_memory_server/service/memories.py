@@ -27,7 +27,7 @@ from jarvis_memory_server.service.search import (
 )
 from jarvis_memory_server.store.memories import UPDATABLE, MemoryRow, MemoryStore
 from jarvis_memory_server.store.models import Memory
-from jarvis_memory_server.store.search import MEMORIES, SearchStore
+from jarvis_memory_server.store.search import MEMORIES, SearchStore, dimension_of
 from jarvis_memory_server.store.sqlite import Database, now_us
 from jarvis_memory_server.store.writes import WriteTxn
 
@@ -36,7 +36,9 @@ MAX_SUBJECT_CHARS = 256
 MAX_ATTRIBUTES_BYTES = 65536
 MAX_BATCH = 1000
 
-__all__ = ["UPDATABLE", "MemoryRow", "MemoryService", "NewMemory", "normalize_content"]
+__all__ = [
+    "UPDATABLE", "MemoryRow", "MemoryService", "NewMemory", "memory_filters", "normalize_content",
+]
 
 
 def normalize_content(content: str) -> str:
@@ -81,7 +83,7 @@ class MemoryService(ServiceBase):
         values, vector = self._validated(namespace, memory, "")
         with self._db.write() as txn:
             if vector is not None:
-                claim_dimension(self._search, txn, namespace, len(vector) // 4, "embedding")
+                claim_dimension(self._search, txn, namespace, dimension_of(vector), "embedding")
             return self._add(txn, values, vector)
 
     def add_many(self, namespace: str, memories: list[NewMemory]) -> list[tuple[MemoryRow, bool]]:
@@ -114,9 +116,7 @@ class MemoryService(ServiceBase):
     ) -> tuple[MemoryRow, bool]:
         row, deduplicated = self._store.upsert(txn, values)
         if vector is not None:
-            self._search.put_embedding(
-                txn, MEMORIES, row.namespace, row.id, vector, len(vector) // 4
-            )
+            self._search.put_embedding(txn, MEMORIES, row.namespace, row.id, vector)
         return row, deduplicated
 
     def update(self, namespace: str, memory_id: int, changes: dict[str, Any]) -> MemoryRow:
@@ -155,7 +155,7 @@ class MemoryService(ServiceBase):
                 )
         with self._db.write() as txn:
             new_space = vector is not None and check_dimension(
-                self._search, txn, namespace, len(vector) // 4, "embedding"
+                self._search, txn, namespace, dimension_of(vector), "embedding"
             )
             # With no column to change (only the embedding), this still bumps updated_at and
             # the revision: the change is recorded, and the answer waits for its commit.
@@ -164,9 +164,8 @@ class MemoryService(ServiceBase):
                 raise not_found("memory", namespace, memory_id)
             if vector is not None:
                 if new_space:
-                    self._search.fix_dimension(txn, namespace, len(vector) // 4)
-                self._search.put_embedding(txn, MEMORIES, namespace, memory_id, vector,
-                                           len(vector) // 4)
+                    self._search.fix_dimension(txn, namespace, dimension_of(vector))
+                self._search.put_embedding(txn, MEMORIES, namespace, memory_id, vector)
             elif "embedding" in changes or "content" in columns:
                 self._search.delete_embedding(txn, MEMORIES, memory_id)
             return row
@@ -208,19 +207,9 @@ class MemoryService(ServiceBase):
         Raises InvalidArgument for a negative size or a token issued for other filters.
         """
         limit = page_size(size)
-        filters: dict[str, Any] = {}
-        if category is not None:
-            filters["category"] = choice(category, Memory.CATEGORIES, "category")
-        if source is not None:
-            filters["source"] = choice(source, Memory.SOURCES, "source")
-        if subject is not None:
-            filters["subject"] = subject
-        if stale is not None:
-            filters["stale"] = stale
-        if created_after_us is not None:
-            filters["created_after"] = created_after_us
-        if created_before_us is not None:
-            filters["created_before"] = created_before_us
+        filters = memory_filters(category=category, source=source, subject=subject,
+                                 stale=stale, created_after_us=created_after_us,
+                                 created_before_us=created_before_us)
         fingerprint = filter_fingerprint(namespace, filters)
         if token:
             filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
@@ -247,6 +236,35 @@ class MemoryService(ServiceBase):
 
 
 
+
+
+def memory_filters(
+    *,
+    category: str | None = None,
+    source: str | None = None,
+    subject: str | None = None,
+    stale: bool | None = None,
+    created_after_us: int | None = None,
+    created_before_us: int | None = None,
+) -> dict[str, Any]:
+    """The filters of ListMemories and SearchMemories, by store name; None means "any".
+
+    Raises InvalidArgument for an unknown category or source.
+    """
+    filters: dict[str, Any] = {}
+    if category is not None:
+        filters["category"] = choice(category, Memory.CATEGORIES, "category")
+    if source is not None:
+        filters["source"] = choice(source, Memory.SOURCES, "source")
+    if subject is not None:
+        filters["subject"] = subject
+    if stale is not None:
+        filters["stale"] = stale
+    if created_after_us is not None:
+        filters["created_after"] = created_after_us
+    if created_before_us is not None:
+        filters["created_before"] = created_before_us
+    return filters
 
 
 def _content(content: str, field: str) -> str:

@@ -34,6 +34,7 @@ from jarvis_memory_server.store.search import (
     MAX_CANDIDATES,
     SearchIndex,
     SearchStore,
+    dimension_of,
 )
 from jarvis_memory_server.store.sqlite import Database
 from jarvis_memory_server.store.writes import WriteTxn
@@ -153,8 +154,7 @@ class SearchRequest:
     namespace: str
     query: str
     mode: str
-    vector: bytes | None
-    dimension: int
+    vector: bytes | None  # float32 values; None in KEYWORD mode without an embedding
     filters: dict[str, Any]
     limit: int
 
@@ -198,13 +198,18 @@ def check_dimension(
     """
     fixed = store.dimension(txn.cursor, namespace)
     if fixed is not None and fixed != dimension:
-        raise InvalidArgument(
-            field,
-            f"has {dimension} values, but namespace {namespace!r} stores embeddings of "
-            f"dimension {fixed} (fixed by its first embedding)",
-            reason="EMBEDDING_DIMENSION_MISMATCH",
-        )
+        raise dimension_mismatch(field, namespace, dimension, fixed)
     return fixed is None
+
+
+def dimension_mismatch(field: str, namespace: str, given: int, fixed: int) -> InvalidArgument:
+    """The error for an embedding whose length is not the namespace's dimension."""
+    return InvalidArgument(
+        field,
+        f"has {given} values, but namespace {namespace!r} stores embeddings of dimension "
+        f"{fixed} (fixed by its first embedding)",
+        reason="EMBEDDING_DIMENSION_MISMATCH",
+    )
 
 
 def claim_dimension(
@@ -265,8 +270,7 @@ class SearchService(ServiceBase):
         vector = embedding_bytes(embedding, "embedding")
         if mode in ("vector", "hybrid") and vector is None:
             raise InvalidArgument("embedding", f"is required in {mode.upper()} mode")
-        return SearchRequest(namespace, query, mode, vector, len(embedding), filters,
-                             search_limit(limit))
+        return SearchRequest(namespace, query, mode, vector, filters, search_limit(limit))
 
     def search(self, index: SearchIndex, request: SearchRequest) -> list[Hit]:
         """Run a validated search; return hits best first (rows as tuples of the index)."""
@@ -330,17 +334,12 @@ class SearchService(ServiceBase):
         dimension = self._store.read_dimension(request.namespace)
         if dimension is None:
             return []  # no embedding stored in this namespace yet
-        if dimension != request.dimension:
-            raise InvalidArgument(
-                "embedding",
-                f"has {request.dimension} values, but namespace {request.namespace!r} stores "
-                f"embeddings of dimension {dimension}",
-                reason="EMBEDDING_DIMENSION_MISMATCH",
+        if dimension != dimension_of(request.vector):
+            raise dimension_mismatch(
+                "embedding", request.namespace, dimension_of(request.vector), dimension
             )
         k = min(MAX_CANDIDATES, max(limit * VECTOR_CANDIDATES_PER_HIT, MIN_VECTOR_CANDIDATES))
-        candidates = self._store.nearest_candidates(
-            index, request.namespace, request.vector, dimension, k
-        )
+        candidates = self._store.nearest_candidates(index, request.namespace, request.vector, k)
         found = self._store.nearest(
             index, request.namespace, request.vector, request.filters, among=candidates,
             limit=limit,

@@ -23,7 +23,7 @@ from jarvis_memory_server.service.common import (
 )
 from jarvis_memory_server.service.search import claim_dimension, embedding_bytes
 from jarvis_memory_server.store.models import Message, Session
-from jarvis_memory_server.store.search import MESSAGES, SearchStore
+from jarvis_memory_server.store.search import MESSAGES, SearchStore, dimension_of
 from jarvis_memory_server.store.sessions import EventRow, MessageRow, SessionRow, SessionStore
 from jarvis_memory_server.store.sqlite import Database, now_us
 from jarvis_memory_server.store.writes import WriteTxn
@@ -149,10 +149,9 @@ class SessionService(ServiceBase):
             session = self._active_session(txn, namespace, session_id)
             if vector is None:
                 return self._store.append_message(txn, session, values)
-            dimension = len(vector) // 4
-            claim_dimension(self._search, txn, namespace, dimension, "embedding")
+            claim_dimension(self._search, txn, namespace, dimension_of(vector), "embedding")
             row = self._store.append_message(txn, session, values)
-            self._search.put_embedding(txn, MESSAGES, namespace, row.id, vector, dimension)
+            self._search.put_embedding(txn, MESSAGES, namespace, row.id, vector)
             return row
 
     def log_event(

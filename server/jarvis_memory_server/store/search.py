@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +29,9 @@ from jarvis_memory_server.store.writes import WriteTxn
 # The most candidates a sign-index KNN may return (vec0's own limit is 4096).
 MAX_CANDIDATES = 4096
 
-# Document frequencies change slowly; caching them saves a doclist read per term and query.
-DOC_FREQUENCY_TTL_S = 30.0
+# Document frequencies and averages change slowly; caching them saves a doclist read per term
+# and query.
+STATISTICS_TTL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -142,15 +143,26 @@ def padded_dimension(dimension: int) -> int:
     return -(-dimension // 8) * 8
 
 
+def dimension_of(vector: bytes) -> int:
+    """The dimension of a packed vector (float32 values)."""
+    return len(vector) // 4
+
+
+def padded(vector: bytes) -> bytes:
+    """A float32 vector with zeros appended up to padded_dimension (zeros give 0 bits)."""
+    dimension = dimension_of(vector)
+    return vector + bytes(4 * (padded_dimension(dimension) - dimension))
+
+
 class SearchStore:
     """Queries of the full-text indexes and the embeddings."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._sql: dict[tuple[Any, ...], str] = {}
-        self._frequencies: dict[tuple[str, str], tuple[int, float]] = {}
-        self._averages: dict[tuple[str, str], tuple[tuple[int, list[int]], float]] = {}
-        self._frequencies_lock = threading.Lock()
+        # Document frequencies and averages change slowly; (value, when computed) by key.
+        self._statistics: dict[tuple[str, str], tuple[Any, float]] = {}
+        self._statistics_lock = threading.Lock()
         self._tokenizers = threading.local()
 
     # -- text ------------------------------------------------------------------------------
@@ -169,25 +181,17 @@ class SearchStore:
 
     def doc_frequency(self, index: SearchIndex, token: str, prefix: bool) -> int:
         """How many rows hold the (stemmed) token, or any token it prefixes (cached a while)."""
-        key = (index.fts, token + ("*" if prefix else ""))
-        now = time.monotonic()
-        with self._frequencies_lock:
-            cached = self._frequencies.get(key)
-        if cached is not None and now - cached[1] < DOC_FREQUENCY_TTL_S:
-            return cached[0]
         if prefix:
             sql = (f"SELECT coalesce(sum(doc), 0) FROM {index.fts}_terms "
                    "WHERE term >= :token AND term < :token || char(1114111)")
         else:
             sql = f"SELECT coalesce(sum(doc), 0) FROM {index.fts}_terms WHERE term = :token"
-        with storage_errors():
+
+        def count() -> int:
             found: Any = self._db.thread_reader().execute(sql, {"token": token}).fetchone()
-        count = int(found[0])
-        with self._frequencies_lock:
-            if len(self._frequencies) > 100_000:
-                self._frequencies.clear()
-            self._frequencies[key] = (count, now)
-        return count
+            return int(found[0])
+
+        return int(self._statistic((index.fts, token + ("*" if prefix else "")), count))
 
     def averages(self, index: SearchIndex) -> tuple[int, list[int]]:
         """Rows in an index, and the tokens of each column over all rows (cached a while).
@@ -195,20 +199,29 @@ class SearchStore:
         Read from FTS5's averages record (id 1 of its data table): SQLite varints, the row
         count then one total per column.
         """
-        key = (index.fts, "")
-        now = time.monotonic()
-        with self._frequencies_lock:
-            cached = self._averages.get(key)
-        if cached is not None and now - cached[1] < DOC_FREQUENCY_TTL_S:
-            return cached[0]
-        with storage_errors():
+        def read() -> tuple[int, list[int]]:
             found: Any = self._db.thread_reader().execute(
                 f"SELECT block FROM {index.fts}_data WHERE id = 1"
             ).fetchone()
-        numbers = _varints(bytes(found[0])) if found else []
-        value = (numbers[0], numbers[1:]) if numbers else (0, [])
-        with self._frequencies_lock:
-            self._averages[key] = (value, now)
+            numbers = _varints(bytes(found[0])) if found else []
+            return (numbers[0], numbers[1:]) if numbers else (0, [])
+
+        averages: tuple[int, list[int]] = self._statistic((index.fts, ""), read)
+        return averages
+
+    def _statistic(self, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
+        """An index statistic from the cache, or computed (and cached for STATISTICS_TTL_S)."""
+        now = time.monotonic()
+        with self._statistics_lock:
+            cached = self._statistics.get(key)
+        if cached is not None and now - cached[1] < STATISTICS_TTL_S:
+            return cached[0]
+        with storage_errors():
+            value = compute()
+        with self._statistics_lock:
+            if len(self._statistics) > 100_000:
+                self._statistics.clear()
+            self._statistics[key] = (value, now)
         return value
 
     def keyword(
@@ -298,20 +311,19 @@ class SearchStore:
             )
 
     def put_embedding(
-        self, txn: WriteTxn, index: SearchIndex, namespace: str, row_id: int, vector: bytes,
-        dimension: int,
+        self, txn: WriteTxn, index: SearchIndex, namespace: str, row_id: int, vector: bytes
     ) -> None:
-        """Store (or replace) a row's embedding; the dimension must already be fixed."""
+        """Store (or replace) a row's embedding; its dimension must already be fixed."""
         self.delete_embedding(txn, index, row_id)
         txn.cursor.execute(
             f"INSERT INTO {index.embeddings} ({index.embedding_key}, vector) VALUES (:id, :vector)",
             {"id": row_id, "vector": vector},
         )
-        padding = bytes(4 * (padded_dimension(dimension) - dimension))
         txn.cursor.execute(
-            f"INSERT INTO {sign_table(index, dimension)} ({index.embedding_key}, namespace, signs) "
+            f"INSERT INTO {sign_table(index, dimension_of(vector))} "
+            f"({index.embedding_key}, namespace, signs) "
             "VALUES (:id, :namespace, vec_quantize_binary(:vector))",
-            {"id": row_id, "namespace": namespace, "vector": vector + padding},
+            {"id": row_id, "namespace": namespace, "vector": padded(vector)},
         )
 
     def delete_embedding(self, txn: WriteTxn, index: SearchIndex, row_id: int) -> None:
@@ -321,14 +333,13 @@ class SearchStore:
         )
 
     def nearest_candidates(
-        self, index: SearchIndex, namespace: str, vector: bytes, dimension: int, k: int
+        self, index: SearchIndex, namespace: str, vector: bytes, k: int
     ) -> list[int]:
         """Ids of the ``k`` rows whose sign bits are nearest the query's (Hamming distance)."""
-        padding = bytes(4 * (padded_dimension(dimension) - dimension))
-        sql = (f"SELECT {index.embedding_key} FROM {sign_table(index, dimension)} "
+        sql = (f"SELECT {index.embedding_key} FROM {sign_table(index, dimension_of(vector))} "
                "WHERE signs MATCH vec_quantize_binary(:vector) AND k = :k "
                "AND namespace = :namespace")
-        params = {"vector": vector + padding, "k": k, "namespace": namespace}
+        params = {"vector": padded(vector), "k": k, "namespace": namespace}
         with storage_errors():
             return [int(r[0]) for r in self._db.thread_reader().execute(sql, params)]
 
@@ -389,7 +400,6 @@ class SearchStore:
             for dimension in dimensions:
                 table = sign_table(index, dimension)
                 conn.execute(f"DELETE FROM {table}")
-                padding = bytes(4 * (padded_dimension(dimension) - dimension))
                 rows: list[Any] = conn.execute(
                     f"SELECT e.{index.embedding_key}, t.namespace, e.vector "
                     f"FROM {index.embeddings} e JOIN {index.table} t "
@@ -401,7 +411,7 @@ class SearchStore:
                 conn.executemany(
                     f"INSERT INTO {table} ({index.embedding_key}, namespace, signs) "
                     "VALUES (?, ?, vec_quantize_binary(?))",
-                    [(row_id, namespace, vector + padding) for row_id, namespace, vector in rows],
+                    [(row_id, namespace, padded(vector)) for row_id, namespace, vector in rows],
                 )
                 counts[table] = len(rows)
         return counts

@@ -139,8 +139,6 @@ class EventServicer(ServicerBase, event_pb2_grpc.EventServiceServicer):
         values, types = filter_values(event_filter(request))
         if types:
             values["types"] = json.dumps(types)
-        if "resolved" in values:
-            values["resolved"] = int(values["resolved"])
         hits = await self._search.run(EVENTS, search_request(self._search, request, values))
         response = event_pb2.SearchEventsResponse()
         add_hits(response.hits, hits, "event", fill_event, EventRow)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -11,7 +11,12 @@ from jarvis.memory.v1 import memory_pb2, memory_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.service.memories import MemoryRow, MemoryService, NewMemory
+from jarvis_memory_server.service.memories import (
+    MemoryRow,
+    MemoryService,
+    NewMemory,
+    memory_filters,
+)
 from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.store.search import MEMORIES
 from jarvis_memory_server.transport.convert import (
@@ -21,7 +26,7 @@ from jarvis_memory_server.transport.convert import (
     struct_to_dict,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
-from jarvis_memory_server.transport.search import add_hits, search_request, time_filter
+from jarvis_memory_server.transport.search import add_hits, search_request
 
 CATEGORY = EnumNames(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_")
 SOURCE = EnumNames(memory_pb2.MemorySource, "MEMORY_SOURCE_")
@@ -61,6 +66,26 @@ def new_memory(
         attributes=struct_to_dict(message.attributes) if message.HasField("attributes") else None,
         embedding=message.embedding,
     )
+
+
+def memory_filter_args(
+    request: memory_pb2.ListMemoriesRequest | memory_pb2.SearchMemoriesRequest,
+) -> dict[str, Any]:
+    """The filters of a ListMemories or SearchMemories request, as memory_filters' arguments."""
+    return {
+        "category": CATEGORY.optional(request.category, "category"),
+        "source": SOURCE.optional(request.source, "source"),
+        "subject": request.subject if request.HasField("subject") else None,
+        "stale": request.stale if request.HasField("stale") else None,
+        "created_after_us": (
+            micros(request.created_after, "created_after")
+            if request.HasField("created_after") else None
+        ),
+        "created_before_us": (
+            micros(request.created_before, "created_before")
+            if request.HasField("created_before") else None
+        ),
+    }
 
 
 class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
@@ -111,18 +136,7 @@ class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
             resolve_namespace(request.namespace),
             size=request.page_size,
             token=request.page_token,
-            category=CATEGORY.optional(request.category, "category"),
-            source=SOURCE.optional(request.source, "source"),
-            subject=request.subject if request.HasField("subject") else None,
-            stale=request.stale if request.HasField("stale") else None,
-            created_after_us=(
-                micros(request.created_after, "created_after")
-                if request.HasField("created_after") else None
-            ),
-            created_before_us=(
-                micros(request.created_before, "created_before")
-                if request.HasField("created_before") else None
-            ),
+            **memory_filter_args(request),
         )
         response = memory_pb2.ListMemoriesResponse(next_page_token=next_token)
         for row in rows:
@@ -175,19 +189,7 @@ class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
     async def SearchMemories(
         self, request: memory_pb2.SearchMemoriesRequest, context: Context
     ) -> memory_pb2.SearchMemoriesResponse:
-        filters: dict[str, object] = {}
-        category = CATEGORY.optional(request.category, "category")
-        if category is not None:
-            filters["category"] = category
-        source = SOURCE.optional(request.source, "source")
-        if source is not None:
-            filters["source"] = source
-        if request.HasField("subject"):
-            filters["subject"] = request.subject
-        if request.HasField("stale"):
-            filters["stale"] = int(request.stale)
-        time_filter(request, "created_after", filters, "created_after")
-        time_filter(request, "created_before", filters, "created_before")
+        filters = memory_filters(**memory_filter_args(request))
         hits = await self._search.run(MEMORIES, search_request(self._search, request, filters))
         response = memory_pb2.SearchMemoriesResponse()
         add_hits(response.hits, hits, "memory", fill_memory, MemoryRow)

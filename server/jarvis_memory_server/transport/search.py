@@ -8,7 +8,7 @@ from typing import Any
 from jarvis.memory.v1 import search_pb2
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.search import Hit, SearchRequest, SearchService
-from jarvis_memory_server.transport.convert import EnumNames, micros
+from jarvis_memory_server.transport.convert import EnumNames
 
 MODE = EnumNames(search_pb2.SearchMode, "SEARCH_MODE_")
 
@@ -26,12 +26,6 @@ def search_request(
         filters=filters,
         limit=request.limit,
     )
-
-
-def time_filter(request: Any, field: str, filters: dict[str, Any], name: str) -> None:
-    """Copy a Timestamp filter, when set, into ``filters[name]`` as microseconds."""
-    if request.HasField(field):
-        filters[name] = micros(getattr(request, field), field)
 
 
 def add_hits(

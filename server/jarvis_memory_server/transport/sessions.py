@@ -23,12 +23,13 @@ from jarvis_memory_server.service.sessions import (
 from jarvis_memory_server.store.search import MESSAGES
 from jarvis_memory_server.transport.convert import (
     EnumNames,
+    micros,
     set_timestamp,
     struct_to_dict,
     value_to_python,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
-from jarvis_memory_server.transport.search import add_hits, search_request, time_filter
+from jarvis_memory_server.transport.search import add_hits, search_request
 
 STATE = EnumNames(session_pb2.SessionState, "SESSION_STATE_")
 TRIGGER = EnumNames(session_pb2.SessionEndTrigger, "SESSION_END_TRIGGER_")
@@ -234,8 +235,10 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
         role = ROLE.optional(request.role, "role")
         if role is not None:
             filters["role"] = role
-        time_filter(request, "created_after", filters, "created_after")
-        time_filter(request, "created_before", filters, "created_before")
+        if request.HasField("created_after"):
+            filters["created_after"] = micros(request.created_after, "created_after")
+        if request.HasField("created_before"):
+            filters["created_before"] = micros(request.created_before, "created_before")
         hits = await self._search.run(MESSAGES, search_request(self._search, request, filters))
         response = session_pb2.SearchMessagesResponse()
         add_hits(response.hits, hits, "message", fill_message, MessageRow)
