@@ -12,7 +12,6 @@ from pathlib import Path
 import apsw
 import grpc
 import pytest
-import sqlite_vec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from jarvis.memory.v1 import (
     session_pb2_grpc,
 )
 from jarvis_memory import Client, InvalidArgument
+from jarvis_memory_server.store.sqlite import load_extensions
 
 EVAL = json.loads((Path(__file__).parent / "search_eval" / "memories.json").read_text())
 
@@ -42,10 +42,9 @@ def contents(hits) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def open_checked(path: Path) -> apsw.Connection:
-    """Open a daemon's file directly, with sqlite-vec, to check its indexes."""
+    """Open a daemon's file directly, with sqlite-vec and the tokenizer, to check its indexes."""
     conn = apsw.Connection(str(path))
-    conn.enable_load_extension(True)
-    conn.load_extension(sqlite_vec.loadable_path())
+    load_extensions(conn)
     return conn
 
 
@@ -502,6 +501,66 @@ def test_recall_on_the_hand_written_evaluation(jm: Client, namespace: str) -> No
     print(f"recall@5 {recall}")
     # Keyword search finds what shares words with the query; paraphrases need embeddings.
     assert recall["lexical"] >= 0.75, recall
+
+
+def test_other_namespaces_never_change_a_namespaces_results_or_scores(tmp_path: Path) -> None:
+    """Two files hold the same namespace; one also holds a crowd of longer rows in another
+    namespace, sharing the namespace's words. Every statistic a search ranks by (rows, document
+    frequencies, mean length) is the namespace's own, so hits and scores are identical."""
+    texts = [m["content"] for m in EVAL["memories"]]
+    crowd = [{"content": f"{texts[i % len(texts)]} {texts[(7 * i) % len(texts)]} crowd {i}",
+              "category": "fact", "source": "user_explicit"} for i in range(4000)]
+
+    def results(with_crowd: bool) -> list[list[tuple[str, float, str]]]:
+        d = Daemon(tmp_path / f"crowd-{with_crowd}.db").start()
+        try:
+            with d.client() as jm:
+                for start in range(0, len(crowd) if with_crowd else 0, 1000):
+                    jm.add_memories(crowd[start:start + 1000], namespace="crowd")
+                jm.add_memories([{"content": m["content"], "category": m["category"],
+                                  "source": "user_explicit", "subject": m["subject"]}
+                                 for m in EVAL["memories"]], namespace="maya")
+                return [[(h.memory.content, round(h.score, 9), h.snippet)
+                         for h in jm.search_memories(q["query"], limit=10, namespace="maya")]
+                        for q in EVAL["queries"]]
+        finally:
+            assert d.stop() == 0
+
+    alone = results(with_crowd=False)
+    assert sum(1 for hits in alone if hits) >= 40  # the comparison is about real hits
+    assert results(with_crowd=True) == alone
+
+
+def test_a_file_indexed_before_namespaced_terms_is_reindexed_at_upgrade(tmp_path: Path) -> None:
+    from jarvis_memory_server.store import migrations
+
+    path = tmp_path / "jarvis.db"
+    conn = apsw.Connection(str(path))
+    load_extensions(conn)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for step in migrations.MIGRATIONS[:9]:  # the schema whose index was shared by namespaces
+        with conn:
+            for statement in step.statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step.version}")
+    with conn:
+        for namespace, content in [("home", "Umbrella in the hallway"),
+                                   ("car", "Umbrella under the seat")]:
+            conn.execute(
+                "INSERT INTO memories (namespace, content, content_hash, category, source, "
+                "subject, stale, created_at, updated_at, restated_count, revision) "
+                "VALUES (?, ?, randomblob(32), 'fact', 'user_explicit', '', 0, 1, 1, 0, 1)",
+                (namespace, content),
+            )
+    conn.close()
+    d = Daemon(path).start()
+    with d.client() as jm:
+        assert contents(jm.search_memories("umbrella", namespace="home")) == [
+            "Umbrella in the hallway"]
+        assert contents(jm.search_memories("umbrellas", namespace="car")) == [
+            "Umbrella under the seat"]
+    assert d.stop() == 0
+    check_indexes(path)
 
 
 def test_backup_and_restore_keep_the_search_indexes(tmp_path: Path) -> None:

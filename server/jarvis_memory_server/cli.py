@@ -136,11 +136,12 @@ def restore_command(args: argparse.Namespace) -> None:
     import apsw
 
     from jarvis_memory_server.store.migrations import LATEST_VERSION
-    from jarvis_memory_server.store.sqlite import exclusive_use
+    from jarvis_memory_server.store.sqlite import exclusive_use, load_extensions
 
     source, target = pathlib.Path(args.backup_file), pathlib.Path(args.db_path)
     try:
         conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
+        load_extensions(conn)  # the integrity check reads the full-text indexes too
         check = conn.execute("PRAGMA integrity_check").fetchone()
         version = conn.execute("PRAGMA user_version").fetchone()
         conn.close()

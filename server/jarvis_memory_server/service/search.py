@@ -10,7 +10,8 @@ Keyword ranking, in order:
    (MATCH_BUDGET): scoring costs 1-2 µs a matching row, and a word found in most rows adds
    little to BM25 anyway. When even the rarest word is over budget, only the newest
    MATCH_BUDGET matching rows of the namespace are ranked, so that the time any query takes
-   is bounded by the rows its words match.
+   is bounded by the rows its words match. The index's terms carry their namespace
+   (store/tokenizer.py): every count here, and every row read, is the namespace's own.
 4. FTS5's bm25() with per-column weights picks candidates. They are scored again here from
    their own text (tokenized in a few µs each): BM25 with an IDF that stays positive in small
    namespaces, times a bonus when every query word is present and another when all are close
@@ -287,7 +288,7 @@ class SearchService(ServiceBase):
 
     def _keyword(self, index: SearchIndex, request: SearchRequest, limit: int) -> list[Hit]:
         terms = parse_query(request.query, self._store.tokenize)
-        frequencies = {t: self._frequency(index, t) for t in terms}
+        frequencies = {t: self._frequency(index, request.namespace, t) for t in terms}
         chosen: list[Term] = []
         matched = 0
         for term in sorted(terms, key=lambda t: frequencies[t]):
@@ -307,8 +308,8 @@ class SearchService(ServiceBase):
         )
         if not candidates:
             return []
-        rows, columns = self._store.averages(index)
-        average = sum(columns) / rows if rows else 0.0
+        # Every statistic is the namespace's own: other tenants' rows never shift its scores.
+        rows, average = self._store.namespace_statistics(index, request.namespace)
         idf = [inverse_frequency(rows, frequencies[t]) for t in terms]
         ranked = []
         for row, _ in candidates:
@@ -323,9 +324,10 @@ class SearchService(ServiceBase):
         ranked.sort(key=lambda r: (-r[0], -r[1][0]))
         return [Hit(row, score, found.snippet(terms)) for score, row, found in ranked[:limit]]
 
-    def _frequency(self, index: SearchIndex, term: Term) -> int:
+    def _frequency(self, index: SearchIndex, namespace: str, term: Term) -> int:
         # A phrase is no more frequent than its rarest word.
-        return min(self._store.doc_frequency(index, token, term.prefix) for token in term.tokens)
+        return min(self._store.doc_frequency(index, namespace, token, term.prefix)
+                   for token in term.tokens)
 
     # -- vector ----------------------------------------------------------------------------
 

@@ -57,6 +57,41 @@ def _text_index(table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
+
+def _namespaced_text_index(table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """DDL replacing _text_index's index of ``table`` by one whose terms carry the namespace.
+
+    Frozen like every migration. The tokenizer (store/tokenizer.py) reads each value's
+    namespace from its FTS5 locale: the triggers wrap every value in fts5_locale(), and the
+    index's external content is a view that does the same, for rebuilds and integrity checks.
+    """
+    fts, text = f"{table}_fts", f"{table}_search_text"
+    names = ", ".join(columns)
+
+    def localized(row: str) -> str:
+        return ", ".join(f"fts5_locale({row}.namespace, {row}.{c})" for c in columns)
+
+    delete = (f"INSERT INTO {fts}({fts}, rowid, {names}) "
+              f"VALUES ('delete', old.id, {localized('old')});")
+    insert = f"INSERT INTO {fts}(rowid, {names}) VALUES (new.id, {localized('new')});"
+    view_columns = ", ".join(f"fts5_locale(namespace, {c}) AS {c}" for c in columns)
+    return (
+        f"DROP TRIGGER {fts}_insert",
+        f"DROP TRIGGER {fts}_delete",
+        f"DROP TRIGGER {fts}_update",
+        f"DROP TABLE {fts}_terms",
+        f"DROP TABLE {fts}",
+        f"CREATE VIEW {text} AS SELECT id, {view_columns} FROM {table}",
+        f"CREATE VIRTUAL TABLE {fts} USING fts5({names}, content='{text}', content_rowid='id', "
+        "locale=1, tokenize='namespaced porter unicode61 remove_diacritics 2')",
+        f"CREATE VIRTUAL TABLE {fts}_terms USING fts5vocab({fts}, 'row')",
+        f"CREATE TRIGGER {fts}_insert AFTER INSERT ON {table} BEGIN {insert} END",
+        f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} BEGIN {delete} END",
+        f"CREATE TRIGGER {fts}_update AFTER UPDATE OF namespace, {names} ON {table} "
+        f"BEGIN {delete} {insert} END",
+        f"INSERT INTO {fts}({fts}) VALUES ('rebuild')",
+    )
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -274,6 +309,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             'CREATE TABLE "message_embeddings" ("message_id" INTEGER NOT NULL PRIMARY KEY, '
             '"vector" BLOB NOT NULL, FOREIGN KEY ("message_id") REFERENCES "messages" ("id") '
             "ON DELETE CASCADE)",
+        ),
+    ),
+    Migration(
+        10,
+        "search: one set of full-text index terms per namespace",
+        (
+            *_namespaced_text_index("memories", ("subject", "content", "attributes")),
+            *_namespaced_text_index("messages", ("content",)),
+            *_namespaced_text_index("events", ("summary", "details")),
         ),
     ),
 )

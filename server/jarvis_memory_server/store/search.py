@@ -24,10 +24,14 @@ from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.memories import MemoryRow
 from jarvis_memory_server.store.sessions import MessageRow
 from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.store.tokenizer import qualified
 from jarvis_memory_server.store.writes import WriteTxn
 
 # The most candidates a sign-index KNN may return (vec0's own limit is 4096).
 MAX_CANDIDATES = 4096
+
+# Rows sampled for a namespace's mean row length.
+LENGTH_SAMPLE = 1000
 
 # Document frequencies and averages change slowly; caching them saves a doclist read per term
 # and query.
@@ -48,6 +52,8 @@ class SearchIndex:
     filters: dict[str, str]  # filter name -> SQL condition on "t" with :named parameters
     embeddings: str | None  # table of exact vectors, keyed by the row's id
     embedding_key: str | None
+    # Ids of a namespace's rows (:namespace), newest first where an index gives that order.
+    namespace_rows: str
 
 
 MEMORIES = SearchIndex(
@@ -69,6 +75,7 @@ MEMORIES = SearchIndex(
     },
     embeddings="memory_embeddings",
     embedding_key="memory_id",
+    namespace_rows="SELECT id FROM memories WHERE namespace = :namespace ORDER BY created_at DESC",
 )
 
 MESSAGES = SearchIndex(
@@ -89,6 +96,9 @@ MESSAGES = SearchIndex(
     },
     embeddings="message_embeddings",
     embedding_key="message_id",
+    # messages has no index by namespace; sessions has.
+    namespace_rows="SELECT m.id FROM sessions s JOIN messages m ON m.session_ref = s.id "
+    "WHERE s.namespace = :namespace",
 )
 
 EVENTS = SearchIndex(
@@ -110,6 +120,7 @@ EVENTS = SearchIndex(
     },
     embeddings=None,
     embedding_key=None,
+    namespace_rows="SELECT id FROM events WHERE namespace = :namespace ORDER BY occurred_at DESC",
 )
 
 INDEXES = (MEMORIES, MESSAGES, EVENTS)
@@ -179,35 +190,47 @@ class SearchStore:
         )
         return tokens
 
-    def doc_frequency(self, index: SearchIndex, token: str, prefix: bool) -> int:
-        """How many rows hold the (stemmed) token, or any token it prefixes (cached a while)."""
+    def doc_frequency(self, index: SearchIndex, namespace: str, token: str, prefix: bool) -> int:
+        """How many of a namespace's rows hold the (stemmed) token, or any token it prefixes.
+
+        Cached a while. Index terms carry their namespace (store/tokenizer.py), so this reads
+        the namespace's own doclist.
+        """
         if prefix:
             sql = (f"SELECT coalesce(sum(doc), 0) FROM {index.fts}_terms "
-                   "WHERE term >= :token AND term < :token || char(1114111)")
+                   "WHERE term >= :term AND term < :term || char(1114111)")
         else:
-            sql = f"SELECT coalesce(sum(doc), 0) FROM {index.fts}_terms WHERE term = :token"
+            sql = f"SELECT coalesce(sum(doc), 0) FROM {index.fts}_terms WHERE term = :term"
+        term = qualified(namespace, token)
 
         def count() -> int:
-            found: Any = self._db.thread_reader().execute(sql, {"token": token}).fetchone()
+            found: Any = self._db.thread_reader().execute(sql, {"term": term}).fetchone()
             return int(found[0])
 
-        return int(self._statistic((index.fts, token + ("*" if prefix else "")), count))
+        return int(self._statistic((index.fts, term + ("*" if prefix else "")), count))
 
-    def averages(self, index: SearchIndex) -> tuple[int, list[int]]:
-        """Rows in an index, and the tokens of each column over all rows (cached a while).
+    def namespace_statistics(self, index: SearchIndex, namespace: str) -> tuple[int, float]:
+        """A namespace's rows in an index, and their mean length in tokens (cached a while).
 
-        Read from FTS5's averages record (id 1 of its data table): SQLite varints, the row
-        count then one total per column.
+        The mean is over the newest LENGTH_SAMPLE rows, from FTS5's table of row sizes (one
+        varint per column).
         """
-        def read() -> tuple[int, list[int]]:
-            found: Any = self._db.thread_reader().execute(
-                f"SELECT block FROM {index.fts}_data WHERE id = 1"
+        def read() -> tuple[int, float]:
+            reader = self._db.thread_reader()
+            params = {"namespace": namespace}
+            found: Any = reader.execute(
+                f"SELECT count(*) FROM ({index.namespace_rows})", params
             ).fetchone()
-            numbers = _varints(bytes(found[0])) if found else []
-            return (numbers[0], numbers[1:]) if numbers else (0, [])
+            sizes = [
+                sum(_varints(bytes(size))) for (size,) in reader.execute(
+                    f"SELECT d.sz FROM ({index.namespace_rows} LIMIT {LENGTH_SAMPLE}) r "
+                    f"JOIN {index.fts}_docsize d ON d.id = r.id", params
+                )
+            ]
+            return int(found[0]), (sum(sizes) / len(sizes) if sizes else 0.0)
 
-        averages: tuple[int, list[int]] = self._statistic((index.fts, ""), read)
-        return averages
+        statistics: tuple[int, float] = self._statistic((index.table, namespace), read)
+        return statistics
 
     def _statistic(self, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
         """An index statistic from the cache, or computed (and cached for STATISTICS_TTL_S)."""
@@ -238,14 +261,14 @@ class SearchStore:
 
         ``match`` is an FTS5 query; ``newest``, when given, ranks only the newest that many
         matching rows of the namespace: FTS5 visits rows newest first and the scan stops
-        there. (bm25() is computed for the namespace's rows only; other namespaces' rows
-        cost a lookup each. Indexing the namespace to skip them costs more: bm25() then
-        counts every row of the namespace on each query, for its IDF.)
+        there. Only the namespace's rows are read: its terms are its own.
         """
         shape = ("keyword", index.kind, tuple(sorted(filters)), newest is not None)
         sql = self._sql.get(shape)
         if sql is None:
-            conditions = [f"{index.fts} MATCH :match", "t.namespace = :namespace"]
+            # The namespace is the query's FTS5 locale: its words are that namespace's terms.
+            conditions = [f"{index.fts} MATCH fts5_locale(:namespace, :match)",
+                          "t.namespace = :namespace"]
             conditions += [index.filters[name] for name in sorted(filters)]
             weights = ", ".join(str(w) for w in index.weights)
             # bm25() with the weights written in (twice as fast as "rank MATCH 'bm25(...)'");

@@ -4,7 +4,8 @@ The daemon serves every request on one asyncio event loop thread, which owns two
 the writer (its write path is writes.py: group commit) and a reader, which sees committed data
 only. Work that must not block the loop (searches, checkpoints, backups) uses connections of its
 own in other threads; WAL mode keeps readers and the writer out of each other's way. Every
-connection has the sqlite-vec extension loaded (vector indexes and distance functions).
+connection has the sqlite-vec extension loaded (vector indexes and distance functions) and the
+full-text indexes' tokenizer registered.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
 from jarvis_memory_server.errors import StartupError, Unavailable
-from jarvis_memory_server.store import migrations, models
+from jarvis_memory_server.store import migrations, models, tokenizer
 from jarvis_memory_server.store.writes import GroupCommitter, WriteTxn
 
 log = logging.getLogger("jarvis_memory.store")
@@ -43,7 +44,12 @@ MIGRATION_BUSY_TIMEOUT_MS = 30_000
 
 
 def load_extensions(conn: apsw.Connection) -> None:
-    """Load sqlite-vec into a connection: vec0 tables and vec_* functions (store/search.py)."""
+    """Prepare a connection for this schema: sqlite-vec and the full-text tokenizer.
+
+    sqlite-vec gives vec0 tables and vec_* functions (store/search.py); the tokenizer is
+    store/tokenizer.py's.
+    """
+    tokenizer.register(conn)
     conn.enable_load_extension(True)
     conn.load_extension(sqlite_vec.loadable_path())
     conn.enable_load_extension(False)
