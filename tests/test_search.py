@@ -563,6 +563,63 @@ def test_a_file_indexed_before_namespaced_terms_is_reindexed_at_upgrade(tmp_path
     check_indexes(path)
 
 
+def test_rows_changed_before_their_commit_are_indexed_as_committed(tmp_path: Path) -> None:
+    """New rows are indexed at commit: a row inserted, updated or deleted again within the
+    same transaction leaves exactly its committed text in the index."""
+    from jarvis_memory_server.store.fulltext import index_pending
+    from jarvis_memory_server.store.sqlite import Database
+
+    db = Database(tmp_path / "jarvis.db")
+    db.open()
+    conn = db.conn
+    insert = ("INSERT INTO memories (namespace, content, content_hash, category, source, "
+              "subject, stale, created_at, updated_at, restated_count, revision) "
+              "VALUES ('home', ?, randomblob(32), 'fact', 'user_explicit', '', 0, 1, 1, 0, 1)")
+    with conn:
+        conn.execute(insert, ("Umbrella in the hallway",))
+        kept = conn.last_insert_rowid()
+    with conn:
+        conn.execute(insert, ("Raincoat in the car",))
+        changed = conn.last_insert_rowid()
+        conn.execute("UPDATE memories SET content = 'Raincoat in the attic' WHERE id = ?",
+                     (changed,))
+        conn.execute(insert, ("Boots by the door",))
+        conn.execute("DELETE FROM memories WHERE id = ?", (conn.last_insert_rowid(),))
+        conn.execute("UPDATE memories SET content = 'Umbrella in the cupboard' WHERE id = ?",
+                     (kept,))
+        index_pending(conn.cursor())
+    db.close()
+    d = Daemon(tmp_path / "jarvis.db").start()
+    with d.client() as jm:
+        search = jm.search_memories
+        assert contents(search("attic", namespace="home")) == ["Raincoat in the attic"]
+        assert contents(search("cupboard umbrella", namespace="home")) == [
+            "Umbrella in the cupboard"]
+        assert search("car", namespace="home") == search("hallway", namespace="home") == []
+        assert search("boots", namespace="home") == []
+    assert d.stop() == 0
+    check_indexes(tmp_path / "jarvis.db")
+
+
+def test_rows_another_program_added_are_indexed_when_the_daemon_opens(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "jarvis.db").start()
+    assert d.stop() == 0
+    conn = open_checked(tmp_path / "jarvis.db")
+    with conn:  # a plain SQL insert: the trigger notes the row, nothing indexes it yet
+        conn.execute(
+            "INSERT INTO memories (namespace, content, content_hash, category, source, "
+            "subject, stale, created_at, updated_at, restated_count, revision) VALUES "
+            "('home', 'Umbrella in the hallway', randomblob(32), 'fact', 'user_explicit', "
+            "'', 0, 1, 1, 0, 1)")
+    conn.close()
+    d.start()
+    with d.client() as jm:
+        assert contents(jm.search_memories("umbrella", namespace="home")) == [
+            "Umbrella in the hallway"]
+    assert d.stop() == 0
+    check_indexes(tmp_path / "jarvis.db")
+
+
 def test_backup_and_restore_keep_the_search_indexes(tmp_path: Path) -> None:
     d = Daemon(tmp_path / "jarvis.db").start()
     copy, restored = tmp_path / "copy.db", Daemon(tmp_path / "restored.db")

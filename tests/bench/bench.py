@@ -408,27 +408,33 @@ async def watch_fanout(args: argparse.Namespace, channels: list[Any], memory: li
 
 SEARCH_CORPUS = 100_000
 SEARCH_NAMESPACE = "bench-search"
+# Newer rows of the same prose in another tenant's namespace: a search must not pay for them.
+SEARCH_CROWD = 200_000
+SEARCH_CROWD_NAMESPACE = "bench-search-crowd"
 
 
 def preload_search_corpus(path: Path) -> SearchCorpus:
-    """Write the search corpus straight into a file no daemon has open, 1000 per transaction."""
+    """Write the search corpus, then the crowd, straight into a file no daemon has open."""
     from jarvis_memory_server.service.memories import MemoryService, NewMemory
     from jarvis_memory_server.store.sqlite import Database
 
     corpus = SearchCorpus(SEARCH_CORPUS)
+    crowd = random.Random(11)
+    categories = ("preference", "fact", "pattern")
     db = Database(path)
     db.open()
     try:
-        service, batch = MemoryService(db), []
-        categories = ("preference", "fact", "pattern")
-        for i, (content, vector) in enumerate(corpus.memories()):
-            batch.append(NewMemory(content=content, category=categories[i % 3],
-                                   source="user_explicit", embedding=vector))
-            if len(batch) == 1000:
-                service.add_many(SEARCH_NAMESPACE, batch)
-                batch = []
-        if batch:
-            service.add_many(SEARCH_NAMESPACE, batch)
+        service = MemoryService(db)
+        memories = [NewMemory(content=content, category=categories[i % 3],
+                              source="user_explicit", embedding=vector)
+                    for i, (content, vector) in enumerate(corpus.memories())]
+        for start in range(0, len(memories), 1000):
+            service.add_many(SEARCH_NAMESPACE, memories[start:start + 1000])
+        others = [NewMemory(content=f"{crowd.choice(corpus.sentences)} crowd #{i}",
+                            category=categories[i % 3], source="user_explicit")
+                  for i in range(SEARCH_CROWD)]
+        for start in range(0, len(others), 1000):
+            service.add_many(SEARCH_CROWD_NAMESPACE, others[start:start + 1000])
     finally:
         db.close()
     return corpus
@@ -437,7 +443,8 @@ def preload_search_corpus(path: Path) -> SearchCorpus:
 async def search_bench(args: argparse.Namespace, memory: list[Any], corpus: SearchCorpus,
                        daemon_pid: int | None) -> list[dict[str, Any]]:
     """SearchMemories latency and rate by kind of query, at 1 and 8 in flight."""
-    print(f"\nsearch over {corpus.size} memories ({SEARCH_NAMESPACE}; 384-dimension embeddings)",
+    print(f"\nsearch over {corpus.size} memories ({SEARCH_NAMESPACE}; 384-dimension embeddings; "
+          f"{SEARCH_CROWD} newer memories of the same prose in {SEARCH_CROWD_NAMESPACE})",
           flush=True)
     ns, limit = SEARCH_NAMESPACE, 10
     pattern = memory_pb2.MEMORY_CATEGORY_PATTERN
@@ -854,8 +861,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             t0 = time.perf_counter()
             args.search_corpus = preload_search_corpus(daemon.db_path)
-            print(f"preloaded {SEARCH_CORPUS} memories with embeddings into the file in "
-                  f"{time.perf_counter() - t0:.1f} s")
+            print(f"preloaded {SEARCH_CORPUS} memories with embeddings and {SEARCH_CROWD} "
+                  f"without into the file in {time.perf_counter() - t0:.1f} s")
     if daemon is not None and "backup_1gb" in args.only:
         t0 = time.perf_counter()
         preload_gigabyte(daemon.db_path)

@@ -11,7 +11,7 @@ Keyword ranking, in order:
    little to BM25 anyway. When even the rarest word is over budget, only the newest
    MATCH_BUDGET matching rows of the namespace are ranked, so that the time any query takes
    is bounded by the rows its words match. The index's terms carry their namespace
-   (store/tokenizer.py): every count here, and every row read, is the namespace's own.
+   (store/fulltext.py): every count here, and every row read, is the namespace's own.
 4. FTS5's bm25() with per-column weights picks candidates. They are scored again here from
    their own text (tokenized in a few µs each): BM25 with an IDF that stays positive in small
    namespaces, times a bonus when every query word is present and another when all are close

@@ -61,19 +61,19 @@ def _text_index(table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
 def _namespaced_text_index(table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
     """DDL replacing _text_index's index of ``table`` by one whose terms carry the namespace.
 
-    Frozen like every migration. The tokenizer (store/tokenizer.py) reads each value's
-    namespace from its FTS5 locale: the triggers wrap every value in fts5_locale(), and the
-    index's external content is a view that does the same, for rebuilds and integrity checks.
+    Frozen like every migration. The tokenizer (store/fulltext.py) reads each value's
+    namespace from its FTS5 locale: every value is wrapped in fts5_locale(), by the view that
+    is the index's external content (for indexing, rebuilds and integrity checks) and by the
+    triggers. New rows are only noted in ``<index>_pending``, and indexed at commit
+    (store/fulltext.py); updates and deletes remove the old terms of rows already indexed.
     """
-    fts, text = f"{table}_fts", f"{table}_search_text"
+    fts, text, pending = f"{table}_fts", f"{table}_search_text", f"{table}_fts_pending"
     names = ", ".join(columns)
-
-    def localized(row: str) -> str:
-        return ", ".join(f"fts5_locale({row}.namespace, {row}.{c})" for c in columns)
-
-    delete = (f"INSERT INTO {fts}({fts}, rowid, {names}) "
-              f"VALUES ('delete', old.id, {localized('old')});")
-    insert = f"INSERT INTO {fts}(rowid, {names}) VALUES (new.id, {localized('new')});"
+    old_values = ", ".join(f"fts5_locale(old.namespace, old.{c})" for c in columns)
+    remove_indexed = (
+        f"INSERT INTO {fts}({fts}, rowid, {names}) SELECT 'delete', old.id, {old_values} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {pending} WHERE id = old.id);"
+    )
     view_columns = ", ".join(f"fts5_locale(namespace, {c}) AS {c}" for c in columns)
     return (
         f"DROP TRIGGER {fts}_insert",
@@ -85,12 +85,16 @@ def _namespaced_text_index(table: str, columns: tuple[str, ...]) -> tuple[str, .
         f"CREATE VIRTUAL TABLE {fts} USING fts5({names}, content='{text}', content_rowid='id', "
         "locale=1, tokenize='namespaced porter unicode61 remove_diacritics 2')",
         f"CREATE VIRTUAL TABLE {fts}_terms USING fts5vocab({fts}, 'row')",
-        f"CREATE TRIGGER {fts}_insert AFTER INSERT ON {table} BEGIN {insert} END",
-        f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} BEGIN {delete} END",
+        f'CREATE TABLE "{pending}" ("id" INTEGER NOT NULL PRIMARY KEY)',
+        f"CREATE TRIGGER {fts}_insert AFTER INSERT ON {table} "
+        f"BEGIN INSERT INTO {pending}(id) VALUES (new.id); END",
+        f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} "
+        f"BEGIN {remove_indexed} DELETE FROM {pending} WHERE id = old.id; END",
         f"CREATE TRIGGER {fts}_update AFTER UPDATE OF namespace, {names} ON {table} "
-        f"BEGIN {delete} {insert} END",
+        f"BEGIN {remove_indexed} INSERT OR IGNORE INTO {pending}(id) VALUES (new.id); END",
         f"INSERT INTO {fts}({fts}) VALUES ('rebuild')",
     )
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(

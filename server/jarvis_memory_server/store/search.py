@@ -21,10 +21,10 @@ import apsw
 
 from jarvis_memory_server.store.events import EventRow
 from jarvis_memory_server.store.failures import storage_errors
+from jarvis_memory_server.store.fulltext import qualified
 from jarvis_memory_server.store.memories import MemoryRow
 from jarvis_memory_server.store.sessions import MessageRow
 from jarvis_memory_server.store.sqlite import Database
-from jarvis_memory_server.store.tokenizer import qualified
 from jarvis_memory_server.store.writes import WriteTxn
 
 # The most candidates a sign-index KNN may return (vec0's own limit is 4096).
@@ -193,7 +193,7 @@ class SearchStore:
     def doc_frequency(self, index: SearchIndex, namespace: str, token: str, prefix: bool) -> int:
         """How many of a namespace's rows hold the (stemmed) token, or any token it prefixes.
 
-        Cached a while. Index terms carry their namespace (store/tokenizer.py), so this reads
+        Cached a while. Index terms carry their namespace (store/fulltext.py), so this reads
         the namespace's own doclist.
         """
         if prefix:
@@ -416,6 +416,7 @@ class SearchStore:
         counts: dict[str, int] = {}
         for index in INDEXES:
             conn.execute(f"INSERT INTO {index.fts}({index.fts}) VALUES ('rebuild')")
+            conn.execute(f"DELETE FROM {index.fts}_pending")  # indexed by the rebuild
             found: Any = conn.execute(f"SELECT count(*) FROM {index.table}").fetchone()
             counts[index.fts] = int(found[0])
         dimensions = [r[0] for r in conn.execute("SELECT DISTINCT dimension FROM embedding_spaces")]

@@ -27,7 +27,7 @@ import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
 from jarvis_memory_server.errors import StartupError, Unavailable
-from jarvis_memory_server.store import migrations, models, tokenizer
+from jarvis_memory_server.store import fulltext, migrations, models
 from jarvis_memory_server.store.writes import GroupCommitter, WriteTxn
 
 log = logging.getLogger("jarvis_memory.store")
@@ -47,9 +47,9 @@ def load_extensions(conn: apsw.Connection) -> None:
     """Prepare a connection for this schema: sqlite-vec and the full-text tokenizer.
 
     sqlite-vec gives vec0 tables and vec_* functions (store/search.py); the tokenizer is
-    store/tokenizer.py's.
+    store/fulltext.py's.
     """
-    tokenizer.register(conn)
+    fulltext.register(conn)
     conn.enable_load_extension(True)
     conn.load_extension(sqlite_vec.loadable_path())
     conn.enable_load_extension(False)
@@ -106,6 +106,8 @@ class Database:
             if str(mode).lower() != "wal":
                 raise StartupError(f"{self.path}: could not switch the database to WAL mode")
             migrations.migrate(self.peewee, conn)
+            with conn:  # rows another program added are noted but not yet indexed
+                fulltext.index_pending(conn.cursor())
         except (apsw.NotADBError, apsw.CorruptError, pw.DatabaseError) as exc:
             # Peewee wraps errors raised while it applies the pragmas on connect.
             self.close()

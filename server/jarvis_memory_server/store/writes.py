@@ -2,9 +2,10 @@
 
 Every write request runs its statements on the event loop thread, inside the batch transaction
 that is open at that moment (the first write opens it with ``BEGIN IMMEDIATE``). At the end of
-the loop iteration the batch is handed to a commit thread, which runs ``COMMIT`` while the loop
-keeps serving: APSW releases the GIL inside SQLite, so the commit's page writes overlap with the
-next requests' gRPC work on the other core. Writes that arrive while a commit runs wait for it
+the loop iteration the batch is handed to a commit thread, which indexes the batch's new rows
+for full-text search (store/fulltext.py) and runs ``COMMIT`` while the loop keeps serving: APSW
+releases the GIL inside SQLite, so the commit's page writes overlap with the next requests'
+gRPC work on the other core. Writes that arrive while a commit runs wait for it
 (``writable()``) and then join the next batch together; the busier the daemon, the larger the
 batches. A commit writes every b-tree page the batch touched (about ten per memory), so one
 commit for many writes is where SQLite's write throughput is.
@@ -30,6 +31,7 @@ import apsw
 
 from jarvis_memory_server.errors import JarvisError, Unavailable
 from jarvis_memory_server.store.failures import storage_errors, translate_error
+from jarvis_memory_server.store.fulltext import index_pending
 
 if TYPE_CHECKING:
     from jarvis_memory_server.store.sqlite import Database
@@ -115,6 +117,12 @@ class WriteTxn:
 def is_index_table(table: str) -> bool:
     """Whether a table belongs to a full-text or vector index (store/search.py)."""
     return "_fts" in table or "_vector_signs_" in table
+
+
+def commit(cursor: apsw.Cursor) -> None:
+    """Finish a batch's transaction: index its new rows (store/fulltext.py), then COMMIT."""
+    index_pending(cursor)
+    cursor.execute("COMMIT")
 
 
 @dataclass
@@ -262,7 +270,7 @@ class GroupCommitter:
             return
         self._batch = None
         self._committing = loop.create_future()
-        done = loop.run_in_executor(self._thread, batch.txn.cursor.execute, "COMMIT")
+        done = loop.run_in_executor(self._thread, commit, batch.txn.cursor)
         done.add_done_callback(lambda outcome: self._finish_commit(batch, outcome))
 
     def _finish_commit(self, batch: _Batch, outcome: asyncio.Future[Any]) -> None:
@@ -280,7 +288,7 @@ class GroupCommitter:
         if batch is None:
             return
         try:
-            batch.txn.cursor.execute("COMMIT")
+            commit(batch.txn.cursor)
         except apsw.Error as exc:
             self._failed(batch, exc)
             if batch.committed is None:

@@ -1,4 +1,6 @@
-"""The full-text indexes' tokenizer: words qualified by their namespace.
+"""Full-text index machinery shared by writes and searches: the tokenizer, deferred indexing.
+
+**Words qualified by their namespace.**
 
 Each namespace gets index entries of its own: "coffee" in namespace "alice" is indexed as the
 term "alice" + U+001F + "coffee". A query (run with the namespace as its FTS5 "locale") then
@@ -10,6 +12,15 @@ Rows and queries pass their namespace as FTS5's locale (``fts5_locale(namespace,
 tables are created with ``locale=1``). The words themselves come from the tokenizer named in
 the table's arguments (porter over unicode61), so stemming is the same as without the
 qualifier. Text without a locale is tokenized unqualified.
+
+**New rows are indexed at commit.** A trigger only notes a new row's id in ``<index>_pending``;
+index_pending() indexes all of a transaction's noted rows in one statement just before its
+COMMIT. FTS5 writes out its in-memory index changes at every savepoint, and SQLite opens one
+for each statement that fires a trigger: indexing in the insert trigger itself wrote (and
+later merged) an index segment per row, which cost about twice the indexing. Updates and
+deletes still remove a row's old terms in their trigger (a row noted as pending has none
+yet); an update notes the row again. Rows a transaction noted but did not index (another
+program wrote them) are indexed when the daemon opens the file.
 """
 
 from __future__ import annotations
@@ -46,6 +57,29 @@ def _factory(
         return [(start, end, prefix + token) for start, end, token in found]
 
     return tokenize
+
+
+# Each full-text index: its table, and the columns it indexes (in index order).
+INDEXED_COLUMNS = {
+    "memories": ("subject", "content", "attributes"),
+    "messages": ("content",),
+    "events": ("summary", "details"),
+}
+
+
+def index_pending(cursor: apsw.Cursor) -> None:
+    """Index the rows noted as pending, in the caller's transaction, and clear the notes."""
+    for table, columns in INDEXED_COLUMNS.items():
+        fts = f"{table}_fts"
+        if cursor.execute(f"SELECT 1 FROM {fts}_pending LIMIT 1").fetchone() is None:
+            continue
+        names = ", ".join(columns)
+        # The view wraps each value in its namespace's locale, as the index reads them.
+        cursor.execute(
+            f"INSERT INTO {fts}(rowid, {names}) SELECT v.id, {names} "
+            f"FROM {fts}_pending p JOIN {table}_search_text v ON v.id = p.id"
+        )
+        cursor.execute(f"DELETE FROM {fts}_pending")
 
 
 def register(conn: apsw.Connection) -> None:
