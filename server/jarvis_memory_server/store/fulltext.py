@@ -25,7 +25,7 @@ program wrote them) are indexed when the daemon opens the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import apsw
 
@@ -50,6 +50,8 @@ def _factory(
     words = conn.fts5_tokenizer(args[0], args[1:])
 
     def tokenize(utf8: bytes, flags: int, locale: str | None) -> Tokens:
+        if not utf8:  # an empty subject or no attributes: nothing to split
+            return []
         found: Tokens = words(utf8, flags, None, include_colocated=False)  # type: ignore[assignment]
         if not locale:
             return found
@@ -59,6 +61,9 @@ def _factory(
     return tokenize
 
 
+# Ends the name of a table's list of rows to index (written by its insert trigger).
+PENDING_SUFFIX = "_fts_pending"
+
 # Each full-text index: its table, and the columns it indexes (in index order).
 INDEXED_COLUMNS = {
     "memories": ("subject", "content", "attributes"),
@@ -67,19 +72,27 @@ INDEXED_COLUMNS = {
 }
 
 
-def index_pending(cursor: apsw.Cursor) -> None:
-    """Index the rows noted as pending, in the caller's transaction, and clear the notes."""
-    for table, columns in INDEXED_COLUMNS.items():
-        fts = f"{table}_fts"
-        if cursor.execute(f"SELECT 1 FROM {fts}_pending LIMIT 1").fetchone() is None:
+def pending_table(table: str) -> str:
+    """The table of a content table's rows waiting to be indexed."""
+    return f"{table}{PENDING_SUFFIX}"
+
+
+def index_pending(cursor: apsw.Cursor, tables: Iterable[str] = tuple(INDEXED_COLUMNS)) -> None:
+    """Index the rows of ``tables`` noted as pending (in the caller's transaction).
+
+    The notes are cleared.
+    """
+    for table in tables:
+        pending = pending_table(table)
+        if cursor.execute(f"SELECT 1 FROM {pending} LIMIT 1").fetchone() is None:
             continue
-        names = ", ".join(columns)
+        names = ", ".join(INDEXED_COLUMNS[table])
         # The view wraps each value in its namespace's locale, as the index reads them.
         cursor.execute(
-            f"INSERT INTO {fts}(rowid, {names}) SELECT v.id, {names} "
-            f"FROM {fts}_pending p JOIN {table}_search_text v ON v.id = p.id"
+            f"INSERT INTO {table}_fts(rowid, {names}) SELECT v.id, {names} "
+            f"FROM {pending} p JOIN {table}_search_text v ON v.id = p.id"
         )
-        cursor.execute(f"DELETE FROM {fts}_pending")
+        cursor.execute(f"DELETE FROM {pending}")
 
 
 def register(conn: apsw.Connection) -> None:

@@ -31,7 +31,7 @@ import apsw
 
 from jarvis_memory_server.errors import JarvisError, Unavailable
 from jarvis_memory_server.store.failures import storage_errors, translate_error
-from jarvis_memory_server.store.fulltext import index_pending
+from jarvis_memory_server.store.fulltext import PENDING_SUFFIX, index_pending
 
 if TYPE_CHECKING:
     from jarvis_memory_server.store.sqlite import Database
@@ -119,9 +119,9 @@ def is_index_table(table: str) -> bool:
     return "_fts" in table or "_vector_signs_" in table
 
 
-def commit(cursor: apsw.Cursor) -> None:
-    """Finish a batch's transaction: index its new rows (store/fulltext.py), then COMMIT."""
-    index_pending(cursor)
+def commit(cursor: apsw.Cursor, to_index: set[str]) -> None:
+    """Finish a transaction: index the tables' new rows (store/fulltext.py), then COMMIT."""
+    index_pending(cursor, sorted(to_index))
     cursor.execute("COMMIT")
 
 
@@ -131,6 +131,8 @@ class _Batch:
     committed: asyncio.Future[None] | None  # None: no event loop, commit inline
     writes: int = 0
     opened_at: float = 0.0
+    # Tables with rows waiting to be indexed for full-text search (seen by count_change).
+    to_index: set[str] = field(default_factory=set)
 
 
 # A batch waits for the loop to run out of other work, within these bounds.
@@ -183,16 +185,20 @@ class GroupCommitter:
     # Rows of the schema's own tables changed on the writer connection (count_change).
     changed_rows: int = 0
 
-    def count_change(self, _op: int, _db: str, table: str, _rowid: int) -> None:
+    def count_change(self, op: int, _db: str, table: str, _rowid: int) -> None:
         """The writer connection's update hook: count a changed row of a table of ours.
 
-        Rows of index shadow tables are not counted: FTS5 keeps its updates in memory and
-        writes them out whenever a later statement opens a savepoint, so the rows it writes
-        during one write may stem from an earlier write of the batch. (SQLite's
-        total_changes() counts those too, which is why it is not used.)
+        Rows of index tables are not counted: FTS5 keeps its updates in memory and writes them
+        out whenever a later statement opens a savepoint, so the rows it writes during one
+        write may stem from an earlier write of the batch. (SQLite's total_changes() counts
+        those too, which is why it is not used.) A row noted for indexing marks its table for
+        the batch's commit, which indexes the noted rows.
         """
         if not is_index_table(table):
             self.changed_rows += 1
+        elif (op == apsw.SQLITE_INSERT and table.endswith(PENDING_SUFFIX)
+              and self._batch is not None):
+            self._batch.to_index.add(table.removesuffix(PENDING_SUFFIX))
 
     @property
     def commit_running(self) -> bool:
@@ -270,7 +276,7 @@ class GroupCommitter:
             return
         self._batch = None
         self._committing = loop.create_future()
-        done = loop.run_in_executor(self._thread, commit, batch.txn.cursor)
+        done = loop.run_in_executor(self._thread, commit, batch.txn.cursor, batch.to_index)
         done.add_done_callback(lambda outcome: self._finish_commit(batch, outcome))
 
     def _finish_commit(self, batch: _Batch, outcome: asyncio.Future[Any]) -> None:
@@ -288,7 +294,7 @@ class GroupCommitter:
         if batch is None:
             return
         try:
-            commit(batch.txn.cursor)
+            commit(batch.txn.cursor, batch.to_index)
         except apsw.Error as exc:
             self._failed(batch, exc)
             if batch.committed is None:
