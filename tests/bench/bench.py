@@ -24,7 +24,8 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
   writes_with_16_watchers: the write rate then, and its ratio_to_health is its ratio to the
   write rate with no watcher (the target is >= 0.9);
 - search: SearchMemories over 100k memories of English prose with 384-dimension embeddings
-  (written into the file before the daemon starts; tests/bench/corpus.py), at 1 and 8 in
+  (written into the file before the daemon starts; tests/bench/corpus.py), with 200k newer
+  memories of the same prose in another namespace (which a search must not pay for), at 1 and 8 in
   flight: keyword queries of rare, medium and common words, questions, stop words only, common
   words with a category filter; vector KNN; vector with a filter; hybrid (the latency rows
   need the daemon this script starts, not --addr); then recall@1/5/10 of keyword search on

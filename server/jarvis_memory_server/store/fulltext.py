@@ -72,20 +72,13 @@ INDEXED_COLUMNS = {
 }
 
 
-def pending_table(table: str) -> str:
-    """The table of a content table's rows waiting to be indexed."""
-    return f"{table}{PENDING_SUFFIX}"
-
-
 def index_pending(cursor: apsw.Cursor, tables: Iterable[str] = tuple(INDEXED_COLUMNS)) -> None:
     """Index the rows of ``tables`` noted as pending (in the caller's transaction).
 
     The notes are cleared.
     """
     for table in tables:
-        pending = pending_table(table)
-        if cursor.execute(f"SELECT 1 FROM {pending} LIMIT 1").fetchone() is None:
-            continue
+        pending = table + PENDING_SUFFIX
         names = ", ".join(INDEXED_COLUMNS[table])
         # The view wraps each value in its namespace's locale, as the index reads them.
         cursor.execute(
