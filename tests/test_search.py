@@ -618,6 +618,13 @@ def test_rows_another_program_added_are_indexed_when_the_daemon_opens(tmp_path: 
             "Umbrella in the hallway"]
     assert d.stop() == 0
     check_indexes(tmp_path / "jarvis.db")
+    # The tokenizer gives FTS5's own functions word offsets too (the daemon does not use them).
+    conn = open_checked(tmp_path / "jarvis.db")
+    assert conn.execute(
+        "SELECT highlight(memories_fts, 1, '[', ']') FROM memories_fts "
+        "WHERE memories_fts MATCH fts5_locale('home', 'hallways')").fetchall() == [
+        ("Umbrella in the [hallway]",)]
+    conn.close()
 
 
 def test_backup_and_restore_keep_the_search_indexes(tmp_path: Path) -> None:
