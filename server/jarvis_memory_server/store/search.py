@@ -1,11 +1,12 @@
 """SQL of search: FTS5 full-text indexes and sqlite-vec embeddings.
 
-Hand-written SQL, like collections.py: MATCH, bm25(), snippet() and vec0 KNN have no Peewee
-form. The full-text indexes (migration 9) are kept in step with their tables by triggers, in
-the transaction of every write. Embeddings are stored exactly in memory_embeddings and
-message_embeddings; for each dimension a vec0 table holds the sign bits of every vector
-("binary quantisation", 32x smaller), which a KNN scans to pick candidates that are then
-ranked by exact cosine distance. Reads here run on the calling thread's own connection.
+Hand-written SQL, like collections.py: MATCH, bm25() and vec0 KNN have no Peewee form. The
+full-text indexes (migrations 9 and 10) are kept in step with their tables in the transaction
+of every write, and their terms are qualified by namespace (store/fulltext.py). Embeddings
+are stored exactly in memory_embeddings and message_embeddings; for each dimension a vec0
+table holds the sign bits of every vector ("binary quantisation", 32x smaller), which a KNN
+scans to pick candidates that are then ranked by exact cosine distance. Reads here run on the
+calling thread's own connection.
 """
 
 from __future__ import annotations
@@ -266,17 +267,19 @@ class SearchStore:
         shape = ("keyword", index.kind, tuple(sorted(filters)), newest is not None)
         sql = self._sql.get(shape)
         if sql is None:
-            # The namespace is the query's FTS5 locale: its words are that namespace's terms.
-            conditions = [f"{index.fts} MATCH fts5_locale(:namespace, :match)",
-                          "t.namespace = :namespace"]
+            # The namespace is the query's FTS5 locale: its words are that namespace's terms,
+            # so only filters need the rows themselves (a lookup per matching row).
+            conditions = [f"{index.fts} MATCH fts5_locale(:namespace, :match)"]
             conditions += [index.filters[name] for name in sorted(filters)]
+            source = index.fts
+            if filters:
+                source += f" JOIN {index.table} t ON t.id = {index.fts}.rowid {index.joins}"
             weights = ", ".join(str(w) for w in index.weights)
             # bm25() with the weights written in (twice as fast as "rank MATCH 'bm25(...)'");
             # only ids and scores are sorted, and rows are read for the winners alone.
             ranked = (
-                f"SELECT t.id AS id, bm25({index.fts}, {weights}) AS score "
-                f"FROM {index.fts} JOIN {index.table} t ON t.id = {index.fts}.rowid "
-                f"{index.joins} WHERE {' AND '.join(conditions)}"
+                f"SELECT {index.fts}.rowid AS id, bm25({index.fts}, {weights}) AS score "
+                f"FROM {source} WHERE {' AND '.join(conditions)}"
             )
             if newest is not None:  # FTS5 walks its doclists by rowid, newest first
                 ranked = f"SELECT * FROM ({ranked} ORDER BY {index.fts}.rowid DESC LIMIT :newest)"
@@ -285,16 +288,19 @@ class SearchStore:
                   "limit": limit}
         with storage_errors():
             ranked_ids: list[Any] = self._db.thread_reader().execute(sql, params).fetchall()
-        rows = self.rows(index, [row_id for row_id, _ in ranked_ids])
+        rows = self.rows(index, namespace, [row_id for row_id, _ in ranked_ids])
         # bm25() is lower for better matches; flip it so that scores grow with relevance.
         return [(rows[row_id], -float(score)) for row_id, score in ranked_ids if row_id in rows]
 
-    def rows(self, index: SearchIndex, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
-        """Read rows by id (as tuples of the index's row type)."""
+    def rows(
+        self, index: SearchIndex, namespace: str, ids: Sequence[int]
+    ) -> dict[int, tuple[Any, ...]]:
+        """Read a namespace's rows by id (as tuples of the index's row type)."""
         sql = (f"SELECT {index.select} FROM json_each(:ids) c CROSS JOIN {index.table} t "
-               f"ON t.id = c.value {index.joins}")
+               f"ON t.id = c.value {index.joins} WHERE t.namespace = :namespace")
         with storage_errors():
-            found = self._db.thread_reader().execute(sql, {"ids": json.dumps(ids)})
+            found = self._db.thread_reader().execute(
+                sql, {"ids": json.dumps(ids), "namespace": namespace})
             return {int(r[0]): tuple(r) for r in found}
 
     # -- vectors ---------------------------------------------------------------------------
