@@ -173,6 +173,24 @@ def test_a_word_in_very_many_rows_still_finds_an_older_namespaces_rows(
     assert len(jm.search_memories("umbrella", limit=100, namespace=crowd)) == 100
 
 
+def test_a_filter_finds_old_rows_behind_a_word_in_very_many_rows(
+    jm: Client, namespace: str
+) -> None:
+    from jarvis_memory_server.service.search import MATCH_BUDGET
+
+    kept = [add(jm, f"Umbrella {i} kept in the attic", namespace, subject="attic").id
+            for i in range(3)]
+    for start in range(0, MATCH_BUDGET + 100, 1000):  # newer rows, same word, other subject
+        jm.add_memories([{"content": f"umbrella crowd row {i}", "category": "fact",
+                          "source": "user_explicit"} for i in range(start, start + 1000)],
+                        namespace=namespace)
+    # None of the newest matches passes the filter: the search looks further back.
+    hits = jm.search_memories("umbrella", subject="attic", namespace=namespace)
+    assert sorted(h.memory.id for h in hits) == sorted(kept)
+    unfiltered = jm.search_memories("umbrella", limit=100, namespace=namespace)
+    assert len(unfiltered) == 100 and not set(kept) & {h.memory.id for h in unfiltered}
+
+
 def test_filters_combine_with_search(jm: Client, namespace: str) -> None:
     old = add(jm, "Coffee fact from long ago", namespace, category="fact")
     pref = add(jm, "Coffee preference: oat milk", namespace, category="preference",

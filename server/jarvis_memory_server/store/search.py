@@ -262,35 +262,58 @@ class SearchStore:
 
         ``match`` is an FTS5 query; ``newest``, when given, ranks only the newest that many
         matching rows of the namespace: FTS5 visits rows newest first and the scan stops
-        there. Only the namespace's rows are read: its terms are its own.
+        there. Only the namespace's rows are read: its terms are its own. With filters, the
+        newest matches are filtered first (a row lookup each); when fewer than ``limit``
+        pass, the newest matches that pass are ranked instead, however far back they lie.
         """
-        shape = ("keyword", index.kind, tuple(sorted(filters)), newest is not None)
+        plan = "all" if newest is None else "newest"
+        if newest is not None and filters:
+            found = self._keyword(index, namespace, match, filters, "newest then filter",
+                                  newest, limit)
+            if len(found) >= limit:
+                return found
+        return self._keyword(index, namespace, match, filters, plan, newest, limit)
+
+    def _keyword(
+        self, index: SearchIndex, namespace: str, match: str, filters: dict[str, Any],
+        plan: str, newest: int | None, limit: int,
+    ) -> list[tuple[tuple[Any, ...], float]]:
+        shape = ("keyword", index.kind, tuple(sorted(filters)), plan)
         sql = self._sql.get(shape)
         if sql is None:
+            fts = index.fts
             # The namespace is the query's FTS5 locale: its words are that namespace's terms,
             # so only filters need the rows themselves (a lookup per matching row).
-            conditions = [f"{index.fts} MATCH fts5_locale(:namespace, :match)"]
-            conditions += [index.filters[name] for name in sorted(filters)]
-            source = index.fts
-            if filters:
-                source += f" JOIN {index.table} t ON t.id = {index.fts}.rowid {index.joins}"
-            weights = ", ".join(str(w) for w in index.weights)
+            where = [f"{fts} MATCH fts5_locale(:namespace, :match)"]
+            passing = " AND ".join(index.filters[name] for name in sorted(filters))
+
+            def rows_of(key: str) -> str:
+                return f"JOIN {index.table} t ON t.id = {key} {index.joins}"
+
             # bm25() with the weights written in (twice as fast as "rank MATCH 'bm25(...)'");
             # only ids and scores are sorted, and rows are read for the winners alone.
-            ranked = (
-                f"SELECT {index.fts}.rowid AS id, bm25({index.fts}, {weights}) AS score "
-                f"FROM {source} WHERE {' AND '.join(conditions)}"
-            )
-            if newest is not None:  # FTS5 walks its doclists by rowid, newest first
-                ranked = f"SELECT * FROM ({ranked} ORDER BY {index.fts}.rowid DESC LIMIT :newest)"
+            weights = ", ".join(str(w) for w in index.weights)
+            scored = f"SELECT {fts}.rowid AS id, bm25({fts}, {weights}) AS score FROM {fts}"
+            newest_first = f"ORDER BY {fts}.rowid DESC LIMIT :newest"  # FTS5 walks doclists so
+            if plan == "newest then filter":
+                ranked = (f"SELECT f.id, f.score FROM ({scored} WHERE {where[0]} {newest_first})"
+                          f" f {rows_of('f.id')} WHERE {passing}")
+            else:
+                if filters:
+                    scored += f" {rows_of(f'{fts}.rowid')}"
+                    where.append(passing)
+                ranked = f"{scored} WHERE {' AND '.join(where)}"
+                if plan == "newest":
+                    ranked = f"SELECT * FROM ({ranked} {newest_first})"
             sql = self._sql[shape] = f"{ranked} ORDER BY score LIMIT :limit"
         params = {**filters, "match": match, "namespace": namespace, "newest": newest,
                   "limit": limit}
         with storage_errors():
             ranked_ids: list[Any] = self._db.thread_reader().execute(sql, params).fetchall()
-        rows = self.rows(index, namespace, [row_id for row_id, _ in ranked_ids])
+        found = self.rows(index, namespace, [row_id for row_id, _ in ranked_ids])
         # bm25() is lower for better matches; flip it so that scores grow with relevance.
-        return [(rows[row_id], -float(score)) for row_id, score in ranked_ids if row_id in rows]
+        return [(found[row_id], -float(score)) for row_id, score in ranked_ids
+                if row_id in found]
 
     def rows(
         self, index: SearchIndex, namespace: str, ids: Sequence[int]
