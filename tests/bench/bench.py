@@ -222,17 +222,20 @@ async def measure(
     """Keep in_flight calls going; latency and rate of the calls completing in the window.
 
     The window opens after the warm-up and once every worker has completed a call (with many
-    slow calls in flight, the first wave takes longer than the warm-up), then lasts duration.
+    slow calls in flight, the first wave takes longer than the warm-up), then lasts duration,
+    or four times the last first call's latency if that is longer: a window shorter than a
+    call would count a wave of completions, or none, instead of a rate.
     """
     latencies: list[float] = []
     perf = time.perf_counter
     warm_until = perf() + warmup
     start = end = math.inf
+    window = duration
     waiting = in_flight
     window_set = asyncio.Event()
 
     async def worker(method: Callable[[Any], Awaitable[Any]]) -> None:
-        nonlocal start, end, waiting
+        nonlocal start, end, window, waiting
         first = True
         while True:
             request = next(requests)
@@ -247,7 +250,8 @@ async def measure(
                 first, waiting = False, waiting - 1
                 if waiting == 0:
                     start = max(t1, warm_until)
-                    end = start + duration
+                    window = max(duration, 4 * (t1 - t0))
+                    end = start + window
                     window_set.set()
 
     async def cpu_probe() -> tuple[float, float]:
@@ -265,11 +269,11 @@ async def measure(
     if n == 0:
         raise RuntimeError("no call completed inside the measurement window")
     return {
-        "rps": n / duration,
+        "rps": n / window,
         "p50_ms": latencies[n // 2] * 1000,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000,
-        "cli": 100 * client_cpu / duration,
-        "srv": 100 * daemon_cpu / duration if daemon_pid else float("nan"),
+        "cli": 100 * client_cpu / window,
+        "srv": 100 * daemon_cpu / window if daemon_pid else float("nan"),
     }
 
 
