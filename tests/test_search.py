@@ -156,17 +156,22 @@ def test_search_never_crosses_namespaces(jm: Client, namespace: str) -> None:
     assert jm.search_memories("coffee", namespace=namespace) == []
 
 
+def add_umbrella_crowd(jm: Client, namespace: str) -> None:
+    """More rows holding "umbrella" than a keyword query may score (MATCH_BUDGET)."""
+    from jarvis_memory_server.service.search import MATCH_BUDGET
+
+    for start in range(0, MATCH_BUDGET + 100, 1000):
+        jm.add_memories([{"content": f"umbrella crowd row {i}", "category": "fact",
+                          "source": "user_explicit"} for i in range(start, start + 1000)],
+                        namespace=namespace)
+
+
 def test_a_word_in_very_many_rows_still_finds_an_older_namespaces_rows(
     jm: Client, namespace: str
 ) -> None:
-    from jarvis_memory_server.service.search import MATCH_BUDGET
-
     older = [add(jm, f"Umbrella note {i} of the small namespace", namespace).id for i in range(3)]
     crowd = namespace + "-crowd"
-    for start in range(0, MATCH_BUDGET + 100, 1000):  # newer rows, elsewhere, same word
-        jm.add_memories([{"content": f"umbrella crowd row {i}", "category": "fact",
-                          "source": "user_explicit"} for i in range(start, start + 1000)],
-                        namespace=crowd)
+    add_umbrella_crowd(jm, crowd)  # newer rows, elsewhere, same word
     # The word is in more rows than a query may score: the namespace's newest are ranked.
     hits = jm.search_memories("umbrella", limit=10, namespace=namespace)
     assert sorted(h.memory.id for h in hits) == sorted(older)
@@ -176,14 +181,9 @@ def test_a_word_in_very_many_rows_still_finds_an_older_namespaces_rows(
 def test_a_filter_finds_old_rows_behind_a_word_in_very_many_rows(
     jm: Client, namespace: str
 ) -> None:
-    from jarvis_memory_server.service.search import MATCH_BUDGET
-
     kept = [add(jm, f"Umbrella {i} kept in the attic", namespace, subject="attic").id
             for i in range(3)]
-    for start in range(0, MATCH_BUDGET + 100, 1000):  # newer rows, same word, other subject
-        jm.add_memories([{"content": f"umbrella crowd row {i}", "category": "fact",
-                          "source": "user_explicit"} for i in range(start, start + 1000)],
-                        namespace=namespace)
+    add_umbrella_crowd(jm, namespace)  # newer rows, same word, another subject
     # None of the newest matches passes the filter: the search looks further back.
     hits = jm.search_memories("umbrella", subject="attic", namespace=namespace)
     assert sorted(h.memory.id for h in hits) == sorted(kept)

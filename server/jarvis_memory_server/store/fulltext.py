@@ -31,6 +31,8 @@ from typing import Any
 import apsw
 
 NAME = "namespaced"
+# The tokenizer it wraps in every index (as migration 10 names it), and that queries use.
+WORDS = ("porter", "unicode61", "remove_diacritics", "2")
 # Between namespace and word: a character no namespace may contain (service/common.py).
 SEPARATOR = "\x1f"
 
@@ -77,17 +79,27 @@ INDEXED_COLUMNS = {
 }
 
 
+def fts_table(table: str) -> str:
+    """The FTS5 index of a table (migration 10 names them so)."""
+    return f"{table}_fts"
+
+
+def pending_table(table: str) -> str:
+    """The table noting a table's rows waiting to be indexed."""
+    return table + PENDING_SUFFIX
+
+
 def index_pending(cursor: apsw.Cursor, tables: Iterable[str] = tuple(INDEXED_COLUMNS)) -> None:
     """Index the rows of ``tables`` noted as pending (in the caller's transaction).
 
     The notes are cleared.
     """
     for table in tables:
-        pending = table + PENDING_SUFFIX
+        pending = pending_table(table)
         names = ", ".join(INDEXED_COLUMNS[table])
         # The view wraps each value in its namespace's locale, as the index reads them.
         cursor.execute(
-            f"INSERT INTO {table}_fts(rowid, {names}) SELECT v.id, {names} "
+            f"INSERT INTO {fts_table(table)}(rowid, {names}) SELECT v.id, {names} "
             f"FROM {pending} p JOIN {table}_search_text v ON v.id = p.id"
         )
         cursor.execute(f"DELETE FROM {pending}")

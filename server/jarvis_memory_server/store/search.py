@@ -22,7 +22,13 @@ import apsw
 
 from jarvis_memory_server.store.events import EventRow
 from jarvis_memory_server.store.failures import storage_errors
-from jarvis_memory_server.store.fulltext import qualified
+from jarvis_memory_server.store.fulltext import (
+    INDEXED_COLUMNS,
+    WORDS,
+    fts_table,
+    pending_table,
+    qualified,
+)
 from jarvis_memory_server.store.memories import MemoryRow
 from jarvis_memory_server.store.sessions import MessageRow
 from jarvis_memory_server.store.sqlite import Database
@@ -45,7 +51,6 @@ class SearchIndex:
 
     kind: str  # "memory", "message", "event"
     table: str
-    fts: str
     weights: tuple[float, ...]  # bm25 weight of each indexed column, in index order
     select: str  # the columns of the row type, from the table aliased "t"
     text_columns: tuple[int, ...]  # where the indexed columns are in a row, in index order
@@ -56,15 +61,24 @@ class SearchIndex:
     # Ids of a namespace's rows (:namespace), newest first where an index gives that order.
     namespace_rows: str
 
+    @property
+    def fts(self) -> str:
+        """The table's FTS5 index."""
+        return fts_table(self.table)
+
+
+def text_positions(fields: tuple[str, ...], table: str) -> tuple[int, ...]:
+    """Where a table's indexed columns are in its row type, in index order."""
+    return tuple(fields.index(column) for column in INDEXED_COLUMNS[table])
+
 
 MEMORIES = SearchIndex(
     kind="memory",
     table="memories",
-    fts="memories_fts",
     # subject, content, attributes: a short label that matches says more than body text.
     weights=(3.0, 1.0, 0.5),
     select=", ".join(f"t.{name}" for name in MemoryRow._fields),
-    text_columns=tuple(MemoryRow._fields.index(c) for c in ("subject", "content", "attributes")),
+    text_columns=text_positions(MemoryRow._fields, "memories"),
     joins="",
     filters={
         "category": "t.category = :category",
@@ -82,12 +96,11 @@ MEMORIES = SearchIndex(
 MESSAGES = SearchIndex(
     kind="message",
     table="messages",
-    fts="messages_fts",
     weights=(1.0,),
     select=", ".join(
         "s.session_id" if name == "session_id" else f"t.{name}" for name in MessageRow._fields
     ),
-    text_columns=(MessageRow._fields.index("content"),),
+    text_columns=text_positions(MessageRow._fields, "messages"),
     joins="JOIN sessions s ON s.id = t.session_ref",
     filters={
         "session_id": "s.session_id = :session_id",
@@ -105,10 +118,9 @@ MESSAGES = SearchIndex(
 EVENTS = SearchIndex(
     kind="event",
     table="events",
-    fts="events_fts",
     weights=(2.0, 0.5),  # summary, details
     select=", ".join(f"t.{name}" for name in EventRow._fields),
-    text_columns=(EventRow._fields.index("summary"), EventRow._fields.index("details")),
+    text_columns=text_positions(EventRow._fields, "events"),
     joins="",
     filters={
         "types": "t.type IN (SELECT value FROM json_each(:types))",
@@ -184,7 +196,7 @@ class SearchStore:
         tokenizer = getattr(self._tokenizers, "tokenizer", None)
         if tokenizer is None:
             conn = self._db.thread_reader()
-            tokenizer = conn.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
+            tokenizer = conn.fts5_tokenizer(WORDS[0], list(WORDS[1:]))
             self._tokenizers.tokenizer = tokenizer
         tokens: list[tuple[int, int, str]] = tokenizer(  # type: ignore[assignment]
             text.encode(), apsw.FTS5_TOKENIZE_QUERY, None, include_colocated=False
@@ -445,7 +457,7 @@ class SearchStore:
         counts: dict[str, int] = {}
         for index in INDEXES:
             conn.execute(f"INSERT INTO {index.fts}({index.fts}) VALUES ('rebuild')")
-            conn.execute(f"DELETE FROM {index.fts}_pending")  # indexed by the rebuild
+            conn.execute(f"DELETE FROM {pending_table(index.table)}")  # the rebuild indexed them
             found: Any = conn.execute(f"SELECT count(*) FROM {index.table}").fetchone()
             counts[index.fts] = int(found[0])
         dimensions = [r[0] for r in conn.execute("SELECT DISTINCT dimension FROM embedding_spaces")]
