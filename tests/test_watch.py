@@ -203,3 +203,23 @@ def test_the_async_client_watches_too(daemon: Daemon, namespace: str) -> None:
 def test_a_negative_start_is_invalid(jm: Client) -> None:
     with pytest.raises(InvalidArgument):
         next(iter(jm.watch(start_revision=-1)))
+
+
+def test_compaction_reports_a_full_batch_so_the_sweep_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jarvis_memory_server.service import watch
+    from jarvis_memory_server.service.memories import MemoryService, NewMemory
+    from jarvis_memory_server.store.sqlite import Database
+
+    monkeypatch.setattr(watch, "COMPACT_BATCH", 10)
+    db = Database(tmp_path / "jarvis.db")
+    db.open()
+    try:
+        MemoryService(db).add_many("ns", [NewMemory(content=f"note {i}", category="fact",
+                                                    source="user_explicit") for i in range(35)])
+        service = watch.WatchService(db, retention=5)
+        # 30 changes lie beyond the newest 5: three full rounds, then nothing.
+        assert [service.compact() for _ in range(4)] == [10, 10, 10, 0]
+    finally:
+        db.close()

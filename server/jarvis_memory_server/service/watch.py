@@ -130,7 +130,10 @@ class WatchService(ServiceBase):
 
     def compact(self) -> int:
         """Drop changes beyond the newest ``retention``; return how many (a batch at most)."""
-        upto = min(self._db.revision - self.retention, (self._store.oldest() or 0) + COMPACT_BATCH)
+        # Revisions have no gaps: this deletes exactly one batch when the log is long enough, so
+        # the sweep, which repeats while a round fills a batch, catches up.
+        oldest = self._store.oldest() or 1
+        upto = min(self._db.revision - self.retention, oldest + COMPACT_BATCH - 1)
         if upto <= 0:
             return 0
         with self._db.write() as txn:
