@@ -17,6 +17,7 @@ import pytest
 from jarvis.memory.v1 import memory_pb2_grpc
 from jarvis_memory import Client, JarvisMemoryError
 
+ROOT = Path(__file__).resolve().parent.parent  # the project's top directory
 READY = re.compile(r"serving on (\S+:\d+)")
 START_TIMEOUT = 30.0
 
@@ -112,9 +113,9 @@ class Daemon:
 
 
 def kill_under_writes(
-    d: Daemon, write: Callable[[Client, int, int], object], enough: int, writers: int = 4
+    d: Daemon, write: Callable[[Client, int, int], object], enough: int
 ) -> list[object]:
-    """kill -9 a daemon while ``writers`` threads write; return what it acknowledged.
+    """kill -9 a daemon while four threads write; return what it acknowledged.
 
     Each thread calls ``write(client, writer, i)`` for i = 0, 1, ... and keeps its result once
     the call returned (acknowledged); a call that fails was never acknowledged and ends the
@@ -138,7 +139,7 @@ def kill_under_writes(
                         reached.set()
                 i += 1
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     assert reached.wait(60)

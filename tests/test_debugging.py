@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon
+from conftest import ROOT, Daemon
 
-ROOT = Path(__file__).resolve().parent.parent
 TOOLS = {"grpcurl": Path(sys.executable).parent / "grpcurl",
          "buf": ROOT / ".tools" / "node_modules" / ".bin" / "buf"}
 

@@ -10,9 +10,8 @@ import subprocess
 import grpc_tools
 import pytest
 
-from conftest import Daemon
+from conftest import ROOT, Daemon
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 WELL_KNOWN = pathlib.Path(grpc_tools.__file__).parent / "_proto"
 
 

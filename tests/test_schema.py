@@ -10,11 +10,10 @@ import apsw
 import pytest
 from playhouse.apsw_ext import APSWDatabase
 
+from conftest import ROOT
 from jarvis_memory_server.store import migrations, models
 from jarvis_memory_server.store.memories import MemoryStore
 from jarvis_memory_server.store.sqlite import Database
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def describe(conn: apsw.Connection) -> dict[str, object]:

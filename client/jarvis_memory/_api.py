@@ -150,10 +150,13 @@ class ClientBase:
         return self.namespace if namespace is None else namespace
 
     def _watch_method(self) -> Any:
-        return self.channel.unary_stream(
-            WATCH_PATH, request_serializer=watch_pb2.WatchRequest.SerializeToString,
-            response_deserializer=watch_pb2.WatchResponse.FromString,
-        )
+        method = self._methods.get(WATCH_PATH)
+        if method is None:
+            method = self._methods[WATCH_PATH] = self.channel.unary_stream(
+                WATCH_PATH, request_serializer=watch_pb2.WatchRequest.SerializeToString,
+                response_deserializer=watch_pb2.WatchResponse.FromString,
+            )
+        return method
 
     def _watch_request(
         self, namespace: str | None, kinds: Sequence[str] | None, start: int

@@ -179,15 +179,9 @@ def reindex_command(args: argparse.Namespace) -> None:
         db.open()  # applies migrations first
         try:
             started = time.perf_counter()
-            cursor = db.conn.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
+            with db.conn:  # one transaction: all indexes rebuilt and checked, or none
                 counts = SearchStore.rebuild(db.conn)
                 SearchStore.check(db.conn)
-                cursor.execute("COMMIT")
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
         finally:
             db.close()
     for index, rows in counts.items():

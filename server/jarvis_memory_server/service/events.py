@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,14 @@ def filter_values(filters: EventFilter) -> tuple[dict[str, Any], tuple[str, ...]
         if getattr(filters, name) is not None:
             values[name] = getattr(filters, name)
     return values, tuple(sorted(set(filters.types)))
+
+
+def search_filter_values(filters: EventFilter) -> dict[str, Any]:
+    """filter_values for SearchEvents, whose query takes the types as one JSON list."""
+    values, types = filter_values(filters)
+    if types:
+        values["types"] = json.dumps(types)
+    return values
 
 
 class EventService(ServiceBase):

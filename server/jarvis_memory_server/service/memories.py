@@ -235,9 +235,6 @@ class MemoryService(ServiceBase):
         }, embedding_bytes(memory.embedding, prefix + "embedding")
 
 
-
-
-
 def memory_filters(
     *,
     category: str | None = None,

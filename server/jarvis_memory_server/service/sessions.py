@@ -147,11 +147,11 @@ class SessionService(ServiceBase):
                   "tokens_used": message.tokens_used, "tool_calls": tool_calls, "now": now_us()}
         with self._db.write() as txn:
             session = self._active_session(txn, namespace, session_id)
-            if vector is None:
-                return self._store.append_message(txn, session, values)
-            claim_dimension(self._search, txn, namespace, dimension_of(vector), "embedding")
+            if vector is not None:
+                claim_dimension(self._search, txn, namespace, dimension_of(vector), "embedding")
             row = self._store.append_message(txn, session, values)
-            self._search.put_embedding(txn, MESSAGES, namespace, row.id, vector)
+            if vector is not None:
+                self._search.put_embedding(txn, MESSAGES, namespace, row.id, vector)
             return row
 
     def log_event(

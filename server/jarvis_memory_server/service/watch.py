@@ -59,11 +59,6 @@ class WatchService(ServiceBase):
         self.coalesce_s = coalesce_s
         db.writes.on_commit = self._publish
 
-    @property
-    def watchers(self) -> int:
-        """How many watchers are connected."""
-        return len(self._watchers)
-
     def _publish(self, changes: list[ChangeRow]) -> None:
         for watcher in self._watchers:
             if watcher.overflowed:

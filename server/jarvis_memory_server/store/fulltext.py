@@ -68,8 +68,10 @@ def _factory(
     return tokenize
 
 
-# Ends the name of a table's list of rows to index (written by its insert trigger).
-PENDING_SUFFIX = "_fts_pending"
+# Ends the name of a table's full-text index, and (then followed by more) of the index's
+# shadow tables and of its list of rows to index (written by the insert trigger).
+FTS_SUFFIX = "_fts"
+PENDING_SUFFIX = FTS_SUFFIX + "_pending"
 
 # Each full-text index: its table, and the columns it indexes (in index order).
 INDEXED_COLUMNS = {
@@ -80,8 +82,8 @@ INDEXED_COLUMNS = {
 
 
 def fts_table(table: str) -> str:
-    """The FTS5 index of a table (migration 10 names them so)."""
-    return f"{table}_fts"
+    """The FTS5 index of a table, as migration 10 names them."""
+    return table + FTS_SUFFIX
 
 
 def pending_table(table: str) -> str:

@@ -31,16 +31,17 @@ import apsw
 
 from jarvis_memory_server.errors import JarvisError, Unavailable
 from jarvis_memory_server.store.failures import storage_errors, translate_error
-from jarvis_memory_server.store.fulltext import PENDING_SUFFIX, index_pending
+from jarvis_memory_server.store.fulltext import FTS_SUFFIX, PENDING_SUFFIX, index_pending
 
 if TYPE_CHECKING:
     from jarvis_memory_server.store.sqlite import Database
 
 log = logging.getLogger("jarvis_memory.store")
 
+# Bound by position from a ChangeRow: the columns are its fields, in order.
 _INSERT_CHANGE = (
     'INSERT INTO "changes" ("revision", "namespace", "kind", "key", "operation", "created_at", '
-    '"resource") VALUES (:revision, :namespace, :kind, :key, :operation, :created_at, :resource)'
+    '"resource") VALUES (?, ?, ?, ?, ?, ?, ?)'
 )
 
 
@@ -52,8 +53,7 @@ def resource_json(row: Any) -> str | None:
     """A stored row (a NamedTuple or a mapping) as the JSON text a change carries."""
     if row is None:
         return None
-    return _ENCODER.encode(dict(zip(row._fields, row, strict=True)) if hasattr(row, "_fields")
-                           else row)
+    return _ENCODER.encode(row._asdict() if hasattr(row, "_asdict") else row)
 
 
 class ChangeRow(NamedTuple):
@@ -94,7 +94,7 @@ class WriteTxn:
         self.revision += 1
         change = ChangeRow(self.revision, namespace, kind, key, operation, at_us,
                            resource_json(resource))
-        self.cursor.execute(_INSERT_CHANGE, change._asdict())
+        self.cursor.execute(_INSERT_CHANGE, change)
         self.changes.append(change)
         return self.revision
 
@@ -106,17 +106,16 @@ class WriteTxn:
         first = self.revision + 1
         self.revision += len(keys)
         rows = resources or [None] * len(keys)
-        changes = [ChangeRow(first + i, namespace, kind, key, operation, at_us,
-                             resource_json(rows[i]))
-                   for i, key in enumerate(keys)]
-        self.cursor.executemany(_INSERT_CHANGE, [c._asdict() for c in changes])
+        changes = [ChangeRow(first + i, namespace, kind, key, operation, at_us, resource_json(row))
+                   for i, (key, row) in enumerate(zip(keys, rows, strict=True))]
+        self.cursor.executemany(_INSERT_CHANGE, changes)
         self.changes += changes
         return self.revision
 
 
 def is_index_table(table: str) -> bool:
     """Whether a table belongs to a full-text or vector index (store/search.py)."""
-    return "_fts" in table or "_vector_signs_" in table
+    return FTS_SUFFIX in table or "_vector_signs_" in table
 
 
 def commit(cursor: apsw.Cursor, to_index: set[str]) -> None:

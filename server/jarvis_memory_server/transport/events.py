@@ -19,7 +19,7 @@ from jarvis_memory_server.service.events import (
     EventRow,
     EventService,
     NewEvent,
-    filter_values,
+    search_filter_values,
 )
 from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.store.search import EVENTS
@@ -130,15 +130,11 @@ class EventServicer(ServicerBase, event_pb2_grpc.EventServiceServicer):
         fill_event(response.event, row)
         return response
 
-
-
     @read_rpc
     async def SearchEvents(
         self, request: event_pb2.SearchEventsRequest, context: Context
     ) -> event_pb2.SearchEventsResponse:
-        values, types = filter_values(event_filter(request))
-        if types:
-            values["types"] = json.dumps(types)
+        values = search_filter_values(event_filter(request))
         hits = await self._search.run(EVENTS, search_request(self._search, request, values))
         response = event_pb2.SearchEventsResponse()
         add_hits(response.hits, hits, "event", fill_event, EventRow)
