@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/admin.proto\x12\x10jarvis.memory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1djarvis/memory/v1/common.proto\"#\n\rBackupRequest\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\"d\n\x0e\x42\x61\x63kupResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x11\n\x0fGetStatsRequest\"9\n\x08RowCount\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\"\xf1\x01\n\x10GetStatsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12*\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x1a.jarvis.memory.v1.RowCount\x12\x16\n\x0e\x64\x61tabase_bytes\x18\x03 \x01(\x03\x12\x11\n\twal_bytes\x18\x04 \x01(\x03\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x63ommits\x18\x06 \x01(\x03\x12\x18\n\x10\x63ommitted_writes\x18\x07 \x01(\x03\x32\xbc\x01\n\x0c\x41\x64minService\x12S\n\x06\x42\x61\x63kup\x12\x1f.jarvis.memory.v1.BackupRequest\x1a .jarvis.memory.v1.BackupResponse\"\x04\xc0\xf3\x18\x03\x30\x01\x12W\n\x08GetStats\x12!.jarvis.memory.v1.GetStatsRequest\x1a\".jarvis.memory.v1.GetStatsResponse\"\x04\xc0\xf3\x18\x03\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/admin.proto\x12\x10jarvis.memory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1djarvis/memory/v1/common.proto\"#\n\rBackupRequest\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\"d\n\x0e\x42\x61\x63kupResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x11\n\x0fGetStatsRequest\"9\n\x08RowCount\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\"\xf1\x01\n\x10GetStatsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12*\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x1a.jarvis.memory.v1.RowCount\x12\x16\n\x0e\x64\x61tabase_bytes\x18\x03 \x01(\x03\x12\x11\n\twal_bytes\x18\x04 \x01(\x03\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x63ommits\x18\x06 \x01(\x03\x12\x18\n\x10\x63ommitted_writes\x18\x07 \x01(\x03\x32\xc2\x01\n\x0c\x41\x64minService\x12V\n\x06\x42\x61\x63kup\x12\x1f.jarvis.memory.v1.BackupRequest\x1a .jarvis.memory.v1.BackupResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x03\x30\x01\x12Z\n\x08GetStats\x12!.jarvis.memory.v1.GetStatsRequest\x1a\".jarvis.memory.v1.GetStatsResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x03\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1'
   _globals['_ADMINSERVICE'].methods_by_name['Backup']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['Backup']._serialized_options = b'\300\363\030\003'
+  _globals['_ADMINSERVICE'].methods_by_name['Backup']._serialized_options = b'\220\002\001\300\363\030\003'
   _globals['_ADMINSERVICE'].methods_by_name['GetStats']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['GetStats']._serialized_options = b'\300\363\030\003'
+  _globals['_ADMINSERVICE'].methods_by_name['GetStats']._serialized_options = b'\220\002\001\300\363\030\003'
   _globals['_BACKUPREQUEST']._serialized_start=113
   _globals['_BACKUPREQUEST']._serialized_end=148
   _globals['_BACKUPRESPONSE']._serialized_start=150
@@ -49,5 +49,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSRESPONSE']._serialized_start=331
   _globals['_GETSTATSRESPONSE']._serialized_end=572
   _globals['_ADMINSERVICE']._serialized_start=575
-  _globals['_ADMINSERVICE']._serialized_end=763
+  _globals['_ADMINSERVICE']._serialized_end=769
 # @@protoc_insertion_point(module_scope)

@@ -64,11 +64,13 @@ class ToolCall(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CYCLE_ID_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
@@ -79,12 +81,20 @@ class ToolCall(_message.Message):
     """namespace is the call's namespace."""
     tool: _builtins.str
     """tool is the tool's name."""
+    input_json: _builtins.str
+    """input_json is input as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     session_id: _builtins.str
     """session_id is the session the call belongs to ("" if none)."""
     cycle_id: _builtins.int
     """cycle_id is the planning cycle the call belongs to (0 if none)."""
     status: Global___RunStatus.ValueType
     """status is RUNNING until the call is finished."""
+    output_json: _builtins.str
+    """output_json is output as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     error: _builtins.str
     """error is the error text of a failed call ("" otherwise)."""
     duration_ms: _builtins.int
@@ -93,7 +103,9 @@ class ToolCall(_message.Message):
     """revision is the store revision of the call's last row."""
     @_builtins.property
     def input(self) -> _struct_pb2.Value:
-        """input is the call's input JSON; unset if none."""
+        """input is the call's input JSON; unset if none.
+        Deprecated: read and write input_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
@@ -101,7 +113,9 @@ class ToolCall(_message.Message):
 
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
-        """output is the call's output JSON; unset while running or if none."""
+        """output is the call's output JSON; unset while running or if none.
+        Deprecated: read and write output_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp:
@@ -114,11 +128,13 @@ class ToolCall(_message.Message):
         namespace: _builtins.str = ...,
         tool: _builtins.str = ...,
         input: _struct_pb2.Value | None = ...,
+        input_json: _builtins.str = ...,
         session_id: _builtins.str = ...,
         cycle_id: _builtins.int = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         status: Global___RunStatus.ValueType = ...,
         output: _struct_pb2.Value | None = ...,
+        output_json: _builtins.str = ...,
         error: _builtins.str = ...,
         duration_ms: _builtins.int = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
@@ -126,7 +142,7 @@ class ToolCall(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "input", b"input", "output", b"output", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "duration_ms", b"duration_ms", "error", b"error", "finished_at", b"finished_at", "id", b"id", "input", b"input", "namespace", b"namespace", "output", b"output", "revision", b"revision", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "duration_ms", b"duration_ms", "error", b"error", "finished_at", b"finished_at", "id", b"id", "input", b"input", "input_json", b"input_json", "namespace", b"namespace", "output", b"output", "output_json", b"output_json", "revision", b"revision", "session_id", b"session_id", "started_at", b"started_at", "status", b"status", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -141,22 +157,34 @@ class PlanningCycle(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     GOALS_FIELD_NUMBER: _builtins.int
+    GOALS_JSON_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     OUTCOMES_FIELD_NUMBER: _builtins.int
+    OUTCOMES_JSON_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """id identifies the cycle (the id of its started row)."""
     namespace: _builtins.str
     """namespace is the cycle's namespace."""
+    goals_json: _builtins.str
+    """goals_json is goals as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     status: Global___RunStatus.ValueType
     """status is RUNNING until the cycle is finished."""
+    outcomes_json: _builtins.str
+    """outcomes_json is outcomes as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     revision: _builtins.int
     """revision is the store revision of the cycle's last row."""
     @_builtins.property
     def goals(self) -> _struct_pb2.Value:
-        """goals is the cycle's goals JSON; unset if none."""
+        """goals is the cycle's goals JSON; unset if none.
+        Deprecated: read and write goals_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
@@ -164,7 +192,9 @@ class PlanningCycle(_message.Message):
 
     @_builtins.property
     def outcomes(self) -> _struct_pb2.Value:
-        """outcomes is the cycle's outcomes JSON; unset while running or if none."""
+        """outcomes is the cycle's outcomes JSON; unset while running or if none.
+        Deprecated: read and write outcomes_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp:
@@ -176,15 +206,17 @@ class PlanningCycle(_message.Message):
         id: _builtins.int = ...,
         namespace: _builtins.str = ...,
         goals: _struct_pb2.Value | None = ...,
+        goals_json: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         status: Global___RunStatus.ValueType = ...,
         outcomes: _struct_pb2.Value | None = ...,
+        outcomes_json: _builtins.str = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "goals", b"goals", "outcomes", b"outcomes", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "goals", b"goals", "id", b"id", "namespace", b"namespace", "outcomes", b"outcomes", "revision", b"revision", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "goals", b"goals", "goals_json", b"goals_json", "id", b"id", "namespace", b"namespace", "outcomes", b"outcomes", "outcomes_json", b"outcomes_json", "revision", b"revision", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,6 +232,7 @@ class Decision(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     CYCLE_ID_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    REASONING_JSON_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
@@ -209,13 +242,19 @@ class Decision(_message.Message):
     """namespace is the decision's namespace."""
     cycle_id: _builtins.int
     """cycle_id is the planning cycle the decision belongs to (0 if none)."""
+    reasoning_json: _builtins.str
+    """reasoning_json is reasoning as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     decision: _builtins.str
     """decision is what was decided."""
     revision: _builtins.int
     """revision is the store revision of the record."""
     @_builtins.property
     def reasoning(self) -> _struct_pb2.Value:
-        """reasoning is the reasoning JSON (a chain of thought, scores, ...); unset if none."""
+        """reasoning is the reasoning JSON (a chain of thought, scores, ...); unset if none.
+        Deprecated: read and write reasoning_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -228,13 +267,14 @@ class Decision(_message.Message):
         namespace: _builtins.str = ...,
         cycle_id: _builtins.int = ...,
         reasoning: _struct_pb2.Value | None = ...,
+        reasoning_json: _builtins.str = ...,
         decision: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reasoning", b"reasoning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cycle_id", b"cycle_id", "decision", b"decision", "id", b"id", "namespace", b"namespace", "reasoning", b"reasoning", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cycle_id", b"cycle_id", "decision", b"decision", "id", b"id", "namespace", b"namespace", "reasoning", b"reasoning", "reasoning_json", b"reasoning_json", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -249,19 +289,26 @@ class StartToolCallRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CYCLE_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the call; empty means "default"."""
     tool: _builtins.str
     """tool is the tool's name; required, at most 128 characters."""
+    input_json: _builtins.str
+    """input_json is input as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     session_id: _builtins.str
     """session_id links the call to a session; optional."""
     cycle_id: _builtins.int
     """cycle_id links the call to a planning cycle of the namespace; optional (0: none)."""
     @_builtins.property
     def input(self) -> _struct_pb2.Value:
-        """input is the call's input JSON; optional, at most 1 MiB."""
+        """input is the call's input JSON; optional, at most 1 MiB.
+        Deprecated: read and write input_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -269,12 +316,13 @@ class StartToolCallRequest(_message.Message):
         namespace: _builtins.str = ...,
         tool: _builtins.str = ...,
         input: _struct_pb2.Value | None = ...,
+        input_json: _builtins.str = ...,
         session_id: _builtins.str = ...,
         cycle_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "input", b"input", "namespace", b"namespace", "session_id", b"session_id", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "input", b"input", "input_json", b"input_json", "namespace", b"namespace", "session_id", b"session_id", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,6 +368,7 @@ class FinishToolCallRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
@@ -328,13 +377,19 @@ class FinishToolCallRequest(_message.Message):
     """id of the call; required."""
     status: Global___RunStatus.ValueType
     """status is how the call ended: SUCCEEDED, FAILED or CANCELLED."""
+    output_json: _builtins.str
+    """output_json is output as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     error: _builtins.str
     """error is the error text; optional, at most 65536 bytes."""
     duration_ms: _builtins.int
     """duration_ms is how long the call took; 0 means: measure it from start to finish."""
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
-        """output is the call's output JSON; optional, at most 1 MiB."""
+        """output is the call's output JSON; optional, at most 1 MiB.
+        Deprecated: read and write output_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -343,12 +398,13 @@ class FinishToolCallRequest(_message.Message):
         id: _builtins.int = ...,
         status: Global___RunStatus.ValueType = ...,
         output: _struct_pb2.Value | None = ...,
+        output_json: _builtins.str = ...,
         error: _builtins.str = ...,
         duration_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "error", b"error", "id", b"id", "namespace", b"namespace", "output", b"output", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "error", b"error", "id", b"id", "namespace", b"namespace", "output", b"output", "output_json", b"output_json", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -542,21 +598,29 @@ class StartPlanningCycleRequest(_message.Message):
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     GOALS_FIELD_NUMBER: _builtins.int
+    GOALS_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the cycle; empty means "default"."""
+    goals_json: _builtins.str
+    """goals_json is goals as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def goals(self) -> _struct_pb2.Value:
-        """goals is the cycle's goals JSON; optional, at most 1 MiB."""
+        """goals is the cycle's goals JSON; optional, at most 1 MiB.
+        Deprecated: read and write goals_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         goals: _struct_pb2.Value | None = ...,
+        goals_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["goals", b"goals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["goals", b"goals", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goals", b"goals", "goals_json", b"goals_json", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,15 +666,22 @@ class FinishPlanningCycleRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     OUTCOMES_FIELD_NUMBER: _builtins.int
+    OUTCOMES_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the cycle; empty means "default"."""
     id: _builtins.int
     """id of the cycle; required."""
     status: Global___RunStatus.ValueType
     """status is how the cycle ended: SUCCEEDED, FAILED or CANCELLED."""
+    outcomes_json: _builtins.str
+    """outcomes_json is outcomes as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def outcomes(self) -> _struct_pb2.Value:
-        """outcomes is the cycle's outcomes JSON; optional, at most 1 MiB."""
+        """outcomes is the cycle's outcomes JSON; optional, at most 1 MiB.
+        Deprecated: read and write outcomes_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -619,10 +690,11 @@ class FinishPlanningCycleRequest(_message.Message):
         id: _builtins.int = ...,
         status: Global___RunStatus.ValueType = ...,
         outcomes: _struct_pb2.Value | None = ...,
+        outcomes_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "namespace", b"namespace", "outcomes", b"outcomes", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "namespace", b"namespace", "outcomes", b"outcomes", "outcomes_json", b"outcomes_json", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -737,16 +809,23 @@ class RecordDecisionRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     CYCLE_ID_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    REASONING_JSON_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the decision; empty means "default"."""
     cycle_id: _builtins.int
     """cycle_id links the decision to a planning cycle of the namespace; optional (0: none)."""
+    reasoning_json: _builtins.str
+    """reasoning_json is reasoning as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     decision: _builtins.str
     """decision is what was decided; required, at most 65536 bytes."""
     @_builtins.property
     def reasoning(self) -> _struct_pb2.Value:
-        """reasoning is the reasoning JSON; optional, at most 1 MiB."""
+        """reasoning is the reasoning JSON; optional, at most 1 MiB.
+        Deprecated: read and write reasoning_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -754,11 +833,12 @@ class RecordDecisionRequest(_message.Message):
         namespace: _builtins.str = ...,
         cycle_id: _builtins.int = ...,
         reasoning: _struct_pb2.Value | None = ...,
+        reasoning_json: _builtins.str = ...,
         decision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reasoning", b"reasoning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "decision", b"decision", "namespace", b"namespace", "reasoning", b"reasoning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "decision", b"decision", "namespace", b"namespace", "reasoning", b"reasoning", "reasoning_json", b"reasoning_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

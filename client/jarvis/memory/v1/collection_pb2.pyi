@@ -198,31 +198,115 @@ Global___Collection: _TypeAlias = Collection  # noqa: Y015
 
 @_typing.final
 class Row(_message.Message):
-    """Row is one row: its id and its field values (absent fields are null)."""
+    """Row is one row: its id and its field values."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___FieldValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___FieldValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """id identifies the row in its collection; assigned on insert, never reused."""
+    collection: _builtins.str
+    """collection is the name of the row's collection."""
     @_builtins.property
     def values(self) -> _struct_pb2.Struct:
-        """values maps field names to values."""
+        """values maps field names to values (an integer as a number, a timestamp as an RFC 3339
+        string, a json field as its JSON value).
+        Deprecated: read fields instead (this form cannot tell 4 from 4.0).
+        """
+
+    @_builtins.property
+    def fields(self) -> _containers.MessageMap[_builtins.str, Global___FieldValue]:
+        """fields maps every field name of the collection to its typed value (null_value when null)."""
 
     def __init__(
         self,
         *,
         id: _builtins.int = ...,
         values: _struct_pb2.Struct | None = ...,
+        fields: _abc.Mapping[_builtins.str, Global___FieldValue] | None = ...,
+        collection: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "fields", b"fields", "id", b"id", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Row: _TypeAlias = Row  # noqa: Y015
+
+@_typing.final
+class FieldValue(_message.Message):
+    """FieldValue is one typed value of a collection field."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NULL_VALUE_FIELD_NUMBER: _builtins.int
+    STRING_VALUE_FIELD_NUMBER: _builtins.int
+    INTEGER_VALUE_FIELD_NUMBER: _builtins.int
+    REAL_VALUE_FIELD_NUMBER: _builtins.int
+    BOOLEAN_VALUE_FIELD_NUMBER: _builtins.int
+    JSON_VALUE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_VALUE_FIELD_NUMBER: _builtins.int
+    null_value: _struct_pb2.NullValue.ValueType
+    """null_value is null (an absent value)."""
+    string_value: _builtins.str
+    """string_value is the value of a string field."""
+    integer_value: _builtins.int
+    """integer_value is the value of an integer field."""
+    real_value: _builtins.float
+    """real_value is the value of a real field (finite)."""
+    boolean_value: _builtins.bool
+    """boolean_value is the value of a boolean field."""
+    json_value: _builtins.str
+    """json_value is the value of a json field, as JSON text (see "JSON values" in common.proto)."""
+    @_builtins.property
+    def timestamp_value(self) -> _timestamp_pb2.Timestamp:
+        """timestamp_value is the value of a timestamp field (microsecond precision)."""
+
+    def __init__(
+        self,
+        *,
+        null_value: _struct_pb2.NullValue.ValueType = ...,
+        string_value: _builtins.str = ...,
+        integer_value: _builtins.int = ...,
+        real_value: _builtins.float = ...,
+        boolean_value: _builtins.bool = ...,
+        json_value: _builtins.str = ...,
+        timestamp_value: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["boolean_value", b"boolean_value", "integer_value", b"integer_value", "json_value", b"json_value", "kind", b"kind", "null_value", b"null_value", "real_value", b"real_value", "string_value", b"string_value", "timestamp_value", b"timestamp_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boolean_value", b"boolean_value", "integer_value", b"integer_value", "json_value", b"json_value", "kind", b"kind", "null_value", b"null_value", "real_value", b"real_value", "string_value", b"string_value", "timestamp_value", b"timestamp_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["null_value", "string_value", "integer_value", "real_value", "boolean_value", "json_value", "timestamp_value"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___FieldValue: _TypeAlias = FieldValue  # noqa: Y015
 
 @_typing.final
 class Filter(_message.Message):
@@ -233,13 +317,27 @@ class Filter(_message.Message):
     FIELD_FIELD_NUMBER: _builtins.int
     OP_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    TYPED_VALUE_FIELD_NUMBER: _builtins.int
+    TYPED_VALUES_FIELD_NUMBER: _builtins.int
     field: _builtins.str
     """field is a field name, or "id"."""
     op: Global___FilterOperator.ValueType
     """op is the comparison."""
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """value is compared with the field; a list for IN, a boolean (or unset) for IS_NULL."""
+        """value is compared with the field; a list for IN, a boolean (or unset) for IS_NULL.
+        Deprecated: set typed_value, or typed_values for IN (this form cannot tell 4 from 4.0).
+        """
+
+    @_builtins.property
+    def typed_value(self) -> Global___FieldValue:
+        """typed_value is compared with the field; for IS_NULL a boolean_value (true: is null,
+        false: is not null) or unset (is null).
+        """
+
+    @_builtins.property
+    def typed_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldValue]:
+        """typed_values are the values of IN (at most 1000)."""
 
     def __init__(
         self,
@@ -247,10 +345,12 @@ class Filter(_message.Message):
         field: _builtins.str = ...,
         op: Global___FilterOperator.ValueType = ...,
         value: _struct_pb2.Value | None = ...,
+        typed_value: Global___FieldValue | None = ...,
+        typed_values: _abc.Iterable[Global___FieldValue] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["typed_value", b"typed_value", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "op", b"op", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "op", b"op", "typed_value", b"typed_value", "typed_values", b"typed_values", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -587,13 +687,22 @@ class InsertRowsRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     COLLECTION_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    TYPED_ROWS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the collection; empty means "default"."""
     collection: _builtins.str
     """collection is the collection's name; required."""
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
-        """rows to insert: 1 to 1000 objects of field name -> value."""
+        """rows to insert: 1 to 1000 objects of field name -> value.
+        Deprecated: set typed_rows instead (this form cannot tell 4 from 4.0).
+        """
+
+    @_builtins.property
+    def typed_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___Row]:
+        """typed_rows are the rows to insert (1 to 1000), each with the typed values of its fields
+        (ids are assigned: a row's id and collection are ignored). Give rows or typed_rows.
+        """
 
     def __init__(
         self,
@@ -601,10 +710,11 @@ class InsertRowsRequest(_message.Message):
         namespace: _builtins.str = ...,
         collection: _builtins.str = ...,
         rows: _abc.Iterable[_struct_pb2.Struct] | None = ...,
+        typed_rows: _abc.Iterable[Global___Row] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "namespace", b"namespace", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "namespace", b"namespace", "rows", b"rows", "typed_rows", b"typed_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -730,10 +840,32 @@ class UpdateRowsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TypedSetEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___FieldValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___FieldValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAMESPACE_FIELD_NUMBER: _builtins.int
     COLLECTION_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     SET_FIELD_NUMBER: _builtins.int
+    TYPED_SET_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the collection; empty means "default"."""
     collection: _builtins.str
@@ -744,7 +876,15 @@ class UpdateRowsRequest(_message.Message):
 
     @_builtins.property
     def set(self) -> _struct_pb2.Struct:
-        """set maps field names to their new values (null clears an optional field)."""
+        """set maps field names to their new values (null clears an optional field).
+        Deprecated: set typed_set instead (this form cannot tell 4 from 4.0).
+        """
+
+    @_builtins.property
+    def typed_set(self) -> _containers.MessageMap[_builtins.str, Global___FieldValue]:
+        """typed_set maps field names to their new typed values (null_value clears an optional
+        field). Give set or typed_set.
+        """
 
     def __init__(
         self,
@@ -753,10 +893,11 @@ class UpdateRowsRequest(_message.Message):
         collection: _builtins.str = ...,
         filters: _abc.Iterable[Global___Filter] | None = ...,
         set: _struct_pb2.Struct | None = ...,
+        typed_set: _abc.Mapping[_builtins.str, Global___FieldValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["set", b"set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filters", b"filters", "namespace", b"namespace", "set", b"set"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filters", b"filters", "namespace", b"namespace", "set", b"set", "typed_set", b"typed_set"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

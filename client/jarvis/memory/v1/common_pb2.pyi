@@ -49,7 +49,26 @@ Global___Access: _TypeAlias = Access  # noqa: Y015
 
 @_typing.final
 class ResponseHeader(_message.Message):
-    """ResponseHeader opens every response, as in etcd: it tells the client which
+    """JSON values
+
+    Every JSON-valued field (a memory's attributes, a state or preference value, an event's
+    details, ...) is carried as a string field named after it with "_json" appended: the value
+    as JSON text (RFC 8259), read back exactly as it was written. Integers stay integers over
+    the int64 range, other numbers stay floats (4 and 4.0 are different values), and strings,
+    booleans, null, arrays (in order) and objects keep their types. The daemon refuses, with
+    INVALID_ARGUMENT naming the path (such as "attributes.scores[2]"):
+    - text that is not JSON, and NaN or Infinity, which JSON has no numbers for;
+    - integers outside the int64 range;
+    - nesting deeper than 30 arrays and objects (so that every message holding the value,
+      the older fields included, stays within protobuf's decoding depth of 100);
+    - strings holding an unpaired UTF-16 surrogate (not valid Unicode);
+    - a value given both as "x_json" and as the older google.protobuf.Struct/Value field "x".
+    The older fields still work, in both directions, but a Struct cannot tell 4 from 4.0 nor
+    hold integers beyond 2^53: a whole number written through one within +-2^53 is stored as an
+    integer. The text the daemon returns is compact (no insignificant white space) with the
+    object keys in the order they were written (a key given twice keeps its last value).
+
+    ResponseHeader opens every response, as in etcd: it tells the client which
     state of the store the response reflects.
     """
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/event.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\x97\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04type\x18\x04 \x01(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x31\n\x08severity\x18\x05 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12-\n\x06source\x18\x06 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07summary\x18\x08 \x01(\t\x12(\n\x07\x64\x65tails\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08resolved\x18\n \x01(\x08\x12/\n\x0bresolved_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bresolved_by\x18\x0c \x01(\t\x12\x10\n\x08revision\x18\r \x01(\x03\"\xae\x02\n\x12RecordEventRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x31\n\x08severity\x18\x03 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12-\n\x06source\x18\x04 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x13RecordEventResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\"0\n\x0fGetEventRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"l\n\x10GetEventResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\"\xf5\x02\n\x11ListEventsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12*\n\x05types\x18\x04 \x03(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x35\n\x0cmin_severity\x18\x05 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12\x11\n\x04node\x18\x06 \x01(\tH\x00\x88\x01\x01\x12-\n\x06source\x18\x07 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08resolved\x18\n \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05_nodeB\x0b\n\t_resolved\"\x88\x01\n\x12ListEventsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.jarvis.memory.v1.Event\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"I\n\x13ResolveEventRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\x12\x13\n\x0bresolved_by\x18\x03 \x01(\t\"p\n\x14ResolveEventResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\"\xee\x02\n\x13SearchEventsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12*\n\x05types\x18\x04 \x03(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x35\n\x0cmin_severity\x18\x05 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12\x11\n\x04node\x18\x06 \x01(\tH\x00\x88\x01\x01\x12-\n\x06source\x18\x07 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08resolved\x18\n \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05_nodeB\x0b\n\t_resolved\"r\n\x14SearchEventsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x04hits\x18\x02 \x03(\x0b\x32\x1a.jarvis.memory.v1.EventHit\"R\n\x08\x45ventHit\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07snippet\x18\x03 \x01(\t*\x82\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_ALERT\x10\x01\x12\x15\n\x11\x45VENT_TYPE_ACTION\x10\x02\x12\x15\n\x11\x45VENT_TYPE_STATUS\x10\x03\x12\x15\n\x11\x45VENT_TYPE_METRIC\x10\x04*\x9b\x01\n\rEventSeverity\x12\x1e\n\x1a\x45VENT_SEVERITY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_SEVERITY_INFO\x10\x01\x12\x1a\n\x16\x45VENT_SEVERITY_WARNING\x10\x02\x12\x18\n\x14\x45VENT_SEVERITY_ERROR\x10\x03\x12\x1b\n\x17\x45VENT_SEVERITY_CRITICAL\x10\x04*\x8d\x01\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_SOURCE_MONITOR\x10\x01\x12\x15\n\x11\x45VENT_SOURCE_USER\x10\x02\x12\x16\n\x12\x45VENT_SOURCE_AGENT\x10\x03\x12\x17\n\x13\x45VENT_SOURCE_SYSTEM\x10\x04\x32\xf2\x03\n\x0c\x45ventService\x12`\n\x0bRecordEvent\x12$.jarvis.memory.v1.RecordEventRequest\x1a%.jarvis.memory.v1.RecordEventResponse\"\x04\xc0\xf3\x18\x02\x12W\n\x08GetEvent\x12!.jarvis.memory.v1.GetEventRequest\x1a\".jarvis.memory.v1.GetEventResponse\"\x04\xc0\xf3\x18\x01\x12]\n\nListEvents\x12#.jarvis.memory.v1.ListEventsRequest\x1a$.jarvis.memory.v1.ListEventsResponse\"\x04\xc0\xf3\x18\x01\x12\x63\n\x0cSearchEvents\x12%.jarvis.memory.v1.SearchEventsRequest\x1a&.jarvis.memory.v1.SearchEventsResponse\"\x04\xc0\xf3\x18\x01\x12\x63\n\x0cResolveEvent\x12%.jarvis.memory.v1.ResolveEventRequest\x1a&.jarvis.memory.v1.ResolveEventResponse\"\x04\xc0\xf3\x18\x02\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/event.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xad\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04type\x18\x04 \x01(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x31\n\x08severity\x18\x05 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12-\n\x06source\x18\x06 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07summary\x18\x08 \x01(\t\x12(\n\x07\x64\x65tails\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x64\x65tails_json\x18\x0e \x01(\t\x12\x10\n\x08resolved\x18\n \x01(\x08\x12/\n\x0bresolved_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bresolved_by\x18\x0c \x01(\t\x12\x10\n\x08revision\x18\r \x01(\x03\"\xc4\x02\n\x12RecordEventRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x31\n\x08severity\x18\x03 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12-\n\x06source\x18\x04 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x13RecordEventResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\"0\n\x0fGetEventRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"l\n\x10GetEventResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\"\xf5\x02\n\x11ListEventsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12*\n\x05types\x18\x04 \x03(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x35\n\x0cmin_severity\x18\x05 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12\x11\n\x04node\x18\x06 \x01(\tH\x00\x88\x01\x01\x12-\n\x06source\x18\x07 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08resolved\x18\n \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05_nodeB\x0b\n\t_resolved\"\x88\x01\n\x12ListEventsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.jarvis.memory.v1.Event\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"I\n\x13ResolveEventRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\x12\x13\n\x0bresolved_by\x18\x03 \x01(\t\"p\n\x14ResolveEventResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\"\xee\x02\n\x13SearchEventsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12*\n\x05types\x18\x04 \x03(\x0e\x32\x1b.jarvis.memory.v1.EventType\x12\x35\n\x0cmin_severity\x18\x05 \x01(\x0e\x32\x1f.jarvis.memory.v1.EventSeverity\x12\x11\n\x04node\x18\x06 \x01(\tH\x00\x88\x01\x01\x12-\n\x06source\x18\x07 \x01(\x0e\x32\x1d.jarvis.memory.v1.EventSource\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08resolved\x18\n \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05_nodeB\x0b\n\t_resolved\"r\n\x14SearchEventsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x04hits\x18\x02 \x03(\x0b\x32\x1a.jarvis.memory.v1.EventHit\"R\n\x08\x45ventHit\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.jarvis.memory.v1.Event\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07snippet\x18\x03 \x01(\t*\x82\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_ALERT\x10\x01\x12\x15\n\x11\x45VENT_TYPE_ACTION\x10\x02\x12\x15\n\x11\x45VENT_TYPE_STATUS\x10\x03\x12\x15\n\x11\x45VENT_TYPE_METRIC\x10\x04*\x9b\x01\n\rEventSeverity\x12\x1e\n\x1a\x45VENT_SEVERITY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_SEVERITY_INFO\x10\x01\x12\x1a\n\x16\x45VENT_SEVERITY_WARNING\x10\x02\x12\x18\n\x14\x45VENT_SEVERITY_ERROR\x10\x03\x12\x1b\n\x17\x45VENT_SEVERITY_CRITICAL\x10\x04*\x8d\x01\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_SOURCE_MONITOR\x10\x01\x12\x15\n\x11\x45VENT_SOURCE_USER\x10\x02\x12\x16\n\x12\x45VENT_SOURCE_AGENT\x10\x03\x12\x17\n\x13\x45VENT_SOURCE_SYSTEM\x10\x04\x32\xfb\x03\n\x0c\x45ventService\x12`\n\x0bRecordEvent\x12$.jarvis.memory.v1.RecordEventRequest\x1a%.jarvis.memory.v1.RecordEventResponse\"\x04\xc0\xf3\x18\x02\x12Z\n\x08GetEvent\x12!.jarvis.memory.v1.GetEventRequest\x1a\".jarvis.memory.v1.GetEventResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12`\n\nListEvents\x12#.jarvis.memory.v1.ListEventsRequest\x1a$.jarvis.memory.v1.ListEventsResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12\x66\n\x0cSearchEvents\x12%.jarvis.memory.v1.SearchEventsRequest\x1a&.jarvis.memory.v1.SearchEventsResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12\x63\n\x0cResolveEvent\x12%.jarvis.memory.v1.ResolveEventRequest\x1a&.jarvis.memory.v1.ResolveEventResponse\"\x04\xc0\xf3\x18\x02\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,43 +38,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSERVICE'].methods_by_name['RecordEvent']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['RecordEvent']._serialized_options = b'\300\363\030\002'
   _globals['_EVENTSERVICE'].methods_by_name['GetEvent']._loaded_options = None
-  _globals['_EVENTSERVICE'].methods_by_name['GetEvent']._serialized_options = b'\300\363\030\001'
+  _globals['_EVENTSERVICE'].methods_by_name['GetEvent']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._loaded_options = None
-  _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\300\363\030\001'
+  _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_EVENTSERVICE'].methods_by_name['SearchEvents']._loaded_options = None
-  _globals['_EVENTSERVICE'].methods_by_name['SearchEvents']._serialized_options = b'\300\363\030\001'
+  _globals['_EVENTSERVICE'].methods_by_name['SearchEvents']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_EVENTSERVICE'].methods_by_name['ResolveEvent']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['ResolveEvent']._serialized_options = b'\300\363\030\002'
-  _globals['_EVENTTYPE']._serialized_start=2406
-  _globals['_EVENTTYPE']._serialized_end=2536
-  _globals['_EVENTSEVERITY']._serialized_start=2539
-  _globals['_EVENTSEVERITY']._serialized_end=2694
-  _globals['_EVENTSOURCE']._serialized_start=2697
-  _globals['_EVENTSOURCE']._serialized_end=2838
+  _globals['_EVENTTYPE']._serialized_start=2450
+  _globals['_EVENTTYPE']._serialized_end=2580
+  _globals['_EVENTSEVERITY']._serialized_start=2583
+  _globals['_EVENTSEVERITY']._serialized_end=2738
+  _globals['_EVENTSOURCE']._serialized_start=2741
+  _globals['_EVENTSOURCE']._serialized_end=2882
   _globals['_EVENT']._serialized_start=145
-  _globals['_EVENT']._serialized_end=552
-  _globals['_RECORDEVENTREQUEST']._serialized_start=555
-  _globals['_RECORDEVENTREQUEST']._serialized_end=857
-  _globals['_RECORDEVENTRESPONSE']._serialized_start=859
-  _globals['_RECORDEVENTRESPONSE']._serialized_end=970
-  _globals['_GETEVENTREQUEST']._serialized_start=972
-  _globals['_GETEVENTREQUEST']._serialized_end=1020
-  _globals['_GETEVENTRESPONSE']._serialized_start=1022
-  _globals['_GETEVENTRESPONSE']._serialized_end=1130
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1133
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1506
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1509
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1645
-  _globals['_RESOLVEEVENTREQUEST']._serialized_start=1647
-  _globals['_RESOLVEEVENTREQUEST']._serialized_end=1720
-  _globals['_RESOLVEEVENTRESPONSE']._serialized_start=1722
-  _globals['_RESOLVEEVENTRESPONSE']._serialized_end=1834
-  _globals['_SEARCHEVENTSREQUEST']._serialized_start=1837
-  _globals['_SEARCHEVENTSREQUEST']._serialized_end=2203
-  _globals['_SEARCHEVENTSRESPONSE']._serialized_start=2205
-  _globals['_SEARCHEVENTSRESPONSE']._serialized_end=2319
-  _globals['_EVENTHIT']._serialized_start=2321
-  _globals['_EVENTHIT']._serialized_end=2403
-  _globals['_EVENTSERVICE']._serialized_start=2841
-  _globals['_EVENTSERVICE']._serialized_end=3339
+  _globals['_EVENT']._serialized_end=574
+  _globals['_RECORDEVENTREQUEST']._serialized_start=577
+  _globals['_RECORDEVENTREQUEST']._serialized_end=901
+  _globals['_RECORDEVENTRESPONSE']._serialized_start=903
+  _globals['_RECORDEVENTRESPONSE']._serialized_end=1014
+  _globals['_GETEVENTREQUEST']._serialized_start=1016
+  _globals['_GETEVENTREQUEST']._serialized_end=1064
+  _globals['_GETEVENTRESPONSE']._serialized_start=1066
+  _globals['_GETEVENTRESPONSE']._serialized_end=1174
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1177
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1550
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1553
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1689
+  _globals['_RESOLVEEVENTREQUEST']._serialized_start=1691
+  _globals['_RESOLVEEVENTREQUEST']._serialized_end=1764
+  _globals['_RESOLVEEVENTRESPONSE']._serialized_start=1766
+  _globals['_RESOLVEEVENTRESPONSE']._serialized_end=1878
+  _globals['_SEARCHEVENTSREQUEST']._serialized_start=1881
+  _globals['_SEARCHEVENTSREQUEST']._serialized_end=2247
+  _globals['_SEARCHEVENTSRESPONSE']._serialized_start=2249
+  _globals['_SEARCHEVENTSRESPONSE']._serialized_end=2363
+  _globals['_EVENTHIT']._serialized_start=2365
+  _globals['_EVENTHIT']._serialized_end=2447
+  _globals['_EVENTSERVICE']._serialized_start=2885
+  _globals['_EVENTSERVICE']._serialized_end=3392
 # @@protoc_insertion_point(module_scope)

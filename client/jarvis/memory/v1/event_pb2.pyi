@@ -133,6 +133,7 @@ class Event(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
     RESOLVED_FIELD_NUMBER: _builtins.int
     RESOLVED_AT_FIELD_NUMBER: _builtins.int
     RESOLVED_BY_FIELD_NUMBER: _builtins.int
@@ -151,6 +152,10 @@ class Event(_message.Message):
     """node is the machine or component concerned ("" if none), such as "pve1"."""
     summary: _builtins.str
     """summary is the one-line description."""
+    details_json: _builtins.str
+    """details_json is details as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     resolved: _builtins.bool
     """resolved is true once ResolveEvent was called."""
     resolved_by: _builtins.str
@@ -163,7 +168,9 @@ class Event(_message.Message):
 
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
-        """details is optional structured data; unset if none."""
+        """details is optional structured data; unset if none.
+        Deprecated: read and write details_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def resolved_at(self) -> _timestamp_pb2.Timestamp:
@@ -181,6 +188,7 @@ class Event(_message.Message):
         node: _builtins.str = ...,
         summary: _builtins.str = ...,
         details: _struct_pb2.Struct | None = ...,
+        details_json: _builtins.str = ...,
         resolved: _builtins.bool = ...,
         resolved_at: _timestamp_pb2.Timestamp | None = ...,
         resolved_by: _builtins.str = ...,
@@ -188,7 +196,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "occurred_at", b"occurred_at", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "id", b"id", "namespace", b"namespace", "node", b"node", "occurred_at", b"occurred_at", "resolved", b"resolved", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "revision", b"revision", "severity", b"severity", "source", b"source", "summary", b"summary", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "details_json", b"details_json", "id", b"id", "namespace", b"namespace", "node", b"node", "occurred_at", b"occurred_at", "resolved", b"resolved", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "revision", b"revision", "severity", b"severity", "source", b"source", "summary", b"summary", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -207,6 +215,7 @@ class RecordEventRequest(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the event; empty means "default"."""
@@ -220,9 +229,15 @@ class RecordEventRequest(_message.Message):
     """node is optional; at most 128 characters."""
     summary: _builtins.str
     """summary is required: one line (no line breaks), at most 1024 characters."""
+    details_json: _builtins.str
+    """details_json is details as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
-        """details is optional structured data; at most 65536 bytes as JSON."""
+        """details is optional structured data; at most 65536 bytes as JSON.
+        Deprecated: read and write details_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
@@ -238,11 +253,12 @@ class RecordEventRequest(_message.Message):
         node: _builtins.str = ...,
         summary: _builtins.str = ...,
         details: _struct_pb2.Struct | None = ...,
+        details_json: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "namespace", b"namespace", "node", b"node", "occurred_at", b"occurred_at", "severity", b"severity", "source", b"source", "summary", b"summary", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "details_json", b"details_json", "namespace", b"namespace", "node", b"node", "occurred_at", b"occurred_at", "severity", b"severity", "source", b"source", "summary", b"summary", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,6 +98,7 @@ class Memory(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_JSON_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
@@ -123,6 +124,10 @@ class Memory(_message.Message):
     """subject is an optional short label of what the memory is about ("coffee",
     "user"); empty when not set. At most 256 characters.
     """
+    attributes_json: _builtins.str
+    """attributes_json is attributes as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     stale: _builtins.bool
     """stale is true once the memory is known to be out of date. Restating a
     stale memory makes it current again.
@@ -135,7 +140,9 @@ class Memory(_message.Message):
     """revision is the store revision of the memory's last change."""
     @_builtins.property
     def attributes(self) -> _struct_pb2.Struct:
-        """attributes holds optional structured data as a JSON object; unset when none."""
+        """attributes holds optional structured data as a JSON object; unset when none.
+        Deprecated: read and write attributes_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -160,6 +167,7 @@ class Memory(_message.Message):
         source: Global___MemorySource.ValueType = ...,
         subject: _builtins.str = ...,
         attributes: _struct_pb2.Struct | None = ...,
+        attributes_json: _builtins.str = ...,
         stale: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
@@ -169,7 +177,7 @@ class Memory(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "created_at", b"created_at", "last_accessed_at", b"last_accessed_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category", b"category", "content", b"content", "content_hash", b"content_hash", "created_at", b"created_at", "id", b"id", "last_accessed_at", b"last_accessed_at", "namespace", b"namespace", "restated_count", b"restated_count", "revision", b"revision", "source", b"source", "stale", b"stale", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "content_hash", b"content_hash", "created_at", b"created_at", "id", b"id", "last_accessed_at", b"last_accessed_at", "namespace", b"namespace", "restated_count", b"restated_count", "revision", b"revision", "source", b"source", "stale", b"stale", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,6 +195,7 @@ class AddMemoryRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_JSON_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace isolates one assistant's or user's data; empty means "default".
@@ -200,9 +209,15 @@ class AddMemoryRequest(_message.Message):
     """source is required."""
     subject: _builtins.str
     """subject is optional; at most 256 characters."""
+    attributes_json: _builtins.str
+    """attributes_json is attributes as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def attributes(self) -> _struct_pb2.Struct:
-        """attributes is optional structured data; at most 65536 bytes once encoded as JSON."""
+        """attributes is optional structured data; at most 65536 bytes once encoded as JSON.
+        Deprecated: read and write attributes_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -222,11 +237,12 @@ class AddMemoryRequest(_message.Message):
         source: Global___MemorySource.ValueType = ...,
         subject: _builtins.str = ...,
         attributes: _struct_pb2.Struct | None = ...,
+        attributes_json: _builtins.str = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category", b"category", "content", b"content", "embedding", b"embedding", "namespace", b"namespace", "source", b"source", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "embedding", b"embedding", "namespace", b"namespace", "source", b"source", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,6 +293,7 @@ class NewMemory(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_JSON_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """content is required; as in AddMemoryRequest."""
@@ -286,9 +303,15 @@ class NewMemory(_message.Message):
     """source is required."""
     subject: _builtins.str
     """subject is optional; as in AddMemoryRequest."""
+    attributes_json: _builtins.str
+    """attributes_json is attributes as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def attributes(self) -> _struct_pb2.Struct:
-        """attributes is optional; as in AddMemoryRequest."""
+        """attributes is optional; as in AddMemoryRequest.
+        Deprecated: read and write attributes_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -302,11 +325,12 @@ class NewMemory(_message.Message):
         source: Global___MemorySource.ValueType = ...,
         subject: _builtins.str = ...,
         attributes: _struct_pb2.Struct | None = ...,
+        attributes_json: _builtins.str = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category", b"category", "content", b"content", "embedding", b"embedding", "source", b"source", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "embedding", b"embedding", "source", b"source", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!jarvis/memory/v1/preference.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xc5\x01\n\nPreference\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x06 \x01(\x03\"6\n\x14GetPreferenceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"{\n\x15GetPreferenceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x30\n\npreference\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.Preference\"]\n\x14SetPreferenceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"{\n\x15SetPreferenceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x30\n\npreference\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.Preference\"f\n\x16ListPreferencesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nkey_prefix\x18\x04 \x01(\t\"\x97\x01\n\x17ListPreferencesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x31\n\x0bpreferences\x18\x02 \x03(\x0b\x32\x1c.jarvis.memory.v1.Preference\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"9\n\x17\x44\x65letePreferenceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"L\n\x18\x44\x65letePreferenceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader2\xc2\x03\n\x11PreferenceService\x12\x66\n\rGetPreference\x12&.jarvis.memory.v1.GetPreferenceRequest\x1a\'.jarvis.memory.v1.GetPreferenceResponse\"\x04\xc0\xf3\x18\x01\x12\x66\n\rSetPreference\x12&.jarvis.memory.v1.SetPreferenceRequest\x1a\'.jarvis.memory.v1.SetPreferenceResponse\"\x04\xc0\xf3\x18\x02\x12l\n\x0fListPreferences\x12(.jarvis.memory.v1.ListPreferencesRequest\x1a).jarvis.memory.v1.ListPreferencesResponse\"\x04\xc0\xf3\x18\x01\x12o\n\x10\x44\x65letePreference\x12).jarvis.memory.v1.DeletePreferenceRequest\x1a*.jarvis.memory.v1.DeletePreferenceResponse\"\x04\xc0\xf3\x18\x02\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!jarvis/memory/v1/preference.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xd9\x01\n\nPreference\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\nvalue_json\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x06 \x01(\x03\"6\n\x14GetPreferenceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"{\n\x15GetPreferenceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x30\n\npreference\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.Preference\"q\n\x14SetPreferenceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\nvalue_json\x18\x04 \x01(\t\"{\n\x15SetPreferenceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x30\n\npreference\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.Preference\"f\n\x16ListPreferencesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nkey_prefix\x18\x04 \x01(\t\"\x97\x01\n\x17ListPreferencesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x31\n\x0bpreferences\x18\x02 \x03(\x0b\x32\x1c.jarvis.memory.v1.Preference\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"9\n\x17\x44\x65letePreferenceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"L\n\x18\x44\x65letePreferenceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader2\xc8\x03\n\x11PreferenceService\x12i\n\rGetPreference\x12&.jarvis.memory.v1.GetPreferenceRequest\x1a\'.jarvis.memory.v1.GetPreferenceResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12\x66\n\rSetPreference\x12&.jarvis.memory.v1.SetPreferenceRequest\x1a\'.jarvis.memory.v1.SetPreferenceResponse\"\x04\xc0\xf3\x18\x02\x12o\n\x0fListPreferences\x12(.jarvis.memory.v1.ListPreferencesRequest\x1a).jarvis.memory.v1.ListPreferencesResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12o\n\x10\x44\x65letePreference\x12).jarvis.memory.v1.DeletePreferenceRequest\x1a*.jarvis.memory.v1.DeletePreferenceResponse\"\x04\xc0\xf3\x18\x02\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1'
   _globals['_PREFERENCESERVICE'].methods_by_name['GetPreference']._loaded_options = None
-  _globals['_PREFERENCESERVICE'].methods_by_name['GetPreference']._serialized_options = b'\300\363\030\001'
+  _globals['_PREFERENCESERVICE'].methods_by_name['GetPreference']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_PREFERENCESERVICE'].methods_by_name['SetPreference']._loaded_options = None
   _globals['_PREFERENCESERVICE'].methods_by_name['SetPreference']._serialized_options = b'\300\363\030\002'
   _globals['_PREFERENCESERVICE'].methods_by_name['ListPreferences']._loaded_options = None
-  _globals['_PREFERENCESERVICE'].methods_by_name['ListPreferences']._serialized_options = b'\300\363\030\001'
+  _globals['_PREFERENCESERVICE'].methods_by_name['ListPreferences']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_PREFERENCESERVICE'].methods_by_name['DeletePreference']._loaded_options = None
   _globals['_PREFERENCESERVICE'].methods_by_name['DeletePreference']._serialized_options = b'\300\363\030\002'
   _globals['_PREFERENCE']._serialized_start=150
-  _globals['_PREFERENCE']._serialized_end=347
-  _globals['_GETPREFERENCEREQUEST']._serialized_start=349
-  _globals['_GETPREFERENCEREQUEST']._serialized_end=403
-  _globals['_GETPREFERENCERESPONSE']._serialized_start=405
-  _globals['_GETPREFERENCERESPONSE']._serialized_end=528
-  _globals['_SETPREFERENCEREQUEST']._serialized_start=530
-  _globals['_SETPREFERENCEREQUEST']._serialized_end=623
-  _globals['_SETPREFERENCERESPONSE']._serialized_start=625
-  _globals['_SETPREFERENCERESPONSE']._serialized_end=748
-  _globals['_LISTPREFERENCESREQUEST']._serialized_start=750
-  _globals['_LISTPREFERENCESREQUEST']._serialized_end=852
-  _globals['_LISTPREFERENCESRESPONSE']._serialized_start=855
-  _globals['_LISTPREFERENCESRESPONSE']._serialized_end=1006
-  _globals['_DELETEPREFERENCEREQUEST']._serialized_start=1008
-  _globals['_DELETEPREFERENCEREQUEST']._serialized_end=1065
-  _globals['_DELETEPREFERENCERESPONSE']._serialized_start=1067
-  _globals['_DELETEPREFERENCERESPONSE']._serialized_end=1143
-  _globals['_PREFERENCESERVICE']._serialized_start=1146
-  _globals['_PREFERENCESERVICE']._serialized_end=1596
+  _globals['_PREFERENCE']._serialized_end=367
+  _globals['_GETPREFERENCEREQUEST']._serialized_start=369
+  _globals['_GETPREFERENCEREQUEST']._serialized_end=423
+  _globals['_GETPREFERENCERESPONSE']._serialized_start=425
+  _globals['_GETPREFERENCERESPONSE']._serialized_end=548
+  _globals['_SETPREFERENCEREQUEST']._serialized_start=550
+  _globals['_SETPREFERENCEREQUEST']._serialized_end=663
+  _globals['_SETPREFERENCERESPONSE']._serialized_start=665
+  _globals['_SETPREFERENCERESPONSE']._serialized_end=788
+  _globals['_LISTPREFERENCESREQUEST']._serialized_start=790
+  _globals['_LISTPREFERENCESREQUEST']._serialized_end=892
+  _globals['_LISTPREFERENCESRESPONSE']._serialized_start=895
+  _globals['_LISTPREFERENCESRESPONSE']._serialized_end=1046
+  _globals['_DELETEPREFERENCEREQUEST']._serialized_start=1048
+  _globals['_DELETEPREFERENCEREQUEST']._serialized_end=1105
+  _globals['_DELETEPREFERENCERESPONSE']._serialized_start=1107
+  _globals['_DELETEPREFERENCERESPONSE']._serialized_end=1183
+  _globals['_PREFERENCESERVICE']._serialized_start=1186
+  _globals['_PREFERENCESERVICE']._serialized_end=1642
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,7 @@ class Preference(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
@@ -39,11 +40,17 @@ class Preference(_message.Message):
     """key names the setting: 1 to 128 letters, digits or "._:/-", starting with a letter or
     digit.
     """
+    value_json: _builtins.str
+    """value_json is value as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     revision: _builtins.int
     """revision is the store revision of the last set."""
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """value is any JSON value."""
+        """value is any JSON value.
+        Deprecated: read and write value_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -59,13 +66,14 @@ class Preference(_message.Message):
         namespace: _builtins.str = ...,
         key: _builtins.str = ...,
         value: _struct_pb2.Value | None = ...,
+        value_json: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "key", b"key", "namespace", b"namespace", "revision", b"revision", "updated_at", b"updated_at", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "key", b"key", "namespace", b"namespace", "revision", b"revision", "updated_at", b"updated_at", "value", b"value", "value_json", b"value_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,13 +144,20 @@ class SetPreferenceRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the preference; empty means "default"."""
     key: _builtins.str
     """key of the preference; required."""
+    value_json: _builtins.str
+    """value_json is value as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """value is required (a JSON null is a value); at most 65536 bytes as JSON."""
+        """value is required (a JSON null is a value); at most 65536 bytes as JSON.
+        Deprecated: read and write value_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -150,10 +165,11 @@ class SetPreferenceRequest(_message.Message):
         namespace: _builtins.str = ...,
         key: _builtins.str = ...,
         value: _struct_pb2.Value | None = ...,
+        value_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "namespace", b"namespace", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "namespace", b"namespace", "value", b"value", "value_json", b"value_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -153,6 +153,7 @@ class Session(_message.Message):
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id identifies the session in its namespace: the client's id, or a server-made one."""
@@ -166,6 +167,10 @@ class Session(_message.Message):
     """summary is the optional summary given when the session ended ("" if none)."""
     message_count: _builtins.int
     """message_count is how many messages the session holds."""
+    metadata_json: _builtins.str
+    """metadata_json is metadata as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     revision: _builtins.int
     """revision is the store revision of the session's last start or end."""
     @_builtins.property
@@ -186,7 +191,9 @@ class Session(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """metadata is the optional JSON object given at the start; unset if none."""
+        """metadata is the optional JSON object given at the start; unset if none.
+        Deprecated: read and write metadata_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -202,11 +209,12 @@ class Session(_message.Message):
         message_count: _builtins.int = ...,
         duration: _duration_pb2.Duration | None = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        metadata_json: _builtins.str = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "ended_at", b"ended_at", "last_activity_at", b"last_activity_at", "metadata", b"metadata", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "end_trigger", b"end_trigger", "ended_at", b"ended_at", "id", b"id", "last_activity_at", b"last_activity_at", "message_count", b"message_count", "metadata", b"metadata", "namespace", b"namespace", "revision", b"revision", "started_at", b"started_at", "state", b"state", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "end_trigger", b"end_trigger", "ended_at", b"ended_at", "id", b"id", "last_activity_at", b"last_activity_at", "message_count", b"message_count", "metadata", b"metadata", "metadata_json", b"metadata_json", "namespace", b"namespace", "revision", b"revision", "started_at", b"started_at", "state", b"state", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +231,7 @@ class SessionEvent(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
     LOGGED_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
@@ -235,11 +244,17 @@ class SessionEvent(_message.Message):
     """event_type is free text, such as session_start, session_end, tool_invocation,
     topic_change or user_state.
     """
+    data_json: _builtins.str
+    """data_json is data as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     revision: _builtins.int
     """revision is the store revision of the event."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """data is the event's JSON object; unset if none."""
+        """data is the event's JSON object; unset if none.
+        Deprecated: read and write data_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def logged_at(self) -> _timestamp_pb2.Timestamp:
@@ -253,12 +268,13 @@ class SessionEvent(_message.Message):
         session_id: _builtins.str = ...,
         event_type: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
+        data_json: _builtins.str = ...,
         logged_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "logged_at", b"logged_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_type", b"event_type", "id", b"id", "logged_at", b"logged_at", "namespace", b"namespace", "revision", b"revision", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_json", b"data_json", "event_type", b"event_type", "id", b"id", "logged_at", b"logged_at", "namespace", b"namespace", "revision", b"revision", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,6 +295,7 @@ class Message(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TOKENS_USED_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
@@ -297,11 +314,17 @@ class Message(_message.Message):
     """model is the model that produced the message ("" if not given)."""
     tokens_used: _builtins.int
     """tokens_used is how many tokens the message cost (0 if not given)."""
+    tool_calls_json: _builtins.str
+    """tool_calls_json is tool_calls as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     revision: _builtins.int
     """revision is the store revision of the append."""
     @_builtins.property
     def tool_calls(self) -> _struct_pb2.Value:
-        """tool_calls is the JSON of the tool calls the message made; unset if none."""
+        """tool_calls is the JSON of the tool calls the message made; unset if none.
+        Deprecated: read and write tool_calls_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -319,12 +342,13 @@ class Message(_message.Message):
         model: _builtins.str = ...,
         tokens_used: _builtins.int = ...,
         tool_calls: _struct_pb2.Value | None = ...,
+        tool_calls_json: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "tool_calls", b"tool_calls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "id", b"id", "model", b"model", "namespace", b"namespace", "revision", b"revision", "role", b"role", "sequence", b"sequence", "session_id", b"session_id", "tokens_used", b"tokens_used", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "id", b"id", "model", b"model", "namespace", b"namespace", "revision", b"revision", "role", b"role", "sequence", b"sequence", "session_id", b"session_id", "tokens_used", b"tokens_used", "tool_calls", b"tool_calls", "tool_calls_json", b"tool_calls_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -339,16 +363,22 @@ class StartSessionRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the session; empty means "default"."""
     session_id: _builtins.str
     """session_id is the client's id for the session (1 to 128 letters, digits or "._:-");
     empty lets the server make one. An id already used in the namespace is ALREADY_EXISTS.
     """
+    metadata_json: _builtins.str
+    """metadata_json is metadata as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """metadata is an optional JSON object kept with the session and logged in its
         session_start event (at most 65536 bytes as JSON).
+        Deprecated: read and write metadata_json instead (this form cannot tell 4 from 4.0).
         """
 
     def __init__(
@@ -357,10 +387,11 @@ class StartSessionRequest(_message.Message):
         namespace: _builtins.str = ...,
         session_id: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        metadata_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "namespace", b"namespace", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "metadata_json", b"metadata_json", "namespace", b"namespace", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,15 +633,22 @@ class LogSessionEventRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the session; empty means "default"."""
     session_id: _builtins.str
     """session_id is the active session to log to; required."""
     event_type: _builtins.str
     """event_type names the event; required, 1 to 64 characters."""
+    data_json: _builtins.str
+    """data_json is data as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """data is an optional JSON object (at most 65536 bytes as JSON)."""
+        """data is an optional JSON object (at most 65536 bytes as JSON).
+        Deprecated: read and write data_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -619,10 +657,11 @@ class LogSessionEventRequest(_message.Message):
         session_id: _builtins.str = ...,
         event_type: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
+        data_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_type", b"event_type", "namespace", b"namespace", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_json", b"data_json", "event_type", b"event_type", "namespace", b"namespace", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -749,6 +788,7 @@ class AppendMessageRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TOKENS_USED_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the session; empty means "default"."""
@@ -764,10 +804,15 @@ class AppendMessageRequest(_message.Message):
     """model is the model that produced the message; optional, at most 256 characters."""
     tokens_used: _builtins.int
     """tokens_used is how many tokens the message cost; optional, not negative."""
+    tool_calls_json: _builtins.str
+    """tool_calls_json is tool_calls as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def tool_calls(self) -> _struct_pb2.Value:
         """tool_calls is the JSON of the tool calls the message made; optional (at most 1 MiB as
         JSON).
+        Deprecated: read and write tool_calls_json instead (this form cannot tell 4 from 4.0).
         """
 
     @_builtins.property
@@ -786,11 +831,12 @@ class AppendMessageRequest(_message.Message):
         model: _builtins.str = ...,
         tokens_used: _builtins.int = ...,
         tool_calls: _struct_pb2.Value | None = ...,
+        tool_calls_json: _builtins.str = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tool_calls", b"tool_calls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "embedding", b"embedding", "model", b"model", "namespace", b"namespace", "role", b"role", "session_id", b"session_id", "tokens_used", b"tokens_used", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "embedding", b"embedding", "model", b"model", "namespace", b"namespace", "role", b"role", "session_id", b"session_id", "tokens_used", b"tokens_used", "tool_calls", b"tool_calls", "tool_calls_json", b"tool_calls_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjarvis/memory/v1/snapshot.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\x9e\x01\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12,\n\x08taken_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08revision\x18\x06 \x01(\x03\"]\n\x13SaveSnapshotRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"v\n\x14SaveSnapshotResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12,\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1a.jarvis.memory.v1.Snapshot\";\n\x18GetLatestSnapshotRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"{\n\x19GetLatestSnapshotResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12,\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1a.jarvis.memory.v1.Snapshot\"\x89\x01\n\x14ListSnapshotsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x01\n\x15ListSnapshotsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12-\n\tsnapshots\x18\x02 \x03(\x0b\x32\x1a.jarvis.memory.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xd2\x02\n\x0fSnapshotService\x12\x63\n\x0cSaveSnapshot\x12%.jarvis.memory.v1.SaveSnapshotRequest\x1a&.jarvis.memory.v1.SaveSnapshotResponse\"\x04\xc0\xf3\x18\x02\x12r\n\x11GetLatestSnapshot\x12*.jarvis.memory.v1.GetLatestSnapshotRequest\x1a+.jarvis.memory.v1.GetLatestSnapshotResponse\"\x04\xc0\xf3\x18\x01\x12\x66\n\rListSnapshots\x12&.jarvis.memory.v1.ListSnapshotsRequest\x1a\'.jarvis.memory.v1.ListSnapshotsResponse\"\x04\xc0\xf3\x18\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjarvis/memory/v1/snapshot.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xb1\x01\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12,\n\x08taken_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdata_json\x18\x07 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x03\"p\n\x13SaveSnapshotRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdata_json\x18\x04 \x01(\t\"v\n\x14SaveSnapshotResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12,\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1a.jarvis.memory.v1.Snapshot\";\n\x18GetLatestSnapshotRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"{\n\x19GetLatestSnapshotResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12,\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1a.jarvis.memory.v1.Snapshot\"\x89\x01\n\x14ListSnapshotsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x01\n\x15ListSnapshotsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12-\n\tsnapshots\x18\x02 \x03(\x0b\x32\x1a.jarvis.memory.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xd8\x02\n\x0fSnapshotService\x12\x63\n\x0cSaveSnapshot\x12%.jarvis.memory.v1.SaveSnapshotRequest\x1a&.jarvis.memory.v1.SaveSnapshotResponse\"\x04\xc0\xf3\x18\x02\x12u\n\x11GetLatestSnapshot\x12*.jarvis.memory.v1.GetLatestSnapshotRequest\x1a+.jarvis.memory.v1.GetLatestSnapshotResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12i\n\rListSnapshots\x12&.jarvis.memory.v1.ListSnapshotsRequest\x1a\'.jarvis.memory.v1.ListSnapshotsResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTSERVICE'].methods_by_name['SaveSnapshot']._loaded_options = None
   _globals['_SNAPSHOTSERVICE'].methods_by_name['SaveSnapshot']._serialized_options = b'\300\363\030\002'
   _globals['_SNAPSHOTSERVICE'].methods_by_name['GetLatestSnapshot']._loaded_options = None
-  _globals['_SNAPSHOTSERVICE'].methods_by_name['GetLatestSnapshot']._serialized_options = b'\300\363\030\001'
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['GetLatestSnapshot']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_SNAPSHOTSERVICE'].methods_by_name['ListSnapshots']._loaded_options = None
-  _globals['_SNAPSHOTSERVICE'].methods_by_name['ListSnapshots']._serialized_options = b'\300\363\030\001'
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['ListSnapshots']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_SNAPSHOT']._serialized_start=148
-  _globals['_SNAPSHOT']._serialized_end=306
-  _globals['_SAVESNAPSHOTREQUEST']._serialized_start=308
-  _globals['_SAVESNAPSHOTREQUEST']._serialized_end=401
-  _globals['_SAVESNAPSHOTRESPONSE']._serialized_start=403
-  _globals['_SAVESNAPSHOTRESPONSE']._serialized_end=521
-  _globals['_GETLATESTSNAPSHOTREQUEST']._serialized_start=523
-  _globals['_GETLATESTSNAPSHOTREQUEST']._serialized_end=582
-  _globals['_GETLATESTSNAPSHOTRESPONSE']._serialized_start=584
-  _globals['_GETLATESTSNAPSHOTRESPONSE']._serialized_end=707
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=710
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=847
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=850
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=995
-  _globals['_SNAPSHOTSERVICE']._serialized_start=998
-  _globals['_SNAPSHOTSERVICE']._serialized_end=1336
+  _globals['_SNAPSHOT']._serialized_end=325
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_start=327
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_end=439
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_start=441
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_end=559
+  _globals['_GETLATESTSNAPSHOTREQUEST']._serialized_start=561
+  _globals['_GETLATESTSNAPSHOTREQUEST']._serialized_end=620
+  _globals['_GETLATESTSNAPSHOTRESPONSE']._serialized_start=622
+  _globals['_GETLATESTSNAPSHOTRESPONSE']._serialized_end=745
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=748
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=885
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=888
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=1033
+  _globals['_SNAPSHOTSERVICE']._serialized_start=1036
+  _globals['_SNAPSHOTSERVICE']._serialized_end=1380
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,7 @@ class Snapshot(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     TAKEN_AT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """id identifies the snapshot; increasing in save order."""
@@ -39,6 +40,10 @@ class Snapshot(_message.Message):
     """namespace is the snapshot's namespace."""
     kind: _builtins.str
     """kind labels what the document describes, such as "cluster"."""
+    data_json: _builtins.str
+    """data_json is data as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     revision: _builtins.int
     """revision is the store revision of the save."""
     @_builtins.property
@@ -47,7 +52,9 @@ class Snapshot(_message.Message):
 
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """data is the document."""
+        """data is the document.
+        Deprecated: read and write data_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -57,11 +64,12 @@ class Snapshot(_message.Message):
         kind: _builtins.str = ...,
         taken_at: _timestamp_pb2.Timestamp | None = ...,
         data: _struct_pb2.Struct | None = ...,
+        data_json: _builtins.str = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "taken_at", b"taken_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "id", b"id", "kind", b"kind", "namespace", b"namespace", "revision", b"revision", "taken_at", b"taken_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_json", b"data_json", "id", b"id", "kind", b"kind", "namespace", b"namespace", "revision", b"revision", "taken_at", b"taken_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -76,13 +84,20 @@ class SaveSnapshotRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the snapshot; empty means "default"."""
     kind: _builtins.str
     """kind labels the document; empty means "cluster". 1 to 64 letters, digits or "._:-"."""
+    data_json: _builtins.str
+    """data_json is data as exact JSON text: a JSON object; "" means unset. See
+    "JSON values" in common.proto.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """data is the document; required, at most 4 MiB as JSON."""
+        """data is the document; required, at most 4 MiB as JSON.
+        Deprecated: read and write data_json instead (this form cannot tell 4 from 4.0).
+        """
 
     def __init__(
         self,
@@ -90,10 +105,11 @@ class SaveSnapshotRequest(_message.Message):
         namespace: _builtins.str = ...,
         kind: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
+        data_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_json", b"data_json", "kind", b"kind", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/state.proto\x12\x10jarvis.memory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xd6\x01\n\nStateEntry\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x07 \x01(\x03\"1\n\x0fGetStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"q\n\x10GetStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12+\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.StateEntry\"\xb4\x01\n\x0fPutStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x1d\n\x10\x65xpected_version\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x13\n\x11_expected_version\"q\n\x10PutStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12+\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.StateEntry\"h\n\x12\x44\x65leteStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"G\n\x13\x44\x65leteStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\"`\n\x10ListStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nkey_prefix\x18\x04 \x01(\t\"\x8d\x01\n\x11ListStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.jarvis.memory.v1.StateEntry\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xfe\x02\n\x0cStateService\x12W\n\x08GetState\x12!.jarvis.memory.v1.GetStateRequest\x1a\".jarvis.memory.v1.GetStateResponse\"\x04\xc0\xf3\x18\x01\x12W\n\x08PutState\x12!.jarvis.memory.v1.PutStateRequest\x1a\".jarvis.memory.v1.PutStateResponse\"\x04\xc0\xf3\x18\x02\x12`\n\x0b\x44\x65leteState\x12$.jarvis.memory.v1.DeleteStateRequest\x1a%.jarvis.memory.v1.DeleteStateResponse\"\x04\xc0\xf3\x18\x02\x12Z\n\tListState\x12\".jarvis.memory.v1.ListStateRequest\x1a#.jarvis.memory.v1.ListStateResponse\"\x04\xc0\xf3\x18\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/state.proto\x12\x10jarvis.memory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xea\x01\n\nStateEntry\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\nvalue_json\x18\x08 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x07 \x01(\x03\"1\n\x0fGetStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"q\n\x10GetStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12+\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.StateEntry\"\xc8\x01\n\x0fPutStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\nvalue_json\x18\x06 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x13\n\x11_expected_version\"q\n\x10PutStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12+\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x1c.jarvis.memory.v1.StateEntry\"h\n\x12\x44\x65leteStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"G\n\x13\x44\x65leteStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\"`\n\x10ListStateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nkey_prefix\x18\x04 \x01(\t\"\x8d\x01\n\x11ListStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.jarvis.memory.v1.StateEntry\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\x84\x03\n\x0cStateService\x12Z\n\x08GetState\x12!.jarvis.memory.v1.GetStateRequest\x1a\".jarvis.memory.v1.GetStateResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12W\n\x08PutState\x12!.jarvis.memory.v1.PutStateRequest\x1a\".jarvis.memory.v1.PutStateResponse\"\x04\xc0\xf3\x18\x02\x12`\n\x0b\x44\x65leteState\x12$.jarvis.memory.v1.DeleteStateRequest\x1a%.jarvis.memory.v1.DeleteStateResponse\"\x04\xc0\xf3\x18\x02\x12]\n\tListState\x12\".jarvis.memory.v1.ListStateRequest\x1a#.jarvis.memory.v1.ListStateResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,31 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1'
   _globals['_STATESERVICE'].methods_by_name['GetState']._loaded_options = None
-  _globals['_STATESERVICE'].methods_by_name['GetState']._serialized_options = b'\300\363\030\001'
+  _globals['_STATESERVICE'].methods_by_name['GetState']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_STATESERVICE'].methods_by_name['PutState']._loaded_options = None
   _globals['_STATESERVICE'].methods_by_name['PutState']._serialized_options = b'\300\363\030\002'
   _globals['_STATESERVICE'].methods_by_name['DeleteState']._loaded_options = None
   _globals['_STATESERVICE'].methods_by_name['DeleteState']._serialized_options = b'\300\363\030\002'
   _globals['_STATESERVICE'].methods_by_name['ListState']._loaded_options = None
-  _globals['_STATESERVICE'].methods_by_name['ListState']._serialized_options = b'\300\363\030\001'
+  _globals['_STATESERVICE'].methods_by_name['ListState']._serialized_options = b'\220\002\001\300\363\030\001'
   _globals['_STATEENTRY']._serialized_start=177
-  _globals['_STATEENTRY']._serialized_end=391
-  _globals['_GETSTATEREQUEST']._serialized_start=393
-  _globals['_GETSTATEREQUEST']._serialized_end=442
-  _globals['_GETSTATERESPONSE']._serialized_start=444
-  _globals['_GETSTATERESPONSE']._serialized_end=557
-  _globals['_PUTSTATEREQUEST']._serialized_start=560
-  _globals['_PUTSTATEREQUEST']._serialized_end=740
-  _globals['_PUTSTATERESPONSE']._serialized_start=742
-  _globals['_PUTSTATERESPONSE']._serialized_end=855
-  _globals['_DELETESTATEREQUEST']._serialized_start=857
-  _globals['_DELETESTATEREQUEST']._serialized_end=961
-  _globals['_DELETESTATERESPONSE']._serialized_start=963
-  _globals['_DELETESTATERESPONSE']._serialized_end=1034
-  _globals['_LISTSTATEREQUEST']._serialized_start=1036
-  _globals['_LISTSTATEREQUEST']._serialized_end=1132
-  _globals['_LISTSTATERESPONSE']._serialized_start=1135
-  _globals['_LISTSTATERESPONSE']._serialized_end=1276
-  _globals['_STATESERVICE']._serialized_start=1279
-  _globals['_STATESERVICE']._serialized_end=1661
+  _globals['_STATEENTRY']._serialized_end=411
+  _globals['_GETSTATEREQUEST']._serialized_start=413
+  _globals['_GETSTATEREQUEST']._serialized_end=462
+  _globals['_GETSTATERESPONSE']._serialized_start=464
+  _globals['_GETSTATERESPONSE']._serialized_end=577
+  _globals['_PUTSTATEREQUEST']._serialized_start=580
+  _globals['_PUTSTATEREQUEST']._serialized_end=780
+  _globals['_PUTSTATERESPONSE']._serialized_start=782
+  _globals['_PUTSTATERESPONSE']._serialized_end=895
+  _globals['_DELETESTATEREQUEST']._serialized_start=897
+  _globals['_DELETESTATEREQUEST']._serialized_end=1001
+  _globals['_DELETESTATERESPONSE']._serialized_start=1003
+  _globals['_DELETESTATERESPONSE']._serialized_end=1074
+  _globals['_LISTSTATEREQUEST']._serialized_start=1076
+  _globals['_LISTSTATEREQUEST']._serialized_end=1172
+  _globals['_LISTSTATERESPONSE']._serialized_start=1175
+  _globals['_LISTSTATERESPONSE']._serialized_end=1316
+  _globals['_STATESERVICE']._serialized_start=1319
+  _globals['_STATESERVICE']._serialized_end=1707
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,7 @@ class StateEntry(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
@@ -41,6 +42,10 @@ class StateEntry(_message.Message):
     """key names the entry: 1 to 256 letters, digits or "._:/-", starting with a letter or
     digit (slashes make hierarchies such as "planner/cursor").
     """
+    value_json: _builtins.str
+    """value_json is value as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     version: _builtins.int
     """version is 1 when the key is created and grows by one with every change. A key that is
     deleted (or expires) and created again starts at 1 again.
@@ -49,7 +54,9 @@ class StateEntry(_message.Message):
     """revision is the store revision of the last change."""
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """value is any JSON value."""
+        """value is any JSON value.
+        Deprecated: read and write value_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
@@ -65,6 +72,7 @@ class StateEntry(_message.Message):
         namespace: _builtins.str = ...,
         key: _builtins.str = ...,
         value: _struct_pb2.Value | None = ...,
+        value_json: _builtins.str = ...,
         version: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
@@ -72,7 +80,7 @@ class StateEntry(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "updated_at", b"updated_at", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "key", b"key", "namespace", b"namespace", "revision", b"revision", "updated_at", b"updated_at", "value", b"value", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "key", b"key", "namespace", b"namespace", "revision", b"revision", "updated_at", b"updated_at", "value", b"value", "value_json", b"value_json", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,19 +151,26 @@ class PutStateRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace of the entry; empty means "default"."""
     key: _builtins.str
     """key of the entry; required."""
+    value_json: _builtins.str
+    """value_json is value as exact JSON text: any JSON value; "" means unset. See
+    "JSON values" in common.proto.
+    """
     expected_version: _builtins.int
     """expected_version, when set, makes the put conditional: it happens only if the entry is
     at this version, or, for 0, only if the entry does not exist. Otherwise ABORTED.
     """
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """value is required (a JSON null is a value); at most 1 MiB as JSON."""
+        """value is required (a JSON null is a value); at most 1 MiB as JSON.
+        Deprecated: read and write value_json instead (this form cannot tell 4 from 4.0).
+        """
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
@@ -169,12 +184,13 @@ class PutStateRequest(_message.Message):
         namespace: _builtins.str = ...,
         key: _builtins.str = ...,
         value: _struct_pb2.Value | None = ...,
+        value_json: _builtins.str = ...,
         expected_version: _builtins.int | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "ttl", b"ttl", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "key", b"key", "namespace", b"namespace", "ttl", b"ttl", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "key", b"key", "namespace", b"namespace", "ttl", b"ttl", "value", b"value", "value_json", b"value_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015

@@ -24,10 +24,18 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from jarvis.memory.v1 import audit_pb2 as jarvis_dot_memory_dot_v1_dot_audit__pb2
+from jarvis.memory.v1 import collection_pb2 as jarvis_dot_memory_dot_v1_dot_collection__pb2
 from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__pb2
+from jarvis.memory.v1 import event_pb2 as jarvis_dot_memory_dot_v1_dot_event__pb2
+from jarvis.memory.v1 import memory_pb2 as jarvis_dot_memory_dot_v1_dot_memory__pb2
+from jarvis.memory.v1 import preference_pb2 as jarvis_dot_memory_dot_v1_dot_preference__pb2
+from jarvis.memory.v1 import session_pb2 as jarvis_dot_memory_dot_v1_dot_session__pb2
+from jarvis.memory.v1 import snapshot_pb2 as jarvis_dot_memory_dot_v1_dot_snapshot__pb2
+from jarvis.memory.v1 import state_pb2 as jarvis_dot_memory_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/watch.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\"\xd3\x01\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x34\n\toperation\x18\x05 \x01(\x0e\x32!.jarvis.memory.v1.ChangeOperation\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08resource\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x0cWatchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\"z\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12)\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x18.jarvis.memory.v1.ChangeJ\x04\x08\x02\x10\x03R\x06\x63hange*\x8a\x01\n\x0f\x43hangeOperation\x12 \n\x1c\x43HANGE_OPERATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HANGE_OPERATION_CREATE\x10\x01\x12\x1b\n\x17\x43HANGE_OPERATION_UPDATE\x10\x02\x12\x1b\n\x17\x43HANGE_OPERATION_DELETE\x10\x03\x32`\n\x0cWatchService\x12P\n\x05Watch\x12\x1e.jarvis.memory.v1.WatchRequest\x1a\x1f.jarvis.memory.v1.WatchResponse\"\x04\xc0\xf3\x18\x01\x30\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjarvis/memory/v1/watch.proto\x12\x10jarvis.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cjarvis/memory/v1/audit.proto\x1a!jarvis/memory/v1/collection.proto\x1a\x1djarvis/memory/v1/common.proto\x1a\x1cjarvis/memory/v1/event.proto\x1a\x1djarvis/memory/v1/memory.proto\x1a!jarvis/memory/v1/preference.proto\x1a\x1ejarvis/memory/v1/session.proto\x1a\x1fjarvis/memory/v1/snapshot.proto\x1a\x1cjarvis/memory/v1/state.proto\"\xd9\x06\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x34\n\toperation\x18\x05 \x01(\x0e\x32!.jarvis.memory.v1.ChangeOperation\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08resource\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x06memory\x18\x08 \x01(\x0b\x32\x18.jarvis.memory.v1.MemoryH\x00\x12,\n\x07session\x18\t \x01(\x0b\x32\x19.jarvis.memory.v1.SessionH\x00\x12,\n\x07message\x18\n \x01(\x0b\x32\x19.jarvis.memory.v1.MessageH\x00\x12\x37\n\rsession_event\x18\x0b \x01(\x0b\x32\x1e.jarvis.memory.v1.SessionEventH\x00\x12(\n\x05\x65vent\x18\x0c \x01(\x0b\x32\x17.jarvis.memory.v1.EventH\x00\x12.\n\x08snapshot\x18\r \x01(\x0b\x32\x1a.jarvis.memory.v1.SnapshotH\x00\x12\x32\n\npreference\x18\x0e \x01(\x0b\x32\x1c.jarvis.memory.v1.PreferenceH\x00\x12-\n\x05state\x18\x0f \x01(\x0b\x32\x1c.jarvis.memory.v1.StateEntryH\x00\x12/\n\ttool_call\x18\x10 \x01(\x0b\x32\x1a.jarvis.memory.v1.ToolCallH\x00\x12\x39\n\x0eplanning_cycle\x18\x11 \x01(\x0b\x32\x1f.jarvis.memory.v1.PlanningCycleH\x00\x12.\n\x08\x64\x65\x63ision\x18\x12 \x01(\x0b\x32\x1a.jarvis.memory.v1.DecisionH\x00\x12\x32\n\ncollection\x18\x13 \x01(\x0b\x32\x1c.jarvis.memory.v1.CollectionH\x00\x12$\n\x03row\x18\x14 \x01(\x0b\x32\x15.jarvis.memory.v1.RowH\x00\x42\x10\n\x0etyped_resource\"H\n\x0cWatchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\"z\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12)\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x18.jarvis.memory.v1.ChangeJ\x04\x08\x02\x10\x03R\x06\x63hange*\x8a\x01\n\x0f\x43hangeOperation\x12 \n\x1c\x43HANGE_OPERATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HANGE_OPERATION_CREATE\x10\x01\x12\x1b\n\x17\x43HANGE_OPERATION_UPDATE\x10\x02\x12\x1b\n\x17\x43HANGE_OPERATION_DELETE\x10\x03\x32\x63\n\x0cWatchService\x12S\n\x05Watch\x12\x1e.jarvis.memory.v1.WatchRequest\x1a\x1f.jarvis.memory.v1.WatchResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x30\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +44,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1'
   _globals['_WATCHSERVICE'].methods_by_name['Watch']._loaded_options = None
-  _globals['_WATCHSERVICE'].methods_by_name['Watch']._serialized_options = b'\300\363\030\001'
-  _globals['_CHANGEOPERATION']._serialized_start=557
-  _globals['_CHANGEOPERATION']._serialized_end=695
-  _globals['_CHANGE']._serialized_start=145
-  _globals['_CHANGE']._serialized_end=356
-  _globals['_WATCHREQUEST']._serialized_start=358
-  _globals['_WATCHREQUEST']._serialized_end=430
-  _globals['_WATCHRESPONSE']._serialized_start=432
-  _globals['_WATCHRESPONSE']._serialized_end=554
-  _globals['_WATCHSERVICE']._serialized_start=697
-  _globals['_WATCHSERVICE']._serialized_end=793
+  _globals['_WATCHSERVICE'].methods_by_name['Watch']._serialized_options = b'\220\002\001\300\363\030\001'
+  _globals['_CHANGEOPERATION']._serialized_start=1459
+  _globals['_CHANGEOPERATION']._serialized_end=1597
+  _globals['_CHANGE']._serialized_start=401
+  _globals['_CHANGE']._serialized_end=1258
+  _globals['_WATCHREQUEST']._serialized_start=1260
+  _globals['_WATCHREQUEST']._serialized_end=1332
+  _globals['_WATCHRESPONSE']._serialized_start=1334
+  _globals['_WATCHRESPONSE']._serialized_end=1456
+  _globals['_WATCHSERVICE']._serialized_start=1599
+  _globals['_WATCHSERVICE']._serialized_end=1698
 # @@protoc_insertion_point(module_scope)

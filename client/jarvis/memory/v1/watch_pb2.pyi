@@ -10,7 +10,15 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from jarvis.memory.v1 import audit_pb2 as _audit_pb2
+from jarvis.memory.v1 import collection_pb2 as _collection_pb2
 from jarvis.memory.v1 import common_pb2 as _common_pb2
+from jarvis.memory.v1 import event_pb2 as _event_pb2
+from jarvis.memory.v1 import memory_pb2 as _memory_pb2
+from jarvis.memory.v1 import preference_pb2 as _preference_pb2
+from jarvis.memory.v1 import session_pb2 as _session_pb2
+from jarvis.memory.v1 import snapshot_pb2 as _snapshot_pb2
+from jarvis.memory.v1 import state_pb2 as _state_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -63,6 +71,19 @@ class Change(_message.Message):
     OPERATION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SESSION_EVENT_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    PREFERENCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    PLANNING_CYCLE_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    ROW_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """revision is the change's place in the global order."""
     namespace: _builtins.str
@@ -86,7 +107,60 @@ class Change(_message.Message):
         """resource is the resource as stored after the change (its database row: times in
         microseconds since the epoch, enumerations as lowercase names, JSON fields as text);
         unset for a delete.
+        Deprecated: read the typed resource of the oneof below, the message Get returns.
         """
+
+    @_builtins.property
+    def memory(self) -> _memory_pb2.Memory:
+        """memory is set for kind "memory"."""
+
+    @_builtins.property
+    def session(self) -> _session_pb2.Session:
+        """session is set for kind "session"."""
+
+    @_builtins.property
+    def message(self) -> _session_pb2.Message:
+        """message is set for kind "message"."""
+
+    @_builtins.property
+    def session_event(self) -> _session_pb2.SessionEvent:
+        """session_event is set for kind "session_event"."""
+
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """event is set for kind "event"."""
+
+    @_builtins.property
+    def snapshot(self) -> _snapshot_pb2.Snapshot:
+        """snapshot is set for kind "snapshot"."""
+
+    @_builtins.property
+    def preference(self) -> _preference_pb2.Preference:
+        """preference is set for kind "preference"."""
+
+    @_builtins.property
+    def state(self) -> _state_pb2.StateEntry:
+        """state is set for kind "state"."""
+
+    @_builtins.property
+    def tool_call(self) -> _audit_pb2.ToolCall:
+        """tool_call is set for kind "tool_call"."""
+
+    @_builtins.property
+    def planning_cycle(self) -> _audit_pb2.PlanningCycle:
+        """planning_cycle is set for kind "planning_cycle"."""
+
+    @_builtins.property
+    def decision(self) -> _audit_pb2.Decision:
+        """decision is set for kind "decision"."""
+
+    @_builtins.property
+    def collection(self) -> _collection_pb2.Collection:
+        """collection is set for kind "collection"."""
+
+    @_builtins.property
+    def row(self) -> _collection_pb2.Row:
+        """row is set for kind "row"."""
 
     def __init__(
         self,
@@ -98,12 +172,27 @@ class Change(_message.Message):
         operation: Global___ChangeOperation.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         resource: _struct_pb2.Struct | None = ...,
+        memory: _memory_pb2.Memory | None = ...,
+        session: _session_pb2.Session | None = ...,
+        message: _session_pb2.Message | None = ...,
+        session_event: _session_pb2.SessionEvent | None = ...,
+        event: _event_pb2.Event | None = ...,
+        snapshot: _snapshot_pb2.Snapshot | None = ...,
+        preference: _preference_pb2.Preference | None = ...,
+        state: _state_pb2.StateEntry | None = ...,
+        tool_call: _audit_pb2.ToolCall | None = ...,
+        planning_cycle: _audit_pb2.PlanningCycle | None = ...,
+        decision: _audit_pb2.Decision | None = ...,
+        collection: _collection_pb2.Collection | None = ...,
+        row: _collection_pb2.Row | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "decision", b"decision", "event", b"event", "memory", b"memory", "message", b"message", "planning_cycle", b"planning_cycle", "preference", b"preference", "resource", b"resource", "row", b"row", "session", b"session", "session_event", b"session_event", "snapshot", b"snapshot", "state", b"state", "time", b"time", "tool_call", b"tool_call", "typed_resource", b"typed_resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "kind", b"kind", "namespace", b"namespace", "operation", b"operation", "resource", b"resource", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "decision", b"decision", "event", b"event", "key", b"key", "kind", b"kind", "memory", b"memory", "message", b"message", "namespace", b"namespace", "operation", b"operation", "planning_cycle", b"planning_cycle", "preference", b"preference", "resource", b"resource", "revision", b"revision", "row", b"row", "session", b"session", "session_event", b"session_event", "snapshot", b"snapshot", "state", b"state", "time", b"time", "tool_call", b"tool_call", "typed_resource", b"typed_resource"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_typed_resource: _TypeAlias = _typing.Literal["memory", "session", "message", "session_event", "event", "snapshot", "preference", "state", "tool_call", "planning_cycle", "decision", "collection", "row"]  # noqa: Y015
+    _WhichOneofArgType_typed_resource: _TypeAlias = _typing.Literal["typed_resource", b"typed_resource"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_typed_resource) -> _WhichOneofReturnType_typed_resource | None: ...
 
 Global___Change: _TypeAlias = Change  # noqa: Y015
 
@@ -124,7 +213,9 @@ class WatchRequest(_message.Message):
     """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """kinds keeps only changes of these resource kinds; empty keeps all."""
+        """kinds keeps only changes of these resource kinds (those of Change.kind); empty keeps
+        all. An unknown kind is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
