@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import apsw
+import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from conftest import Daemon
+from jarvis.memory.v1 import collection_pb2, collection_pb2_grpc
 from jarvis_memory import AlreadyExists, Client, InvalidArgument, NotFound, PermissionDenied
 from jarvis_memory_server.service.auth import sign_jwt
 
@@ -228,3 +237,320 @@ def test_collections_survive_a_restart(tmp_path: Path) -> None:
             assert [f.name for f in jm.get_collection("kept").fields] == ["symbol", "qty", "meta"]
     finally:
         assert d.stop() == 0
+
+
+# -- typed values on the wire (FieldValue), through the generated stubs -----------------------
+
+FV = collection_pb2.FieldValue
+T = collection_pb2
+NULL = FV(null_value=struct_pb2.NULL_VALUE)
+EVERY_TYPE = [("s", T.FIELD_TYPE_STRING), ("i", T.FIELD_TYPE_INTEGER), ("r", T.FIELD_TYPE_REAL),
+              ("b", T.FIELD_TYPE_BOOLEAN), ("j", T.FIELD_TYPE_JSON),
+              ("t", T.FIELD_TYPE_TIMESTAMP)]
+
+
+@pytest.fixture
+def rows(daemon: Daemon) -> Iterator[collection_pb2_grpc.CollectionServiceStub]:
+    with grpc.insecure_channel(daemon.addr) as channel:
+        yield collection_pb2_grpc.CollectionServiceStub(channel)
+
+
+def create(stub: collection_pb2_grpc.CollectionServiceStub, namespace: str, name: str,
+           fields: Sequence[tuple[str, Any]], **options: bool) -> None:
+    stub.CreateCollection(T.CreateCollectionRequest(namespace=namespace, name=name, fields=[
+        T.Field(name=n, type=t, **options) for n, t in fields]))
+
+
+def ts(seconds: int, nanos: int = 0) -> FV:
+    return FV(timestamp_value=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+
+
+def insert(stub: collection_pb2_grpc.CollectionServiceStub, namespace: str, name: str,
+           *typed: dict[str, FV]) -> list[int]:
+    return list(stub.InsertRows(T.InsertRowsRequest(
+        namespace=namespace, collection=name, typed_rows=[T.Row(fields=r) for r in typed])).ids)
+
+
+def query(stub: collection_pb2_grpc.CollectionServiceStub, namespace: str, name: str,
+          *filters: T.Filter, order: tuple[T.OrderBy, ...] = ()) -> list[T.Row]:
+    return list(stub.QueryRows(T.QueryRowsRequest(
+        namespace=namespace, collection=name, filters=filters, order_by=order)).rows)
+
+
+def flt(field: str, op: int, value: FV | None = None, values: tuple[FV, ...] = ()) -> T.Filter:
+    return T.Filter(field=field, op=op, typed_value=value,  # type: ignore[arg-type]
+                    typed_values=values)
+
+
+def kinds(row: T.Row) -> dict[str, tuple[str | None, object]]:
+    """field -> (kind, value) of a Row's typed fields."""
+    result: dict[str, tuple[str | None, object]] = {}
+    for name, value in row.fields.items():
+        kind = value.WhichOneof("kind")
+        result[name] = (kind, getattr(value, kind) if kind and kind != "null_value" else None)
+    return result
+
+
+def invalid(call: object, request: object) -> str:
+    """The ErrorInfo "field" of the INVALID_ARGUMENT a call fails with (message checked by
+    the callers through details())."""
+    with pytest.raises(grpc.RpcError) as info:
+        call(request)  # type: ignore[operator]
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    detail = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(detail)
+    return str(detail.metadata["field"]) + " :: " + str(error.details())
+
+
+def test_typed_round_trip_of_every_type(rows: collection_pb2_grpc.CollectionServiceStub,
+                                        namespace: str) -> None:
+    create(rows, namespace, "every", EVERY_TYPE)
+    doc = '{"ids":[1152921504606846976,-7],"r":0.5,"n":null}'
+    moment = 1795332600  # 2026-11-22T07:30:00Z
+    ids = insert(rows, namespace, "every",
+                 {"s": FV(string_value="a"), "i": FV(integer_value=2**62),
+                  "r": FV(real_value=0.5), "b": FV(boolean_value=True),
+                  "j": FV(json_value=doc), "t": ts(moment, 123456789)},
+                 {"s": FV(string_value="b"), "i": FV(integer_value=-2**63),
+                  "r": FV(real_value=4.0), "b": FV(boolean_value=False),
+                  "j": FV(json_value=" 4.0 "), "t": NULL},
+                 {"s": FV(string_value="c"), "i": FV(integer_value=2**63 - 1),
+                  "r": FV(integer_value=3), "j": FV(json_value="4"), "t": ts(-1, 999_999_000)},
+                 {"s": FV(string_value="d"), "j": FV(string_value="x"), "i": NULL},
+                 {"s": FV(string_value="e"), "j": FV(real_value=2.0), "b": NULL})
+    a, b, c, d, e = query(rows, namespace, "every", order=(T.OrderBy(field="s"),))
+    assert [r.id for r in (a, b, c, d, e)] == ids
+    assert {r.collection for r in (a, b, c, d, e)} == {"every"}
+    assert kinds(a) == {"s": ("string_value", "a"), "i": ("integer_value", 2**62),
+                        "r": ("real_value", 0.5), "b": ("boolean_value", True),
+                        "j": ("json_value", doc), "t": ("timestamp_value", ts(moment, 123456000)
+                                                         .timestamp_value)}
+    assert json.loads(a.fields["j"].json_value) == {"ids": [2**60, -7], "r": 0.5, "n": None}
+    assert kinds(b) == {"s": ("string_value", "b"), "i": ("integer_value", -2**63),
+                        "r": ("real_value", 4.0), "b": ("boolean_value", False),
+                        "j": ("json_value", "4.0"), "t": ("null_value", None)}
+    assert kinds(c)["i"] == ("integer_value", 2**63 - 1)
+    assert kinds(c)["r"] == ("real_value", 3.0) and kinds(c)["j"] == ("json_value", "4")
+    assert type(json.loads(b.fields["j"].json_value)) is float
+    assert type(json.loads(c.fields["j"].json_value)) is int
+    assert (c.fields["t"].timestamp_value.seconds, c.fields["t"].timestamp_value.nanos) == (
+        -1, 999_999_000)
+    assert kinds(d) == {"s": ("string_value", "d"), "i": ("null_value", None),
+                        "r": ("null_value", None), "b": ("null_value", None),
+                        "j": ("json_value", '"x"'), "t": ("null_value", None)}
+    assert kinds(e)["j"] == ("json_value", "2.0")
+    # The older Struct form is still filled, as before.
+    assert json_format.MessageToDict(a.values) == {
+        "s": "a", "i": float(2**62), "r": 0.5, "b": True,
+        "j": {"ids": [float(2**60), -7.0], "r": 0.5, "n": None},
+        "t": "2026-11-22T07:30:00.123456Z"}
+    assert json_format.MessageToDict(d.values)["i"] is None
+    assert json_format.MessageToDict(c.values)["t"] == "1969-12-31T23:59:59.999999Z"
+
+
+def test_typed_filters_and_ordering(rows: collection_pb2_grpc.CollectionServiceStub,
+                                    namespace: str) -> None:
+    create(rows, namespace, "big", [("name", T.FIELD_TYPE_STRING), ("n", T.FIELD_TYPE_INTEGER),
+                                    ("at", T.FIELD_TYPE_TIMESTAMP)])
+    create(rows, namespace, "idx", [("n", T.FIELD_TYPE_INTEGER)], indexed=True)
+    numbers = [2**53, 2**53 + 1, 2**53 + 2, -2**63, 2**63 - 1, 7]
+    data = [{"name": FV(string_value=f"k{i}"), "n": FV(integer_value=n), "at": ts(1000 + i, 500_000)}
+            for i, n in enumerate(numbers)]
+    ids = insert(rows, namespace, "big", *data, {"name": FV(string_value="other")})
+    insert(rows, namespace, "idx", *({"n": FV(integer_value=n)} for n in numbers))
+
+    def names(*filters: T.Filter, order: tuple[T.OrderBy, ...] = ()) -> list[str]:
+        return [r.fields["name"].string_value for r in query(rows, namespace, "big", *filters,
+                                                             order=order)]
+
+    def values(*filters: T.Filter) -> list[int]:
+        return [r.fields["n"].integer_value for r in query(rows, namespace, "idx", *filters)]
+
+    big = 2**53 + 1  # a double cannot tell it from 2**53
+    assert names(flt("n", T.FILTER_OPERATOR_EQ, FV(integer_value=big))) == ["k1"]
+    assert values(flt("n", T.FILTER_OPERATOR_EQ, FV(integer_value=big))) == [big]
+    assert names(flt("n", T.FILTER_OPERATOR_LT, FV(integer_value=big))) == ["k0", "k3", "k5"]
+    assert values(flt("n", T.FILTER_OPERATOR_GT, FV(integer_value=big))) == [2**53 + 2, 2**63 - 1]
+    assert names(flt("n", T.FILTER_OPERATOR_IN, values=(
+        FV(integer_value=big), FV(integer_value=2**63 - 1), FV(integer_value=-2**63)))) == [
+        "k1", "k3", "k4"]
+    assert values(flt("n", T.FILTER_OPERATOR_IN, values=(FV(integer_value=2**53 + 2),))) == [
+        2**53 + 2]
+    assert names(flt("n", T.FILTER_OPERATOR_IN)) == []  # in an empty list
+    assert names(order=(T.OrderBy(field="n", descending=True),)) == [
+        "k4", "k2", "k1", "k0", "k5", "k3", "other"]
+    assert names(flt("n", T.FILTER_OPERATOR_IS_NULL, FV(boolean_value=False)),
+                 order=(T.OrderBy(field="n"),)) == ["k3", "k5", "k0", "k1", "k2", "k4"]
+    # timestamps: a Timestamp, or an RFC 3339 string; microseconds count
+    assert names(flt("at", T.FILTER_OPERATOR_GE, ts(1004, 500_000))) == ["k4", "k5"]
+    assert names(flt("at", T.FILTER_OPERATOR_GT, ts(1004, 499_999))) == ["k4", "k5"]
+    assert names(flt("at", T.FILTER_OPERATOR_GT, ts(1004, 500_999))) == ["k5"]  # µs precision
+    assert names(flt("at", T.FILTER_OPERATOR_LT, FV(
+        string_value="1970-01-01T01:16:41.500001+01:00"))) == ["k0", "k1"]
+    assert names(flt("at", T.FILTER_OPERATOR_IN, values=(ts(1002, 500_000),
+                                                         ts(1003, 500_000)))) == [
+        "k2", "k3"]
+    assert names(flt("name", T.FILTER_OPERATOR_PREFIX, FV(string_value="k")),
+                 flt("id", T.FILTER_OPERATOR_GE, FV(integer_value=ids[4]))) == ["k4", "k5"]
+    assert names(flt("at", T.FILTER_OPERATOR_IS_NULL, FV(boolean_value=True))) == ["other"]
+    assert names(flt("n", T.FILTER_OPERATOR_IS_NULL)) == ["other"]  # unset: is null
+    assert names(flt("n", T.FILTER_OPERATOR_NE, FV(integer_value=7)),
+                 flt("n", T.FILTER_OPERATOR_LE, FV(integer_value=2**53))) == ["k0", "k3"]
+    # pages keep the typed filters
+    first = rows.QueryRows(T.QueryRowsRequest(
+        namespace=namespace, collection="big", page_size=2,
+        filters=[flt("n", T.FILTER_OPERATOR_GE, FV(integer_value=2**53))]))
+    rest = rows.QueryRows(T.QueryRowsRequest(
+        namespace=namespace, collection="big", page_size=2, page_token=first.next_page_token,
+        filters=[flt("n", T.FILTER_OPERATOR_GE, FV(integer_value=2**53))]))
+    assert [r.fields["name"].string_value for r in [*first.rows, *rest.rows]] == [
+        "k0", "k1", "k2", "k4"]
+
+
+def test_typed_set_updates(rows: collection_pb2_grpc.CollectionServiceStub,
+                           namespace: str) -> None:
+    create(rows, namespace, "every", EVERY_TYPE)
+    insert(rows, namespace, "every", *({"s": FV(string_value=s), "t": ts(5)} for s in "abc"))
+
+    def update(typed_set: dict[str, FV], *filters: T.Filter) -> int:
+        return int(rows.UpdateRows(T.UpdateRowsRequest(
+            namespace=namespace, collection="every", typed_set=typed_set,
+            filters=filters)).updated)
+
+    assert update({"i": FV(integer_value=2**62 + 1), "j": FV(json_value="[1, 2.0, {}]"),
+                   "t": NULL, "r": FV(real_value=1.0)},
+                  flt("s", T.FILTER_OPERATOR_IN, values=(FV(string_value="a"),
+                                                         FV(string_value="c")))) == 2
+    assert update({"b": FV(boolean_value=True)},
+                  flt("i", T.FILTER_OPERATOR_EQ, FV(integer_value=2**62 + 1))) == 2
+    a, b, c = query(rows, namespace, "every", order=(T.OrderBy(field="s"),))
+    assert kinds(a) | {"s": None} == kinds(c) | {"s": None} == {
+        "s": None, "i": ("integer_value", 2**62 + 1), "r": ("real_value", 1.0),
+        "b": ("boolean_value", True), "j": ("json_value", "[1,2.0,{}]"), "t": ("null_value", None)}
+    assert kinds(b)["i"] == ("null_value", None) and kinds(b)["t"][0] == "timestamp_value"
+
+
+def test_legacy_struct_requests_still_work(rows: collection_pb2_grpc.CollectionServiceStub,
+                                           namespace: str) -> None:
+    create(rows, namespace, "old", EVERY_TYPE)
+    legacy = struct_pb2.Struct()
+    legacy.update({"s": "a", "i": 3, "r": 2, "b": True, "j": {"k": [1, 2.5]},
+                   "t": "2026-11-22T07:30:00.000001+01:00"})
+    ids = rows.InsertRows(T.InsertRowsRequest(namespace=namespace, collection="old",
+                                              rows=[legacy, struct_pb2.Struct()])).ids
+    in_list = struct_pb2.Value()
+    in_list.list_value.values.add().number_value = 3
+    (row,) = query(rows, namespace, "old", T.Filter(field="i", op=T.FILTER_OPERATOR_IN,
+                                                    value=in_list))
+    assert row.id == ids[0] and row.collection == "old"
+    assert json_format.MessageToDict(row.values) == {
+        "s": "a", "i": 3, "r": 2, "b": True, "j": {"k": [1, 2.5]},
+        "t": "2026-11-22T06:30:00.000001Z"}
+    assert kinds(row)["i"] == ("integer_value", 3) and kinds(row)["r"] == ("real_value", 2.0)
+    assert kinds(row)["j"] == ("json_value", '{"k":[1,2.5]}')
+    assert row.fields["t"].timestamp_value.nanos == 1000
+    change = struct_pb2.Struct()
+    change.update({"i": 4, "t": None})
+    assert rows.UpdateRows(T.UpdateRowsRequest(
+        namespace=namespace, collection="old", set=change,
+        filters=[T.Filter(field="s", op=T.FILTER_OPERATOR_EQ,
+                          value=struct_pb2.Value(string_value="a"))])).updated == 1
+    (row,) = query(rows, namespace, "old", T.Filter(field="i", op=T.FILTER_OPERATOR_EQ,
+                                                    value=struct_pb2.Value(number_value=4)))
+    assert kinds(row)["t"] == ("null_value", None)
+    # A Struct number cannot carry 2**60 exactly: still refused, pointing at the typed form.
+    too_big = struct_pb2.Struct()
+    too_big.update({"i": 2**60})
+    assert invalid(rows.InsertRows, T.InsertRowsRequest(
+        namespace=namespace, collection="old", rows=[too_big])).startswith(
+        "rows[0].i :: rows[0].i: expected a whole number")
+
+
+BAD_VALUES = [
+    ("s", FV(integer_value=5), "expected a string for a string field, got the integer 5"),
+    ("s", FV(json_value='"x"'), "got JSON text \"x\""),
+    ("i", FV(real_value=4.0), "whole number within the int64 range"),
+    ("i", FV(string_value="2"), "got the string '2'"),
+    ("i", FV(boolean_value=True), "got the boolean true"),
+    ("r", FV(string_value="0.5"), "expected a finite number for a real field"),
+    ("r", FV(real_value=math.nan), "got the real number nan"),
+    ("b", FV(integer_value=1), "expected true or false"),
+    ("j", ts(0), "got the timestamp 1970-01-01T00:00:00+00:00"),
+    ("t", FV(integer_value=0), "expected a timestamp, or an RFC 3339 time with a zone"),
+    ("t", FV(string_value="2026-11-22T07:30:00"), "an RFC 3339 time with a zone"),
+    ("t", FV(string_value="20261122T073000Z"), "an RFC 3339 time with a zone"),
+    ("t", FV(string_value="0001-01-01T00:00:00+01:00"), "outside years 0001 to 9999"),
+    ("t", FV(boolean_value=False), "got the boolean false"),
+    ("j", FV(json_value='{"scores": [1, 2, NaN]}'), "typed_rows[1].j.scores[2]"),
+    ("j", FV(json_value='{"a": 1e999}'), "typed_rows[1].j.a"),
+    ("j", FV(json_value='[9223372036854775808]'), "typed_rows[1].j[0]: is an integer outside"),
+    ("j", FV(json_value="{nope"), "typed_rows[1].j: is not valid JSON"),
+    ("t", ts(0, -1), "typed_rows[1].t: nanos must be in [0, 1e9)"),
+    ("t", ts(0, 1_000_000_000), "typed_rows[1].t: nanos must be in [0, 1e9)"),
+    ("t", ts(253402300800), "typed_rows[1].t: is outside years 0001 to 9999"),
+    ("t", ts(-62135596801), "typed_rows[1].t: is outside years 0001 to 9999"),
+    ("nope", FV(integer_value=1), "typed_rows[1].nope: is not a field"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_VALUES,
+                         ids=[f"{i}-{f}" for i, (f, _, _) in enumerate(BAD_VALUES)])
+def test_typed_values_of_the_wrong_kind_name_the_row_and_field(
+        rows: collection_pb2_grpc.CollectionServiceStub, namespace: str, field: str, value: FV,
+        message: str) -> None:
+    create(rows, namespace, "every", EVERY_TYPE)
+    error = invalid(rows.InsertRows, T.InsertRowsRequest(
+        namespace=namespace, collection="every",
+        typed_rows=[T.Row(fields={"s": FV(string_value="ok")}), T.Row(fields={field: value})]))
+    assert error.split(" :: ")[0].startswith(f"typed_rows[1].{field}") and message in error
+    assert query(rows, namespace, "every") == []  # all or nothing
+    set_error = invalid(rows.UpdateRows, T.UpdateRowsRequest(
+        namespace=namespace, collection="every", typed_set={field: value}))
+    assert set_error.startswith(f"typed_set.{field}")
+
+
+def test_bad_typed_filters_and_legacy_with_typed(
+        rows: collection_pb2_grpc.CollectionServiceStub, namespace: str) -> None:
+    create(rows, namespace, "every", EVERY_TYPE, required=False)
+    legacy = struct_pb2.Struct()
+    legacy.update({"s": "x"})
+    typed = T.Row(fields={"s": FV(string_value="x")})
+    one = FV(integer_value=1)
+
+    def query_error(*filters: T.Filter) -> str:
+        return invalid(rows.QueryRows, T.QueryRowsRequest(
+            namespace=namespace, collection="every", filters=filters))
+
+    assert invalid(rows.InsertRows, T.InsertRowsRequest(
+        namespace=namespace, collection="every", rows=[legacy], typed_rows=[typed])
+    ).startswith("typed_rows :: typed_rows: give rows or typed_rows, not both")
+    assert invalid(rows.UpdateRows, T.UpdateRowsRequest(
+        namespace=namespace, collection="every", set=legacy, typed_set={"s": one})
+    ).startswith("typed_set :: typed_set: give set or typed_set, not both")
+    both = T.Filter(field="i", op=T.FILTER_OPERATOR_EQ, value=struct_pb2.Value(number_value=1),
+                    typed_value=one)
+    assert query_error(both).startswith("filters[0] :: filters[0]: give value or typed_value")
+    both_in = T.Filter(field="i", op=T.FILTER_OPERATOR_IN, value=struct_pb2.Value(
+        list_value=struct_pb2.ListValue()), typed_values=[one])
+    assert query_error(both_in).startswith("filters[0] :: ")
+    assert query_error(flt("i", T.FILTER_OPERATOR_IN, one, (one,))).startswith(
+        "filters[0] :: filters[0]: give typed_value or typed_values, not both")
+    assert query_error(flt("i", T.FILTER_OPERATOR_EQ, values=(one,))).startswith(
+        "filters[0].typed_values :: ")
+    assert query_error(flt("i", T.FILTER_OPERATOR_IN, one)).startswith(
+        "filters[0].typed_value :: ")
+    assert query_error(flt("i", T.FILTER_OPERATOR_EQ, FV(real_value=1.0))).startswith(
+        "filters[0].typed_value :: filters[0].typed_value: expected a whole number")
+    assert query_error(flt("i", T.FILTER_OPERATOR_IN, values=(one, FV(string_value="2")))
+                       ).startswith("filters[0].typed_values[1] :: ")
+    assert query_error(flt("t", T.FILTER_OPERATOR_LT, ts(0, -5))).startswith(
+        "filters[0].typed_value :: filters[0].typed_value: nanos must be in [0, 1e9)")
+    assert query_error(flt("i", T.FILTER_OPERATOR_EQ, NULL)).startswith(
+        "filters[0].typed_value :: filters[0].typed_value: is null: use the is_null operator")
+    assert query_error(flt("j", T.FILTER_OPERATOR_EQ, FV(json_value="1"))).startswith(
+        "filters[0].typed_value :: ")
+    assert query_error(flt("i", T.FILTER_OPERATOR_IS_NULL, one)).startswith(
+        "filters[0].typed_value :: ")

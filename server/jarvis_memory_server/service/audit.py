@@ -6,13 +6,14 @@ from typing import Any
 
 from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument
 from jarvis_memory_server.service.common import (
+    ABSENT,
     ServiceBase,
     check_id,
     choice,
     decode_cursor,
     filter_fingerprint,
     finish_page,
-    json_object,
+    json_value,
     not_found,
     page_size,
 )
@@ -38,7 +39,7 @@ class AuditService(ServiceBase):
     # -- tool calls -------------------------------------------------------------------------
 
     def start_tool_call(
-        self, namespace: str, tool: str, input: Any = None, *, session_id: str = "",
+        self, namespace: str, tool: str, input: Any = ABSENT, *, session_id: str = "",
         cycle_id: int = 0,
     ) -> ToolCallRow:
         """Write the started row of a tool call. Raises InvalidArgument, NotFound (cycle)."""
@@ -48,18 +49,16 @@ class AuditService(ServiceBase):
             raise InvalidArgument("tool", f"is longer than {MAX_TOOL_CHARS} characters")
         if len(session_id) > 128:
             raise InvalidArgument("session_id", "is longer than 128 characters")
-        payload = json_object(input, "input", MAX_JSON_BYTES)
+        payload = json_value(input, "input", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             self._check_cycle(txn, namespace, cycle_id)
-            call_id = self._store.start_call(txn, {
+            return self._store.start_call(txn, {
                 "namespace": namespace, "tool": tool, "payload": payload,
                 "session_id": session_id, "cycle_id": cycle_id or None, "now": now})
-            return ToolCallRow(call_id, namespace, tool, payload, session_id, cycle_id or None,
-                               now, None, None, None, None, None, txn.revision)
 
     def finish_tool_call(
-        self, namespace: str, call_id: int, status: str, output: Any = None, *,
+        self, namespace: str, call_id: int, status: str, output: Any = ABSENT, *,
         error: str = "", duration_ms: int = 0,
     ) -> ToolCallRow:
         """Write the completion row of a running call.
@@ -73,20 +72,19 @@ class AuditService(ServiceBase):
             raise InvalidArgument("duration_ms", "must not be negative")
         if len(error.encode()) > MAX_TEXT_BYTES:
             raise InvalidArgument("error", f"is longer than {MAX_TEXT_BYTES} bytes")
-        payload = json_object(output, "output", MAX_JSON_BYTES)
+        payload = json_value(output, "output", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             call = self._store.call(namespace, call_id, txn)
             if call is None:
                 raise not_found("tool call", namespace, call_id)
-            if call.status is not None or not self._store.finish_call(txn, call, {
+            finished = None if call.status is not None else self._store.finish_call(txn, call, {
                 "status": status, "payload": payload, "error": error,
                 "duration_ms": duration_ms or (now - call.started_at) // 1000, "now": now,
-            }):
+            })
+            if finished is None:
                 raise _finished("tool call", namespace, call_id)
-            return ToolCallRow(call.id, namespace, call.tool, call.input, call.session_id,
-                               call.cycle_id, call.started_at, status, payload, error,
-                               duration_ms or (now - call.started_at) // 1000, now, txn.revision)
+            return finished
 
     def get_tool_call(self, namespace: str, call_id: int) -> ToolCallRow:
         """Return a call with its completion. Raises NotFound, InvalidArgument."""
@@ -126,16 +124,15 @@ class AuditService(ServiceBase):
 
     # -- planning cycles --------------------------------------------------------------------
 
-    def start_cycle(self, namespace: str, goals: Any = None) -> CycleRow:
+    def start_cycle(self, namespace: str, goals: Any = ABSENT) -> CycleRow:
         """Write the started row of a planning cycle. Raises InvalidArgument."""
-        payload = json_object(goals, "goals", MAX_JSON_BYTES)
+        payload = json_value(goals, "goals", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
-            cycle_id = self._store.start_cycle(txn, namespace, payload, now)
-            return CycleRow(cycle_id, namespace, payload, now, None, None, None, txn.revision)
+            return self._store.start_cycle(txn, namespace, payload, now)
 
     def finish_cycle(
-        self, namespace: str, cycle_id: int, status: str, outcomes: Any = None
+        self, namespace: str, cycle_id: int, status: str, outcomes: Any = ABSENT
     ) -> CycleRow:
         """Write the completion row of a running cycle.
 
@@ -143,18 +140,17 @@ class AuditService(ServiceBase):
         """
         check_id(cycle_id, "planning cycle")
         choice(status, FINAL_STATUSES, "status")
-        payload = json_object(outcomes, "outcomes", MAX_JSON_BYTES)
+        payload = json_value(outcomes, "outcomes", MAX_JSON_BYTES)
         now = now_us()
         with self._db.write() as txn:
             cycle = self._store.cycle(namespace, cycle_id, txn)
             if cycle is None:
                 raise not_found("planning cycle", namespace, cycle_id)
-            if cycle.status is not None or not self._store.finish_cycle(
-                txn, cycle, status, payload, now
-            ):
+            finished = (None if cycle.status is not None
+                        else self._store.finish_cycle(txn, cycle, status, payload, now))
+            if finished is None:
                 raise _finished("planning cycle", namespace, cycle_id)
-            return CycleRow(cycle.id, namespace, cycle.goals, cycle.started_at, status, payload,
-                            now, txn.revision)
+            return finished
 
     def list_cycles(
         self, namespace: str, *, status: str | None = None, size: int = 0, token: str = ""
@@ -175,14 +171,14 @@ class AuditService(ServiceBase):
     # -- decisions --------------------------------------------------------------------------
 
     def record_decision(
-        self, namespace: str, decision: str, reasoning: Any = None, *, cycle_id: int = 0
+        self, namespace: str, decision: str, reasoning: Any = ABSENT, *, cycle_id: int = 0
     ) -> DecisionRow:
         """Record a decision and its reasoning. Raises InvalidArgument, NotFound (cycle)."""
         if not decision.strip():
             raise InvalidArgument("decision", "is required")
         if len(decision.encode()) > MAX_TEXT_BYTES:
             raise InvalidArgument("decision", f"is longer than {MAX_TEXT_BYTES} bytes")
-        payload = json_object(reasoning, "reasoning", MAX_JSON_BYTES)
+        payload = json_value(reasoning, "reasoning", MAX_JSON_BYTES)
         with self._db.write() as txn:
             self._check_cycle(txn, namespace, cycle_id)
             return self._store.record_decision(txn, {

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import apsw
 
 from jarvis_memory_server.errors import AlreadyExists, InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
+    MAX_INT64,
+    MIN_INT64,
     ServiceBase,
     choice,
     decode_key_cursor,
@@ -19,6 +22,7 @@ from jarvis_memory_server.service.common import (
     encode_page_token,
     filter_fingerprint,
     finish_page,
+    json_text,
     page_size,
 )
 from jarvis_memory_server.store.collections import (
@@ -32,14 +36,21 @@ from jarvis_memory_server.store.collections import (
 )
 from jarvis_memory_server.store.sqlite import Database, now_us
 
-__all__ = ["CollectionService", "DefRow", "FieldDef", "Filter"]
+__all__ = ["CollectionService", "DefRow", "FieldDef", "Filter", "JsonText", "StoredRow"]
 
 FIELD_TYPES = tuple(SQL_TYPES)
 FILTER_OPERATORS = (*OPERATORS, "in", "prefix", "is_null")
 MAX_FIELDS = 200
 MAX_ROWS = 1000
 MAX_IN_VALUES = 1000
-MAX_SAFE_INTEGER = 2**53
+MAX_JSON_BYTES = 1024 * 1024  # the JSON text of one json field's value
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Timestamps are stored as microseconds since the epoch, within years 0001 to 9999 (UTC), the
+# range of google.protobuf.Timestamp and of RFC 3339.
+MIN_TIMESTAMP_US = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
+MAX_TIMESTAMP_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH
+                    ) // timedelta(microseconds=1)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _COLLECTION_NAME = FIELD_NAME
 
 
@@ -56,11 +67,33 @@ class FieldDef:
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """One condition on a field (or "id"); op is a lowercase operator name ("eq", ...)."""
+    """One condition on a field (or "id"); op is a lowercase operator name ("eq", ...).
+
+    ``value`` is as for to_stored (a list for in). ``source`` names the request field the
+    value came from, for error messages ("value", "typed_value", "typed_values").
+    """
 
     field: str
     op: str
     value: Any = None
+    source: str = "value"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonText:
+    """A json field's value that came as JSON text (FieldValue.json_value), parsed.
+
+    Only a json field takes it; every other field type refuses it as the wrong kind.
+    """
+
+    value: Any
+
+
+class StoredRow(NamedTuple):
+    """A row as stored: its id and a (field name, field type, stored value) cell per field."""
+
+    id: int
+    cells: list[tuple[str, str, Any]]
 
 
 class CollectionService(ServiceBase):
@@ -128,19 +161,22 @@ class CollectionService(ServiceBase):
 
     # -- rows -------------------------------------------------------------------------------
 
-    def insert(self, namespace: str, name: str, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert rows, all or none.
+    def insert(
+        self, namespace: str, name: str, rows: list[dict[str, Any]], *, source: str = "rows"
+    ) -> list[int]:
+        """Insert rows (field name -> value, see to_stored), all or none.
 
-        Raises InvalidArgument naming the row and field, NotFound, AlreadyExists (a unique field).
+        Raises InvalidArgument naming the row and field (``<source>[3].qty``), NotFound,
+        AlreadyExists (a unique field).
         """
         if not rows:
-            raise InvalidArgument("rows", "give at least one row")
+            raise InvalidArgument(source, "give at least one row")
         if len(rows) > MAX_ROWS:
-            raise InvalidArgument("rows", f"holds {len(rows)} rows; at most {MAX_ROWS} per call")
+            raise InvalidArgument(source, f"holds {len(rows)} rows; at most {MAX_ROWS} per call")
         with self._db.write() as txn:
             definition = self._definition(namespace, name, txn)
             fields = {f.name: f for f in fields_of(definition)}
-            stored = [_row_values(fields, row, f"rows[{i}]", insert=True)
+            stored = [_row_values(fields, row, f"{source}[{i}]", insert=True)
                       for i, row in enumerate(rows)]
             try:
                 return self._store.insert(txn, definition, stored, now_us())
@@ -151,8 +187,8 @@ class CollectionService(ServiceBase):
     def query(
         self, namespace: str, name: str, filters: list[Filter],
         order_by: list[tuple[str, bool]], *, size: int = 0, token: str = "",
-    ) -> tuple[list[dict[str, Any]], str]:
-        """Return one page of matching rows as dicts (with their "id"), and the next token."""
+    ) -> tuple[list[StoredRow], str]:
+        """Return one page of matching rows, as stored, and the next page's token."""
         limit = page_size(size)
         definition = self._definition(namespace, name)
         fields = {f.name: f for f in fields_of(definition)}
@@ -169,24 +205,27 @@ class CollectionService(ServiceBase):
                 raise InvalidArgument("page_token", "is not a token this server issued")
         columns = list(fields)
         rows = self._store.query(definition, columns, where, order_by, limit + 1, offset)
-        page = [_row_dict(fields, columns, row) for row in rows[:limit]]
+        types = [f.type for f in fields.values()]
+        page = [StoredRow(row[0], list(zip(columns, types, row[1:], strict=True)))
+                for row in rows[:limit]]
         next_token = (encode_page_token({"offset": offset + limit}, fingerprint)
                       if len(rows) > limit else "")
         return page, next_token
 
     def update(
-        self, namespace: str, name: str, filters: list[Filter], values: dict[str, Any]
+        self, namespace: str, name: str, filters: list[Filter], values: dict[str, Any], *,
+        source: str = "set",
     ) -> int:
-        """Set fields of the matching rows; return how many.
+        """Set fields of the matching rows (values as for insert); return how many.
 
-        Raises InvalidArgument, NotFound, AlreadyExists.
+        Raises InvalidArgument (naming ``<source>.field``), NotFound, AlreadyExists.
         """
         if not values:
-            raise InvalidArgument("set", "name at least one field to change")
+            raise InvalidArgument(source, "name at least one field to change")
         with self._db.write() as txn:
             definition = self._definition(namespace, name, txn)
             fields = {f.name: f for f in fields_of(definition)}
-            stored = _row_values(fields, values, "set", insert=False)
+            stored = _row_values(fields, values, source, insert=False)
             where = compile_filters(_filters(fields, filters))
             try:
                 return self._store.update(txn, definition, stored, where, now_us())
@@ -258,69 +297,140 @@ def _field(fields: dict[str, FieldDef], name: str, where: str) -> FieldDef:
 def _row_values(
     fields: dict[str, FieldDef], row: dict[str, Any], where: str, *, insert: bool
 ) -> dict[str, Any]:
-    """Check a row's (or an update's) values against the field types; return stored values."""
+    """Check a row's (or an update's) values against the field types; return stored values.
+
+    The stored values are in the collection's field order, so that rows naming the same
+    fields insert together whatever order they were given in.
+    """
     for name in row:
         if name not in fields:
             raise InvalidArgument(f"{where}.{name[:64]}", "is not a field of the collection")
-    stored = {name: to_stored(fields[name], value, f"{where}.{name}")
-              for name, value in row.items()}
-    required = [f.name for f in fields.values() if f.required]
-    for name in required:
-        if (insert and stored.get(name) is None) or (name in stored and stored[name] is None):
-            raise InvalidArgument(f"{where}.{name}", "is required")
+    stored = {name: to_stored(field, row[name], f"{where}.{name}")
+              for name, field in fields.items() if name in row}
+    for field in fields.values():
+        if not field.required:
+            continue
+        if (insert and stored.get(field.name) is None) or (
+                field.name in stored and stored[field.name] is None):
+            raise InvalidArgument(f"{where}.{field.name}", "is required")
     return stored
 
 
+_EXPECTED = {
+    "string": "a string",
+    "integer": "a whole number within the int64 range (through the older Struct form: within "
+               "+-2^53)",
+    "real": "a finite number",
+    "boolean": "true or false",
+    "json": "JSON text or a JSON value",
+    "timestamp": "a timestamp, or an RFC 3339 time with a zone such as 2026-11-22T07:30:00Z",
+}
+
+
 def to_stored(field: FieldDef, value: Any, where: str) -> Any:
-    """A JSON value -> the value stored for a field of this type. Raises InvalidArgument."""
+    """A request's value -> the value stored for a field of this type. Raises InvalidArgument.
+
+    ``value`` is None (null), a str, int, float, bool, an aware datetime (a timestamp), a
+    JsonText (JSON text given for a json field), or a list or dict (a JSON value of the older
+    Struct form). Stored: str for string, int for integer, float for real, 0 or 1 for boolean,
+    compact JSON text for json (see service.common.json_text), microseconds since the epoch
+    for timestamp.
+    """
     if value is None:
         return None
     kind = field.type
-    if kind == "string" and isinstance(value, str):
-        return value
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if (kind == "integer" and number and math.isfinite(value) and float(value).is_integer()
-            and abs(value) <= MAX_SAFE_INTEGER):
-        return int(value)
-    if kind == "real" and number and math.isfinite(value):
-        return float(value)
-    if kind == "boolean" and isinstance(value, bool):
-        return int(value)
     if kind == "json":
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if kind == "timestamp" and isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            if moment.tzinfo is not None:
-                return int(moment.timestamp() * 1_000_000)
-    expected = {"string": "a string", "integer": "a whole number within +-2^53",
-                "real": "a number", "boolean": "true or false",
-                "timestamp": "an RFC 3339 time with a zone, such as 2026-11-22T07:30:00Z"}[kind]
-    raise InvalidArgument(where, f"expected {expected} for a {kind} field, got {value!r:.64}")
+        if isinstance(value, JsonText):
+            return None if value.value is None else json_text(value.value, where, MAX_JSON_BYTES)
+        if not isinstance(value, datetime):
+            return json_text(value, where, MAX_JSON_BYTES)
+    elif isinstance(value, JsonText):
+        pass  # JSON text is only for json fields
+    elif kind == "string" and isinstance(value, str):
+        return value
+    elif kind == "integer" and _is_number(value) and isinstance(value, int):
+        if MIN_INT64 <= value <= MAX_INT64:
+            return value
+    elif kind == "real" and _is_number(value) and math.isfinite(value):
+        return float(value)
+    elif kind == "boolean" and isinstance(value, bool):
+        return int(value)
+    elif kind == "timestamp":
+        moment = _rfc3339(value) if isinstance(value, str) else value
+        if isinstance(moment, datetime) and moment.tzinfo is not None:
+            return _check_micros((moment - EPOCH) // timedelta(microseconds=1), where)
+    hint = ""
+    if kind == "integer" and isinstance(value, float) and value.is_integer():
+        hint = (" (a whole number beyond +-2^53 is not exact as a Struct number: "
+                "send an integer_value)")
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise InvalidArgument(where, f"expected {_EXPECTED[kind]} for {article} {kind} field, "
+                          f"got {_describe(value)}{hint}")
 
 
-def from_stored(field: FieldDef, value: Any) -> Any:
-    """A stored value -> its JSON value."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _rfc3339(text: str) -> datetime | None:
+    if _RFC3339.fullmatch(text) is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.upper())
+    except ValueError:
+        return None
+
+
+def _check_micros(us: int, where: str) -> int:
+    if not MIN_TIMESTAMP_US <= us <= MAX_TIMESTAMP_US:
+        raise InvalidArgument(where, "is outside years 0001 to 9999 (UTC)")
+    return us
+
+
+def timestamp_from_micros(us: int, where: str) -> datetime:
+    """Microseconds since the epoch -> an aware UTC datetime.
+
+    Raises InvalidArgument (naming ``where``) outside years 0001 to 9999.
+    """
+    return EPOCH + timedelta(microseconds=_check_micros(us, where))
+
+
+def _describe(value: Any) -> str:
+    """What a request gave, for error messages."""
+    if isinstance(value, JsonText):
+        return f"JSON text {_short(json.dumps(value.value, ensure_ascii=False))}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the real number {value!r}"
+    if isinstance(value, str):
+        return f"the string {_short(repr(value))}"
+    if isinstance(value, datetime):
+        return f"the timestamp {value.isoformat()}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} values"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def from_stored(kind: str, value: Any) -> Any:
+    """A stored value of a field of type ``kind`` -> its JSON value (the older Struct form)."""
     if value is None:
         return None
-    if field.type == "boolean":
+    if kind == "boolean":
         return bool(value)
-    if field.type == "json":
+    if kind == "json":
         return json.loads(value)
-    if field.type == "timestamp":
-        return datetime.fromtimestamp(value / 1e6, UTC).isoformat().replace("+00:00", "Z")
+    if kind == "timestamp":
+        return (EPOCH + timedelta(microseconds=value)).isoformat().replace("+00:00", "Z")
     return value
-
-
-def _row_dict(fields: dict[str, FieldDef], columns: list[str], row: tuple[Any, ...]
-              ) -> dict[str, Any]:
-    result: dict[str, Any] = {"id": row[0]}
-    for name, value in zip(columns, row[1:], strict=True):
-        result[name] = from_stored(fields[name], value)
-    return result
 
 
 def _filters(fields: dict[str, FieldDef], filters: list[Filter]
@@ -328,24 +438,27 @@ def _filters(fields: dict[str, FieldDef], filters: list[Filter]
     compiled: list[tuple[str, str, Any]] = []
     for i, f in enumerate(filters):
         where = f"filters[{i}]"
+        value_at = f"{where}.{f.source}"
         field = _field(fields, f.field, f"{where}.field")
         op = choice(f.op, FILTER_OPERATORS, f"{where}.op")
+        if op != "in" and f.source == "typed_values":
+            raise InvalidArgument(value_at, f"are the values of in: give {op} a typed_value")
         if op == "is_null":
             if f.value is not None and not isinstance(f.value, bool):
-                raise InvalidArgument(f"{where}.value", "must be true, false or unset for is_null")
+                raise InvalidArgument(value_at, "must be true, false or unset for is_null")
             compiled.append((field.name, op, f.value is not False))
         elif op == "in":
             if not isinstance(f.value, list) or len(f.value) > MAX_IN_VALUES:
-                raise InvalidArgument(f"{where}.value",
+                raise InvalidArgument(value_at,
                                       f"must be a list of at most {MAX_IN_VALUES} values for in")
-            compiled.append((field.name, op, [_comparable(field, v, f"{where}.value[{j}]")
+            compiled.append((field.name, op, [_comparable(field, v, f"{value_at}[{j}]")
                                               for j, v in enumerate(f.value)]))
         elif op == "prefix":
             if field.type != "string" or not isinstance(f.value, str):
                 raise InvalidArgument(f"{where}", "prefix needs a string field and a string value")
             compiled.append((field.name, op, f.value))
         else:
-            compiled.append((field.name, op, _comparable(field, f.value, f"{where}.value")))
+            compiled.append((field.name, op, _comparable(field, f.value, value_at)))
     return compiled
 
 

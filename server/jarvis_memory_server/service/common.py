@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.store.sqlite import Database
@@ -61,17 +63,104 @@ def page_size(value: int) -> int:
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+# The deepest nesting of arrays and objects a JSON value may have: with the older Struct and
+# Value fields (three messages a level) every message holding it stays within protobuf's
+# decoding depth of 100.
+MAX_JSON_DEPTH = 30
+MIN_INT64, MAX_INT64 = -(2**63), 2**63 - 1
+# Compact, exact (ints stay ints, floats keep their repr), and refusing NaN and Infinity.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Only a text with a run of 19 digits can hold an integer beyond int64.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def json_text(value: Any, field: str, max_bytes: int) -> str:
-    """Encode any JSON value for storage. Raises InvalidArgument when it is too large."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode()) > max_bytes:
+    """Encode any JSON value for storage, compact and exact.
+
+    Raises InvalidArgument naming the path (``attributes.scores[2]``) of a NaN or Infinity, of
+    an integer outside int64, of a string with an unpaired surrogate, or of nesting deeper than
+    MAX_JSON_DEPTH; and when the text is longer than ``max_bytes``.
+    """
+    try:
+        text = _JSON_ENCODER.encode(value)
+        size = len(text.encode())
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        raise _json_problem(value, field) or InvalidArgument(field, "is not a JSON value") from None
+    if size > max_bytes:
         raise InvalidArgument(field, f"encodes to more than {max_bytes} bytes of JSON")
+    # The cheap scans first: only a text that could break a rule is walked.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH or _LONG_DIGITS.search(text):
+        problem = _json_problem(value, field)
+        if problem is not None:
+            raise problem
     return text
+
+
+def _json_problem(value: Any, path: str, depth: int = 0) -> InvalidArgument | None:
+    """The first rule a JSON value breaks, as the InvalidArgument naming its path, or None."""
+    if isinstance(value, dict | list):
+        if depth >= MAX_JSON_DEPTH:
+            return InvalidArgument(
+                path, f"nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects")
+        if isinstance(value, list):
+            items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+        else:
+            items = ((_key_path(path, key), item) for key, item in value.items())
+        for item_path, item in items:
+            problem = _json_problem(item, item_path, depth + 1)
+            if problem is not None:
+                return problem
+        if isinstance(value, dict):
+            for key in value:
+                if not _is_unicode(key):
+                    return InvalidArgument(path, "holds a key with an unpaired surrogate "
+                                           "(not valid Unicode)")
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return InvalidArgument(path, f"{value} is not a JSON number (NaN and Infinity are not "
+                               "allowed)")
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            MIN_INT64 <= value <= MAX_INT64):
+        return InvalidArgument(path, "is an integer outside the int64 range")
+    if isinstance(value, str) and not _is_unicode(value):
+        return InvalidArgument(path, "holds an unpaired surrogate (not valid Unicode)")
+    return None
+
+
+def _key_path(path: str, key: str) -> str:
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(key)}]"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_object(value: Any, field: str, max_bytes: int) -> str | None:
     """Encode an optional JSON value for storage (None stays None). Raises InvalidArgument."""
     return None if value is None else json_text(value, field, max_bytes)
+
+
+class _Absent(enum.Enum):
+    ABSENT = "absent"
+
+
+# An optional JSON value of any type that was not given, where None is JSON null (a value).
+ABSENT: Final = _Absent.ABSENT
+
+
+def json_value(value: Any, field: str, max_bytes: int) -> str | None:
+    """Encode an optional JSON value that may be null for storage (ABSENT becomes None).
+
+    Raises InvalidArgument.
+    """
+    return None if value is ABSENT else json_text(value, field, max_bytes)
 
 
 def finish_page(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from typing import Any
 
 from jarvis_memory_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
+    ABSENT,
     ServiceBase,
     choice,
     decode_cursor,
@@ -19,6 +19,8 @@ from jarvis_memory_server.service.common import (
     finish_page,
     identifier,
     json_object,
+    json_text,
+    json_value,
     page_size,
 )
 from jarvis_memory_server.service.search import claim_dimension, embedding_bytes
@@ -49,7 +51,7 @@ class NewMessage:
     content: str
     model: str = ""
     tokens_used: int = 0
-    tool_calls: Any = None  # any JSON value; None: no tool calls
+    tool_calls: Any = ABSENT  # any JSON value (None is null); ABSENT: no tool calls
     embedding: Sequence[float] = ()  # for vector search; () when none
 
 
@@ -119,8 +121,11 @@ class SessionService(ServiceBase):
         }
         if summary:
             data["summary"] = summary
-        self._store.log_event(txn, ended, "session_end", json.dumps(data), now)
-        return ended._replace(last_activity_at=now)  # the session_end event is its last activity
+        # Encoded as every stored JSON value is; the bound holds any summary (an escape is at
+        # most 6 bytes a byte).
+        text = json_text(data, "summary", 6 * MAX_SUMMARY_BYTES + 256)
+        self._store.log_event(txn, ended, "session_end", text, now)
+        return ended
 
     # -- messages and events ----------------------------------------------------------------
 
@@ -139,7 +144,7 @@ class SessionService(ServiceBase):
             raise InvalidArgument(
                 "tokens_used", f"must not be negative (got {message.tokens_used})"
             )
-        tool_calls = json_object(message.tool_calls, "tool_calls", MAX_TOOL_CALLS_BYTES)
+        tool_calls = json_value(message.tool_calls, "tool_calls", MAX_TOOL_CALLS_BYTES)
         if not message.content.strip() and tool_calls is None:
             raise InvalidArgument("content", "is required unless tool_calls is set")
         vector = embedding_bytes(message.embedding, "embedding")

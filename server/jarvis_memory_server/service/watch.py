@@ -21,6 +21,9 @@ from jarvis_memory_server.store.changes import ChangeStore
 from jarvis_memory_server.store.sqlite import Database
 from jarvis_memory_server.store.writes import ChangeRow
 
+# The kinds of resources whose changes the log records (Change.kind).
+KINDS = ("memory", "session", "message", "session_event", "event", "snapshot", "preference",
+         "state", "tool_call", "planning_cycle", "decision", "collection", "row")
 REPLAY_PAGE = 1000
 COMPACT_BATCH = 10_000
 # One message carries at most this many changes, or about this much resource text.
@@ -81,6 +84,10 @@ class WatchService(ServiceBase):
         """
         if start_revision < 0:
             raise InvalidArgument("start_revision", "must not be negative")
+        for i, kind in enumerate(kinds):
+            if kind not in KINDS:
+                raise InvalidArgument(f"kinds[{i}]", f"{kind[:64]!r} is not a kind of change: "
+                                      f"use {', '.join(KINDS)}")
         watcher = _Watcher(namespace, frozenset(kinds))
         self._watchers.add(watcher)
         try:

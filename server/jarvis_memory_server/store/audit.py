@@ -147,25 +147,36 @@ class AuditStore:
 
     # -- tool calls -------------------------------------------------------------------------
 
-    def start_call(self, txn: WriteTxn, values: dict[str, Any]) -> int:
+    def start_call(self, txn: WriteTxn, values: dict[str, Any]) -> ToolCallRow:
         """Append a started row (namespace, tool, payload, session_id, cycle_id, now)."""
         values["revision"] = txn.next_revision
         call_id = _scalar(txn.cursor, _START_CALL, values)
-        txn.record(values["namespace"], "tool_call", str(call_id), "create", values["now"],
-                   {"id": call_id, "status": "started", **values})
-        return call_id
+        row = ToolCallRow(call_id, values["namespace"], values["tool"], values["payload"],
+                          values["session_id"], values["cycle_id"], values["now"], None, None,
+                          None, None, None, values["revision"])
+        txn.record(row.namespace, "tool_call", str(call_id), "create", row.started_at, row)
+        return row
 
-    def finish_call(self, txn: WriteTxn, call: ToolCallRow, values: dict[str, Any]) -> bool:
-        """Append the completion row of a call; False if it already had one."""
+    def finish_call(
+        self, txn: WriteTxn, call: ToolCallRow, values: dict[str, Any]
+    ) -> ToolCallRow | None:
+        """Append the completion row of a call; return the finished call.
+
+        ``values`` holds status, payload, error, duration_ms and now. None: the call already
+        had a completion.
+        """
         params = {**values, "namespace": call.namespace, "parent": call.id, "tool": call.tool,
                   "session_id": call.session_id, "cycle_id": call.cycle_id,
                   "revision": txn.next_revision}
         try:
             txn.cursor.execute(_FINISH_CALL, params).fetchall()
         except apsw.ConstraintError:  # the unique parent_id: finished meanwhile
-            return False
-        txn.record(call.namespace, "tool_call", str(call.id), "update", values["now"], params)
-        return True
+            return None
+        row = call._replace(status=values["status"], output=values["payload"],
+                            error=values["error"], duration_ms=values["duration_ms"],
+                            finished_at=values["now"], revision=params["revision"])
+        txn.record(call.namespace, "tool_call", str(call.id), "update", values["now"], row)
+        return row
 
     def call(self, namespace: str, call_id: int, txn: WriteTxn | None = None) -> ToolCallRow | None:
         """Return a call with its completion (through the write batch when ``txn`` is given)."""
@@ -185,27 +196,31 @@ class AuditStore:
 
     # -- planning cycles --------------------------------------------------------------------
 
-    def start_cycle(self, txn: WriteTxn, namespace: str, goals: str | None, now: int) -> int:
+    def start_cycle(
+        self, txn: WriteTxn, namespace: str, goals: str | None, now: int
+    ) -> CycleRow:
         """Append a started planning cycle row."""
-        params = {"namespace": namespace, "payload": goals, "now": now,
-                  "revision": txn.next_revision}
+        revision = txn.next_revision
+        params = {"namespace": namespace, "payload": goals, "now": now, "revision": revision}
         cycle_id = _scalar(txn.cursor, _START_CYCLE, params)
-        txn.record(namespace, "planning_cycle", str(cycle_id), "create", now,
-                   {"id": cycle_id, "status": "started", **params})
-        return cycle_id
+        row = CycleRow(cycle_id, namespace, goals, now, None, None, None, revision)
+        txn.record(namespace, "planning_cycle", str(cycle_id), "create", now, row)
+        return row
 
     def finish_cycle(
         self, txn: WriteTxn, cycle: CycleRow, status: str, outcomes: str | None, now: int
-    ) -> bool:
-        """Append the completion row of a cycle; False if it already had one."""
+    ) -> CycleRow | None:
+        """Append the completion row of a cycle; return it (None: it was finished already)."""
+        revision = txn.next_revision
         params = {"namespace": cycle.namespace, "parent": cycle.id, "status": status,
-                  "payload": outcomes, "now": now, "revision": txn.next_revision}
+                  "payload": outcomes, "now": now, "revision": revision}
         try:
             txn.cursor.execute(_FINISH_CYCLE, params).fetchall()
         except apsw.ConstraintError:
-            return False
-        txn.record(cycle.namespace, "planning_cycle", str(cycle.id), "update", now, params)
-        return True
+            return None
+        row = cycle._replace(status=status, outcomes=outcomes, finished_at=now, revision=revision)
+        txn.record(cycle.namespace, "planning_cycle", str(cycle.id), "update", now, row)
+        return row
 
     def cycle(self, namespace: str, cycle_id: int, txn: WriteTxn | None = None) -> CycleRow | None:
         """Return a cycle with its completion (through the write batch when ``txn`` is given)."""

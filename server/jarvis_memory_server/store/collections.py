@@ -9,9 +9,10 @@ are defined at run time rather than by a Peewee model.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import apsw
 import peewee as pw
@@ -39,6 +40,22 @@ class DefRow(NamedTuple):
     fields: str
     created_at: int
     revision: int
+
+
+class RowChange(NamedTuple):
+    """A row as the change feed records it.
+
+    ``cells`` holds a (field name, field type, stored value) for every field of the collection.
+    """
+
+    collection: str
+    id: int
+    cells: list[tuple[str, str, Any]]
+
+
+def _schema(definition: DefRow) -> list[tuple[str, str]]:
+    """(name, type) of each field of a catalog entry, in definition order."""
+    return [(f["name"], f["type"]) for f in json.loads(definition.fields)]
 
 
 class Column(NamedTuple):
@@ -208,8 +225,11 @@ class CollectionStore:
                 end += 1
             ids += self._insert_group(txn, definition, names, rows[start:end])
             start = end
-        txn.record_many(definition.namespace, "row", [f"{definition.name}/{i}" for i in ids],
-                        "create", now, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+        schema = _schema(definition)
+        txn.record_many(
+            definition.namespace, "row", [f"{definition.name}/{i}" for i in ids], "create", now,
+            [RowChange(definition.name, i, [(name, kind, row.get(name)) for name, kind in schema])
+             for i, row in zip(ids, rows, strict=True)])
         return ids
 
     def _insert_group(
@@ -250,12 +270,17 @@ class CollectionStore:
         """Set columns of matching rows; return how many."""
         assignments = ", ".join(f"{quote(name)} = :s{i}" for i, name in enumerate(values))
         params = {**where.params, **{f"s{i}": v for i, v in enumerate(values.values())}}
-        ids = [r[0] for r in txn.cursor.execute(
-            f"UPDATE {table(definition.id)} SET {assignments} WHERE {where.sql} RETURNING id",
-            params).fetchall()]
-        for row_id in ids:
-            txn.record(definition.namespace, "row", f"{definition.name}/{row_id}", "update", now)
-        return len(ids)
+        schema = _schema(definition)
+        returning = ", ".join(map(quote, ["id", *(name for name, _ in schema)]))
+        rows = txn.cursor.execute(
+            f"UPDATE {table(definition.id)} SET {assignments} WHERE {where.sql} "
+            f"RETURNING {returning}", params).fetchall()
+        for row in rows:  # the whole row after the change, for the feed
+            txn.record(definition.namespace, "row", f"{definition.name}/{row[0]}", "update", now,
+                       RowChange(definition.name, cast(int, row[0]), [
+                           (name, kind, value)
+                           for (name, kind), value in zip(schema, row[1:], strict=True)]))
+        return len(rows)
 
     def delete(self, txn: WriteTxn, definition: DefRow, where: Where, now: int) -> int:
         """Delete matching rows; return how many."""

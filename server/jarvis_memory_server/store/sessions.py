@@ -100,6 +100,8 @@ _END_SESSION = compile_sql(
         {
             Session.state: P("'ended'"),
             Session.ended_at: P(":now"),
+            # The session_end event logged with the end is the session's last activity.
+            Session.last_activity_at: P(":now"),
             Session.end_trigger: P(":trigger"),
             Session.summary: P(":summary"),
             Session.revision: P(":revision"),

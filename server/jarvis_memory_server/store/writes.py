@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,15 +49,21 @@ _INSERT_CHANGE = (
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=bytes.hex)
 
 
-def resource_json(row: Any) -> str | None:
-    """A stored row (a NamedTuple or a mapping) as the JSON text a change carries."""
-    if row is None:
-        return None
-    return _ENCODER.encode(row._asdict() if hasattr(row, "_asdict") else row)
+def resource_json(row: tuple[Any, ...] | None) -> str | None:
+    """A stored row (a NamedTuple) as the JSON text a change carries.
+
+    The text is an array of the row's fields in order: no names, which is cheaper to write, and
+    the change's kind says which NamedTuple it is.
+    """
+    return None if row is None else _ENCODER.encode(row)
 
 
 class ChangeRow(NamedTuple):
-    """One committed change, as the change log stores it (resource: JSON text or None)."""
+    """One committed change, as the change log stores it.
+
+    resource is the row after the change as resource_json wrote it (None for a delete); logs
+    written before rows were stored by position hold a JSON object instead.
+    """
 
     revision: int
     namespace: str
@@ -88,7 +94,7 @@ class WriteTxn:
 
     def record(
         self, namespace: str, kind: str, key: str, operation: str, at_us: int,
-        resource: Any = None,
+        resource: tuple[Any, ...] | None = None,
     ) -> int:
         """Log one change of a resource (its stored row, None for a delete); return its revision."""
         self.revision += 1
@@ -100,12 +106,14 @@ class WriteTxn:
 
     def record_many(
         self, namespace: str, kind: str, keys: list[str], operation: str, at_us: int,
-        resources: list[Any] | None = None,
+        resources: Sequence[tuple[Any, ...]] | None = None,
     ) -> int:
         """Log one change per key (a bulk write); return the last revision."""
         first = self.revision + 1
         self.revision += len(keys)
-        rows = resources or [None] * len(keys)
+        rows: Sequence[tuple[Any, ...] | None] = [None] * len(keys)
+        if resources:
+            rows = resources
         changes = [ChangeRow(first + i, namespace, kind, key, operation, at_us, resource_json(row))
                    for i, (key, row) in enumerate(zip(keys, rows, strict=True))]
         self.cursor.executemany(_INSERT_CHANGE, changes)

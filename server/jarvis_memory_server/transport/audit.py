@@ -5,28 +5,28 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
 from jarvis.memory.v1 import audit_pb2, audit_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.audit import AuditService, CycleRow, DecisionRow, ToolCallRow
 from jarvis_memory_server.service.auth import Authenticator
-from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.transport.convert import EnumNames, micros, set_timestamp, value_to_python
+from jarvis_memory_server.service.common import ABSENT, resolve_namespace
+from jarvis_memory_server.transport.convert import (
+    EnumNames,
+    json_input,
+    micros,
+    set_json,
+    set_timestamp,
+)
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 STATUS = EnumNames(audit_pb2.RunStatus, "RUN_STATUS_")
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
-def _set_json(value: struct_pb2.Value, text: str | None) -> None:
-    if text is not None:
-        json_format.Parse(text, value)
-
-
 def _value(message: Any, field: str) -> Any:
-    """A google.protobuf.Value field -> Python, or None when unset."""
-    return value_to_python(getattr(message, field)) if message.HasField(field) else None
+    """An optional JSON value of a request, or ABSENT (null is a value here)."""
+    return json_input(message, field, absent=ABSENT)
 
 
 def _final_status(number: int) -> str:
@@ -41,12 +41,12 @@ def fill_call(message: audit_pb2.ToolCall, row: ToolCallRow) -> audit_pb2.ToolCa
     message.id = row.id
     message.namespace = row.namespace
     message.tool = row.tool
-    _set_json(message.input, row.input)
+    set_json(message, "input", row.input)
     message.session_id = row.session_id
     message.cycle_id = row.cycle_id or 0
     set_timestamp(message.started_at, row.started_at)
     message.status = STATUS.to_number[row.status or "running"]
-    _set_json(message.output, row.output)
+    set_json(message, "output", row.output)
     message.error = row.error or ""
     message.duration_ms = row.duration_ms or 0
     if row.finished_at is not None:
@@ -59,10 +59,10 @@ def fill_cycle(message: audit_pb2.PlanningCycle, row: CycleRow) -> audit_pb2.Pla
     """Write a planning cycle into a PlanningCycle message."""
     message.id = row.id
     message.namespace = row.namespace
-    _set_json(message.goals, row.goals)
+    set_json(message, "goals", row.goals)
     set_timestamp(message.started_at, row.started_at)
     message.status = STATUS.to_number[row.status or "running"]
-    _set_json(message.outcomes, row.outcomes)
+    set_json(message, "outcomes", row.outcomes)
     if row.finished_at is not None:
         set_timestamp(message.finished_at, row.finished_at)
     message.revision = row.revision
@@ -74,7 +74,7 @@ def fill_decision(message: audit_pb2.Decision, row: DecisionRow) -> audit_pb2.De
     message.id = row.id
     message.namespace = row.namespace
     message.cycle_id = row.cycle_id or 0
-    _set_json(message.reasoning, row.reasoning)
+    set_json(message, "reasoning", row.reasoning)
     message.decision = row.decision
     set_timestamp(message.created_at, row.created_at)
     message.revision = row.revision

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from jarvis_memory_server.errors import InvalidArgument
+
+_MAX_EXACT = 2**53  # every integer up to this is a double exactly
 
 
 def set_timestamp(ts: timestamp_pb2.Timestamp, us: int) -> None:
@@ -23,8 +26,64 @@ def micros(ts: timestamp_pb2.Timestamp, field: str) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
+def json_input(message: Any, field: str, where: str = "", absent: Any = None) -> Any:
+    """The value of a request's JSON-valued field, or ``absent`` when it is not given.
+
+    ``<field>_json`` holds the exact JSON text; the older Struct or Value field ``<field>`` is
+    read when it is not set (see value_to_python for its numbers). Giving both, text that is
+    not JSON, or a non-object for a Struct field is InvalidArgument (``where`` prefixes the
+    field's name in messages, as in "memories[3]."). A Value field, where JSON null is a value,
+    passes service.common.ABSENT as ``absent`` to tell the two apart.
+    """
+    text = getattr(message, field + "_json")
+    legacy = message.HasField(field)
+    if text:
+        if legacy:
+            raise InvalidArgument(where + field, f"give {field} or {field}_json, not both")
+        value = parse_json(text, f"{where}{field}_json")
+        if value is not None and not isinstance(value, dict) and isinstance(
+                getattr(message, field), struct_pb2.Struct):
+            raise InvalidArgument(f"{where}{field}_json", "must be a JSON object")
+        return value
+    if not legacy:
+        return absent
+    older = getattr(message, field)
+    if isinstance(older, struct_pb2.Struct):
+        return struct_to_dict(older)
+    return value_to_python(older)
+
+
+def parse_json(text: str, field: str) -> Any:
+    """JSON text of a request -> its Python value (integers stay int). Raises InvalidArgument.
+
+    NaN and Infinity parse here; json_text (service.common) refuses them with their path.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidArgument(field, "nests too deeply") from None
+    except ValueError as exc:
+        raise InvalidArgument(field, f"is not valid JSON: {exc}") from None
+
+
+def set_json(message: Any, field: str, text: str | None) -> None:
+    """Write stored JSON text into a response: ``<field>_json`` as it is, and the older field.
+
+    Nothing is set for None (no value).
+    """
+    if text is None:
+        return
+    setattr(message, field + "_json", text)
+    older = getattr(message, field)
+    if isinstance(older, struct_pb2.Struct):
+        older.SetInParent()  # an empty object is a value too: update({}) would leave it unset
+        older.update(json.loads(text))
+    else:
+        json_format.Parse(text, older)
+
+
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct -> plain dict (numbers become floats, as JSON over protobuf defines them).
+    """Struct -> plain dict (whole numbers within +-2^53 become int, see value_to_python).
 
     About 3x faster than json_format.MessageToDict, which matters for batches of rows.
     """
@@ -37,7 +96,12 @@ def value_to_python(value: struct_pb2.Value) -> Any:
     if kind == "string_value":
         return value.string_value
     if kind == "number_value":
-        return value.number_value
+        # A Struct cannot tell 4 from 4.0: a whole number a double holds exactly was most
+        # likely written as an integer (as JavaScript writes every whole number).
+        number = value.number_value
+        if number.is_integer() and -_MAX_EXACT <= number <= _MAX_EXACT:
+            return int(number)
+        return number
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeAlias
 
 import grpc
@@ -23,7 +22,13 @@ from jarvis_memory_server.service.events import (
 )
 from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.store.search import EVENTS
-from jarvis_memory_server.transport.convert import EnumNames, micros, set_timestamp, struct_to_dict
+from jarvis_memory_server.transport.convert import (
+    EnumNames,
+    json_input,
+    micros,
+    set_json,
+    set_timestamp,
+)
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 from jarvis_memory_server.transport.search import add_hits, search_request
 
@@ -48,8 +53,7 @@ def fill_event(message: event_pb2.Event, row: EventRow) -> event_pb2.Event:
     message.revision = row.revision
     if row.resolved_at is not None:
         set_timestamp(message.resolved_at, row.resolved_at)
-    if row.details is not None:
-        message.details.update(json.loads(row.details))
+    set_json(message, "details", row.details)
     return message
 
 
@@ -86,7 +90,7 @@ class EventServicer(ServicerBase, event_pb2_grpc.EventServiceServicer):
             source=SOURCE.required(request.source, "source"),
             summary=request.summary,
             node=request.node,
-            details=struct_to_dict(request.details) if request.HasField("details") else None,
+            details=json_input(request, "details"),
             occurred_at=(
                 micros(request.occurred_at, "occurred_at")
                 if request.HasField("occurred_at") else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeAlias
 
 import grpc
@@ -21,9 +20,10 @@ from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.store.search import MEMORIES
 from jarvis_memory_server.transport.convert import (
     EnumNames,
+    json_input,
     micros,
+    set_json,
     set_timestamp,
-    struct_to_dict,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 from jarvis_memory_server.transport.search import add_hits, search_request
@@ -49,8 +49,7 @@ def fill_memory(message: memory_pb2.Memory, row: MemoryRow) -> memory_pb2.Memory
     set_timestamp(message.updated_at, row.updated_at)
     if row.last_accessed_at is not None:
         set_timestamp(message.last_accessed_at, row.last_accessed_at)
-    if row.attributes is not None:
-        message.attributes.update(json.loads(row.attributes))
+    set_json(message, "attributes", row.attributes)
     return message
 
 
@@ -63,7 +62,7 @@ def new_memory(
         category=CATEGORY.required(message.category, prefix + "category"),
         source=SOURCE.required(message.source, prefix + "source"),
         subject=message.subject,
-        attributes=struct_to_dict(message.attributes) if message.HasField("attributes") else None,
+        attributes=json_input(message, "attributes", prefix),
         embedding=message.embedding,
     )
 
@@ -159,10 +158,8 @@ class MemoryServicer(ServicerBase, memory_pb2_grpc.MemoryServiceServicer):
                 changes["source"] = SOURCE.required(given.source, "memory.source")
             elif path == "subject":
                 changes["subject"] = given.subject
-            elif path == "attributes":
-                changes["attributes"] = (
-                    struct_to_dict(given.attributes) if given.HasField("attributes") else None
-                )
+            elif path in ("attributes", "attributes_json"):  # one field, in either form
+                changes["attributes"] = json_input(given, "attributes", "memory.")
             elif path == "stale":
                 changes["stale"] = given.stale
             elif path == "embedding":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import json_format
 
 from jarvis.memory.v1 import (
     preference_pb2,
@@ -13,9 +12,9 @@ from jarvis.memory.v1 import (
 )
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
-from jarvis_memory_server.service.common import resolve_namespace
+from jarvis_memory_server.service.common import ABSENT, resolve_namespace
 from jarvis_memory_server.service.preferences import PreferenceRow, PreferenceService
-from jarvis_memory_server.transport.convert import set_timestamp, value_to_python
+from jarvis_memory_server.transport.convert import json_input, set_json, set_timestamp
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -27,7 +26,7 @@ def fill_preference(
     """Write a stored preference into a Preference message."""
     message.namespace = row.namespace
     message.key = row.key
-    json_format.Parse(row.value, message.value)
+    set_json(message, "value", row.value)
     set_timestamp(message.created_at, row.created_at)
     set_timestamp(message.updated_at, row.updated_at)
     message.revision = row.revision
@@ -56,12 +55,10 @@ class PreferenceServicer(ServicerBase, preference_pb2_grpc.PreferenceServiceServ
     def SetPreference(
         self, request: preference_pb2.SetPreferenceRequest, context: Context
     ) -> preference_pb2.SetPreferenceResponse:
-        if not request.HasField("value"):
+        value = json_input(request, "value", absent=ABSENT)
+        if value is ABSENT:
             raise InvalidArgument("value", "is required (a JSON null is a value)")
-        row = self._preferences.set(
-            resolve_namespace(request.namespace), request.key,
-            value_to_python(request.value),
-        )
+        row = self._preferences.set(resolve_namespace(request.namespace), request.key, value)
         response = preference_pb2.SetPreferenceResponse()
         fill_preference(response.preference, row)
         return response

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import json_format
 
 from jarvis.memory.v1 import session_pb2, session_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
-from jarvis_memory_server.service.common import resolve_namespace
+from jarvis_memory_server.service.common import ABSENT, resolve_namespace
 from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.service.sessions import (
     EventRow,
@@ -23,10 +21,10 @@ from jarvis_memory_server.service.sessions import (
 from jarvis_memory_server.store.search import MESSAGES
 from jarvis_memory_server.transport.convert import (
     EnumNames,
+    json_input,
     micros,
+    set_json,
     set_timestamp,
-    struct_to_dict,
-    value_to_python,
 )
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 from jarvis_memory_server.transport.search import add_hits, search_request
@@ -57,8 +55,7 @@ def fill_session(message: session_pb2.Session, row: SessionRow) -> session_pb2.S
         message.duration.FromMicroseconds(row.ended_at - row.started_at)
     if row.end_trigger is not None:
         message.end_trigger = TRIGGER.to_number[row.end_trigger]
-    if row.metadata is not None:
-        message.metadata.update(json.loads(row.metadata))
+    set_json(message, "metadata", row.metadata)
     return message
 
 
@@ -74,8 +71,7 @@ def fill_message(message: session_pb2.Message, row: MessageRow) -> session_pb2.M
     message.tokens_used = row.tokens_used
     set_timestamp(message.created_at, row.created_at)
     message.revision = row.revision
-    if row.tool_calls is not None:
-        json_format.Parse(row.tool_calls, message.tool_calls)
+    set_json(message, "tool_calls", row.tool_calls)
     return message
 
 
@@ -87,8 +83,7 @@ def fill_event(message: session_pb2.SessionEvent, row: EventRow) -> session_pb2.
     message.event_type = row.event_type
     set_timestamp(message.logged_at, row.logged_at)
     message.revision = row.revision
-    if row.data is not None:
-        message.data.update(json.loads(row.data))
+    set_json(message, "data", row.data)
     return message
 
 
@@ -109,7 +104,7 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
         row = self._sessions.start(
             resolve_namespace(request.namespace),
             request.session_id,
-            struct_to_dict(request.metadata) if request.HasField("metadata") else None,
+            json_input(request, "metadata"),
         )
         response = session_pb2.StartSessionResponse()
         fill_session(response.session, row)
@@ -165,7 +160,7 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
             resolve_namespace(request.namespace),
             request.session_id,
             request.event_type,
-            struct_to_dict(request.data) if request.HasField("data") else None,
+            json_input(request, "data"),
         )
         response = session_pb2.LogSessionEventResponse()
         fill_event(response.event, row)
@@ -197,10 +192,7 @@ class SessionServicer(ServicerBase, session_pb2_grpc.SessionServiceServicer):
             content=request.content,
             model=request.model,
             tokens_used=request.tokens_used,
-            tool_calls=(
-                value_to_python(request.tool_calls)
-                if request.HasField("tool_calls") else None
-            ),
+            tool_calls=json_input(request, "tool_calls", absent=ABSENT),
             embedding=request.embedding,
         )
         row = self._sessions.append_message(

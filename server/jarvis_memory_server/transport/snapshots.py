@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeAlias
 
 import grpc
@@ -14,7 +13,7 @@ from jarvis.memory.v1 import (
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.service.snapshots import SnapshotRow, SnapshotService
-from jarvis_memory_server.transport.convert import micros, set_timestamp, struct_to_dict
+from jarvis_memory_server.transport.convert import json_input, micros, set_json, set_timestamp
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -26,7 +25,7 @@ def fill_snapshot(message: snapshot_pb2.Snapshot, row: SnapshotRow) -> snapshot_
     message.namespace = row.namespace
     message.kind = row.kind
     set_timestamp(message.taken_at, row.taken_at)
-    message.data.update(json.loads(row.data))
+    set_json(message, "data", row.data)
     message.revision = row.revision
     return message
 
@@ -46,7 +45,7 @@ class SnapshotServicer(ServicerBase, snapshot_pb2_grpc.SnapshotServiceServicer):
     ) -> snapshot_pb2.SaveSnapshotResponse:
         row = self._snapshots.save(
             resolve_namespace(request.namespace), request.kind,
-            struct_to_dict(request.data) if request.HasField("data") else None,
+            json_input(request, "data"),
         )
         response = snapshot_pb2.SaveSnapshotResponse()
         fill_snapshot(response.snapshot, row)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import json_format
 
 from jarvis.memory.v1 import state_pb2, state_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
-from jarvis_memory_server.service.common import resolve_namespace
+from jarvis_memory_server.service.common import ABSENT, resolve_namespace
 from jarvis_memory_server.service.state import StateRow, StateService
-from jarvis_memory_server.transport.convert import set_timestamp, value_to_python
+from jarvis_memory_server.transport.convert import json_input, set_json, set_timestamp
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -22,7 +21,7 @@ def fill_entry(message: state_pb2.StateEntry, row: StateRow) -> state_pb2.StateE
     """Write a stored state entry into a StateEntry message."""
     message.namespace = row.namespace
     message.key = row.key
-    json_format.Parse(row.value, message.value)
+    set_json(message, "value", row.value)
     message.version = row.version
     set_timestamp(message.updated_at, row.updated_at)
     if row.expires_at is not None:
@@ -51,14 +50,14 @@ class StateServicer(ServicerBase, state_pb2_grpc.StateServiceServicer):
     def PutState(
         self, request: state_pb2.PutStateRequest, context: Context
     ) -> state_pb2.PutStateResponse:
-        if not request.HasField("value"):
+        value = json_input(request, "value", absent=ABSENT)
+        if value is ABSENT:
             raise InvalidArgument("value", "is required (a JSON null is a value)")
         ttl_us = None
         if request.HasField("ttl"):
             ttl_us = request.ttl.seconds * 1_000_000 + request.ttl.nanos // 1000
         row = self._state.put(
-            resolve_namespace(request.namespace), request.key,
-            value_to_python(request.value),
+            resolve_namespace(request.namespace), request.key, value,
             expected_version=(
                 request.expected_version if request.HasField("expected_version") else None
             ),

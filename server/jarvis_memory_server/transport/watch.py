@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import TypeAlias
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple, TypeAlias
 
 import grpc
 
-from jarvis.memory.v1 import watch_pb2, watch_pb2_grpc
+from jarvis.memory.v1 import collection_pb2, watch_pb2, watch_pb2_grpc
 from jarvis.memory.v1.common_pb2 import ResponseHeader
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.service.watch import WatchService
+from jarvis_memory_server.service.watch import KINDS, WatchService
+from jarvis_memory_server.store.audit import CycleRow, DecisionRow, ToolCallRow
+from jarvis_memory_server.store.collections import DefRow, RowChange
+from jarvis_memory_server.store.events import EventRow
+from jarvis_memory_server.store.memories import MemoryRow
+from jarvis_memory_server.store.preferences import PreferenceRow
+from jarvis_memory_server.store.sessions import EventRow as SessionEventRow
+from jarvis_memory_server.store.sessions import MessageRow, SessionRow
+from jarvis_memory_server.store.snapshots import SnapshotRow
+from jarvis_memory_server.store.state import StateRow
 from jarvis_memory_server.store.writes import ChangeRow
+from jarvis_memory_server.transport import (
+    audit,
+    collections,
+    events,
+    memories,
+    preferences,
+    sessions,
+    snapshots,
+    state,
+)
 from jarvis_memory_server.transport.convert import set_timestamp
 from jarvis_memory_server.transport.rpc import ServicerBase, stream_rpc
 
@@ -23,16 +42,67 @@ OPERATION = {"create": watch_pb2.CHANGE_OPERATION_CREATE,
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
+def _fill_row(message: collection_pb2.Row, row: RowChange) -> collection_pb2.Row:
+    return collections.fill_row(message, row.collection, row.id, row.cells)
+
+
+class _Resource(NamedTuple):
+    """How a kind's stored row becomes its Change field (which is named like the kind).
+
+    ``fill`` is the function Get and List use, so that every client sees one shape.
+    """
+
+    row: Any  # the NamedTuple class
+    fill: Callable[[Any, Any], Any]
+
+
+RESOURCES: dict[str, _Resource] = {
+    "memory": _Resource(MemoryRow, memories.fill_memory),
+    "session": _Resource(SessionRow, sessions.fill_session),
+    "message": _Resource(MessageRow, sessions.fill_message),
+    "session_event": _Resource(SessionEventRow, sessions.fill_event),
+    "event": _Resource(EventRow, events.fill_event),
+    "snapshot": _Resource(SnapshotRow, snapshots.fill_snapshot),
+    "preference": _Resource(PreferenceRow, preferences.fill_preference),
+    "state": _Resource(StateRow, state.fill_entry),
+    "tool_call": _Resource(ToolCallRow, audit.fill_call),
+    "planning_cycle": _Resource(CycleRow, audit.fill_cycle),
+    "decision": _Resource(DecisionRow, audit.fill_decision),
+    "collection": _Resource(DefRow, collections.fill_collection),
+    "row": _Resource(RowChange, _fill_row),
+}
+assert set(RESOURCES) == set(KINDS), "every kind of change needs a resource"
+
+
 def fill_change(message: watch_pb2.Change, change: ChangeRow) -> None:
-    """Write a committed change into a Change message."""
+    """Write a committed change into a Change message.
+
+    The resource goes in twice: typed (the message Get returns) and as the deprecated
+    ``resource`` Struct (the database row).
+    """
     message.revision = change.revision
     message.namespace = change.namespace
     message.kind = change.kind
     message.key = change.key
     message.operation = OPERATION[change.operation]
     set_timestamp(message.time, change.created_at)
-    if change.resource is not None:
-        message.resource.update(json.loads(change.resource))
+    if change.resource is None:
+        return
+    resource = RESOURCES[change.kind]
+    values = json.loads(change.resource)
+    if isinstance(values, dict):  # logged before rows were stored by position
+        message.resource.update(values)
+        if not all(name in values for name in resource.row._fields):
+            return  # an older record of another shape: no typed resource
+        values = [values[name] for name in resource.row._fields]
+    elif change.kind == "row":
+        message.resource.update({"id": values[1], **{name: v for name, _, v in values[2]}})
+    else:
+        message.resource.update(dict(zip(resource.row._fields, values, strict=True)))
+    row = resource.row._make(values)
+    if change.kind == "memory":  # the content hash went into JSON as hex
+        row = row._replace(content_hash=bytes.fromhex(row.content_hash))
+    resource.fill(getattr(message, change.kind), row)
 
 
 def _varint(value: int) -> bytes:

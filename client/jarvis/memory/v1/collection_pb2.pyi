@@ -33,7 +33,9 @@ class _FieldTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FieldType.V
     FIELD_TYPE_STRING: _FieldType.ValueType  # 1
     """FIELD_TYPE_STRING: text."""
     FIELD_TYPE_INTEGER: _FieldType.ValueType  # 2
-    """FIELD_TYPE_INTEGER: a whole number within +-2^53 (exact as a JSON number)."""
+    """FIELD_TYPE_INTEGER: a whole number in the int64 range (FieldValue.integer_value; through
+    the deprecated Struct forms only within +-2^53).
+    """
     FIELD_TYPE_REAL: _FieldType.ValueType  # 3
     """FIELD_TYPE_REAL: a number."""
     FIELD_TYPE_BOOLEAN: _FieldType.ValueType  # 4
@@ -51,7 +53,9 @@ FIELD_TYPE_UNSPECIFIED: FieldType.ValueType  # 0
 FIELD_TYPE_STRING: FieldType.ValueType  # 1
 """FIELD_TYPE_STRING: text."""
 FIELD_TYPE_INTEGER: FieldType.ValueType  # 2
-"""FIELD_TYPE_INTEGER: a whole number within +-2^53 (exact as a JSON number)."""
+"""FIELD_TYPE_INTEGER: a whole number in the int64 range (FieldValue.integer_value; through
+the deprecated Struct forms only within +-2^53).
+"""
 FIELD_TYPE_REAL: FieldType.ValueType  # 3
 """FIELD_TYPE_REAL: a number."""
 FIELD_TYPE_BOOLEAN: FieldType.ValueType  # 4
