@@ -6,9 +6,9 @@ PY := $(BIN)/python
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
-NODE_PACKAGES := @bufbuild/buf@$(BUF_VERSION) @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
+NODE_PACKAGES := @bufbuild/buf@$(BUF_VERSION) @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1 lossless-json@4.3.3
 NODE_STAMP := $(TOOLS)/.installed-node
-PY_SOURCES := server client/jarvis_memory tests proto/generate.py
+PY_SOURCES := server client/jarvis_memory client/generate_sync.py tests proto/generate.py
 
 .PHONY: setup proto check-proto run test pytest lint bench clean
 
@@ -22,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 
 # buf (lint) and the Node.js gRPC client the polyglot test uses, in a folder git ignores.
 $(BUF): $(NODE_STAMP)
-$(NODE_STAMP):
+# Remade when the Makefile (and so NODE_PACKAGES) changes.
+$(NODE_STAMP): Makefile
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) $(NODE_PACKAGES)
 	touch $@
 
@@ -53,6 +54,7 @@ lint: setup $(BUF)
 	if git rev-parse -q --verify HEAD~1 >/dev/null; then \
 		$(BUF) breaking proto --against '.git#ref=HEAD~1,subdir=proto'; fi
 	$(PY) proto/generate.py --check
+	$(PY) client/generate_sync.py --check
 
 ## bench: throughput and latency against a real daemon; writes bench-results.json
 bench: setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,20 @@ def test_types_round_trip_and_nulls(jm: Client, namespace: str) -> None:
         {"s": "b"}], namespace=namespace)
     first, second = jm.query_rows("everything", order_by=["s"], namespace=namespace)
     assert first["i"] == -7 and first["r"] == 2.5 and first["b"] is True
-    assert first["j"] == [1, {"x": None}] and first["t"] == "2026-11-22T06:30:00Z"
+    assert first["j"] == [1, {"x": None}]
+    assert first["t"] == datetime(2026, 11, 22, 6, 30, tzinfo=UTC)
     assert {k: v for k, v in second.items() if k != "id"} == {
         "s": "b", "i": None, "r": None, "b": None, "j": None, "t": None}
 
 
 @pytest.mark.parametrize(("row", "where", "expected"), [
-    ({"qty": "2"}, "rows[1].qty", "whole number"),
-    ({"qty": 2.5}, "rows[1].qty", "whole number"),
-    ({"qty": True}, "rows[1].qty", "whole number"),
-    ({"qty": 2**60}, "rows[1].qty", "whole number"),
-    ({"symbol": 5}, "rows[1].symbol", "a string"),
-    ({"nope": 1}, "rows[1].nope", "not a field"),
+    ({"qty": "2"}, "typed_rows[1].qty", "whole number"),
+    ({"qty": 2.5}, "typed_rows[1].qty", "whole number"),
+    ({"qty": 4.0}, "typed_rows[1].qty", "got the real number 4.0"),
+    ({"qty": True}, "typed_rows[1].qty", "whole number"),
+    ({"qty": 2**63}, "rows[1].qty", "outside the range"),  # refused by the SDK before sending
+    ({"symbol": 5}, "typed_rows[1].symbol", "a string"),
+    ({"nope": 1}, "typed_rows[1].nope", "not a field"),
 ])
 def test_bad_values_name_the_row_and_field(jm: Client, namespace: str, row: dict[str, object],
                                            where: str, expected: str) -> None:

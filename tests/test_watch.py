@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from conftest import Daemon
 from jarvis.memory.v1 import watch_pb2, watch_pb2_grpc
-from jarvis_memory import Change, Client, InvalidArgument, OutOfRange
+from jarvis_memory import Change, Client, InvalidArgument, Memory, OutOfRange, StateEntry
 
 
 class Collector:
@@ -97,10 +96,10 @@ def test_kind_filters(daemon: Daemon, namespace: str) -> None:
     assert [(c.kind, c.key, c.operation) for c in seen] == [
         ("event", str(e.id), "create"), ("memory", str(m.id), "create"),
         ("memory", str(m.id), "delete")]
-    # Each change carries the resource as stored after it (none after a delete).
-    assert seen[0].resource is not None and seen[0].resource["summary"] == "disk"
-    assert seen[1].resource is not None and seen[1].resource["content"] == "seen"
-    assert seen[1].resource["revision"] == seen[1].revision
+    # Each change carries the resource as it was after the change (none after a delete).
+    assert seen[0].resource == e
+    assert isinstance(seen[1].resource, Memory) and seen[1].resource.content == "seen"
+    assert seen[1].resource.revision == seen[1].revision
     assert seen[2].resource is None
 
 
@@ -196,8 +195,8 @@ def test_the_async_client_watches_too(daemon: Daemon, namespace: str) -> None:
 
     seen = asyncio.run(scenario())
     assert [c.kind for c in seen] == ["memory", "state", "state", "state"]
-    # The resource is the stored row: the state value is its JSON text.
-    assert [json.loads(c.resource["value"]) for c in seen[1:] if c.resource] == [0, 1, 2]
+    # The resource is the StateEntry get_state returns.
+    assert [c.resource.value for c in seen[1:] if isinstance(c.resource, StateEntry)] == [0, 1, 2]
 
 
 def test_a_negative_start_is_invalid(jm: Client) -> None:

@@ -39,9 +39,23 @@ class JarvisMemoryError(Exception):
 
 
 class InvalidArgument(JarvisMemoryError):
-    """The request had a malformed or out-of-range field."""
+    """The request had a malformed or out-of-range field.
+
+    Raised by the daemon, and by the SDK itself, before sending anything, for an argument it
+    cannot send as given (see ``for_argument``). Either way ``metadata["field"]`` names the
+    field or argument.
+    """
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    @classmethod
+    def for_argument(cls, field: str, problem: str) -> InvalidArgument:
+        """The client-side error for argument ``field`` ("attributes.scores[2]").
+
+        The message reads ``"<field>: <problem>"``, as the daemon's do; the reason is
+        INVALID_ARGUMENT and the metadata ``{"field": field}``.
+        """
+        return cls(f"{field}: {problem}", reason="INVALID_ARGUMENT", metadata={"field": field})
 
 
 class NotFound(JarvisMemoryError):

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 T = TypeVar("T")
+
+# The names the enum parameters take (numbers, and the upper-case protobuf names such as
+# "MEMORY_CATEGORY_FACT", are accepted at run time too). A test checks them against proto/.
+Category = Literal["preference", "fact", "pattern"]
+MemorySourceName = Literal["user_explicit", "agent_inferred"]
+Role = Literal["user", "assistant", "system", "tool"]
+EndTrigger = Literal["timeout", "explicit", "client_closed"]
+SessionStateName = Literal["active", "ended"]
+SessionOrder = Literal["start_time", "last_activity"]
+EventType = Literal["alert", "action", "status", "metric"]
+Severity = Literal["info", "warning", "error", "critical"]
+EventSourceName = Literal["monitor", "user", "agent", "system"]
+RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
+SearchMode = Literal["keyword", "vector", "hybrid"]
+FieldType = Literal["string", "integer", "real", "boolean", "json", "timestamp"]
+FilterOp = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "prefix", "is_null"]
+ChangeKind = Literal["memory", "session", "message", "session_event", "event", "snapshot",
+                     "preference", "state", "tool_call", "planning_cycle", "decision",
+                     "collection", "row"]
 
 
 class Page(list[T], Generic[T]):
@@ -228,13 +247,22 @@ class Collection:
     revision: int
 
 
+Resource: TypeAlias = (
+    Memory | Session | Message | SessionEvent | Event | Snapshot | Preference | StateEntry
+    | ToolCall | PlanningCycle | Decision | Collection | dict[str, Any]
+)
+"""What Change.resource holds: the value the matching get_* (or query_rows, for rows) returns."""
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One committed change from the change feed.
 
     ``operation`` is "create", "update" or "delete"; ``key`` names the resource within its
-    ``kind``; ``resource`` is the resource as stored after the change (its database row:
-    times in µs since the epoch, enums as lowercase names), None for a delete.
+    ``kind`` (an id, a key, or "collection/row id" for rows). ``resource`` is the resource as
+    stored after the change, as the same value the matching get_* returns (a Memory for
+    "memory", a StateEntry for "state", ...; for "row" the dict query_rows returns), and None
+    for a delete. A daemon too old to send typed resources gives its database row as a dict.
     """
 
     revision: int
@@ -243,7 +271,7 @@ class Change:
     key: str
     operation: str
     time: datetime
-    resource: dict[str, Any] | None = None
+    resource: Resource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,3 +303,40 @@ class EventHit:
     event: Event
     score: float
     snippet: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """How many rows of one kind ("memories", "events", ...) a namespace holds."""
+
+    kind: str
+    namespace: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The daemon's statistics (get_stats): row counts, file sizes, revision, uptime."""
+
+    revision: int
+    counts: list[RowCount]
+    database_bytes: int
+    wal_bytes: int
+    uptime: timedelta
+    commits: int
+    committed_writes: int
+
+    def rows(self, kind: str, namespace: str | None = None) -> int:
+        """Rows of ``kind`` in ``namespace``, or in every namespace when it is None."""
+        return sum(c.rows for c in self.counts
+                   if c.kind == kind and namespace in (None, c.namespace))
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """A finished backup: the file written, its size, SHA-256 and the revision it holds."""
+
+    path: str
+    size: int
+    sha256: str
+    revision: int

@@ -360,7 +360,8 @@ def to_stored(field: FieldDef, value: Any, where: str) -> Any:
         if isinstance(moment, datetime) and moment.tzinfo is not None:
             return _check_micros((moment - EPOCH) // timedelta(microseconds=1), where)
     hint = ""
-    if kind == "integer" and isinstance(value, float) and value.is_integer():
+    if kind == "integer" and isinstance(value, float) and value.is_integer() and (
+            abs(value) > 2**53):
         hint = (" (a whole number beyond +-2^53 is not exact as a Struct number: "
                 "send an integer_value)")
     article = "an" if kind[0] in "aeiou" else "a"
