@@ -14,7 +14,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from jarvis.memory.v1 import memory_pb2_grpc
+from jarvis.memory.v1 import (
+    audit_pb2_grpc,
+    collection_pb2_grpc,
+    event_pb2_grpc,
+    memory_pb2_grpc,
+    preference_pb2_grpc,
+    session_pb2_grpc,
+    snapshot_pb2_grpc,
+    state_pb2_grpc,
+    watch_pb2_grpc,
+)
 from jarvis_memory import Client, JarvisMemoryError
 
 ROOT = Path(__file__).resolve().parent.parent  # the project's top directory
@@ -179,6 +189,28 @@ def fresh_daemon(tmp_path: Path) -> Iterator[Daemon]:
 def jm(daemon: Daemon) -> Iterator[Client]:
     with daemon.client() as client:
         yield client
+
+
+class Stubs:
+    """A generated stub of every service on one channel: for tests that speak the wire."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.memory = memory_pb2_grpc.MemoryServiceStub(channel)
+        self.session = session_pb2_grpc.SessionServiceStub(channel)
+        self.event = event_pb2_grpc.EventServiceStub(channel)
+        self.snapshot = snapshot_pb2_grpc.SnapshotServiceStub(channel)
+        self.preference = preference_pb2_grpc.PreferenceServiceStub(channel)
+        self.state = state_pb2_grpc.StateServiceStub(channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(channel)
+        self.collection = collection_pb2_grpc.CollectionServiceStub(channel)
+        self.watch = watch_pb2_grpc.WatchServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def stubs(daemon: Daemon) -> Iterator[Stubs]:
+    """Stubs of every service, connected to the module's daemon."""
+    with grpc.insecure_channel(daemon.addr) as channel:
+        yield Stubs(channel)
 
 
 @pytest.fixture

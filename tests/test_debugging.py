@@ -40,6 +40,7 @@ def test_readme_command(daemon: Daemon, command: str) -> None:
     output = result.stdout
     if "Watch" in command:  # ended by its time limit after printing the replay
         assert '"kind": "memory"' in output and "CHANGE_OPERATION_CREATE" in output, output
+        assert '"memory": {' in output, output  # the typed resource, beside the deprecated one
         assert "deadline" in (result.stderr + output).lower()
     else:
         assert result.returncode == 0, result.stderr
@@ -57,3 +58,6 @@ def test_readme_command(daemon: Daemon, command: str) -> None:
     if "MemoryService/AddMemory" in command:
         memory = json.loads(output)["memory"]
         assert memory["content"] in command
+        if "attributes_json" in command:  # exact text back; the deprecated Struct lost the ".0"
+            assert memory["attributes_json"] == '{"cups":2,"temp_c":80.0}', memory
+            assert memory["attributes"] == {"cups": 2, "temp_c": 80}, memory

@@ -17,6 +17,8 @@ import apsw
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
+from hypothesis import HealthCheck, given, settings
+from jsonvalues import JSON_OBJECTS, JSON_VALUES, assert_identical, same
 
 from conftest import ROOT, Daemon
 from jarvis.memory.v1 import (
@@ -57,17 +59,6 @@ EXACT: dict[str, Any] = {
     "text": "ümlaut ☕ \"quoted\"", "empty": {}, "none": None, "tiny": 1e-300,
 }
 SCALARS: list[Any] = [2**60, 4.0, 4, -0.5, "text", True, None, [2**60, 4.0], EXACT]
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal with the same types all the way down (4 is not 4.0, True is not 1)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 class CountingRetry(RetryPolicy):
@@ -165,6 +156,24 @@ def test_json_values_round_trip_exactly(jm: Client, namespace: str) -> None:
     finished = jm.finish_planning_cycle(cycle.id, status="succeeded", outcomes=4.0, **ns)
     assert same(finished.outcomes, 4.0)
     assert same(jm.list_decisions(cycle_id=cycle.id, **ns)[0].reasoning, EXACT)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=JSON_VALUES, attributes=JSON_OBJECTS)
+def test_any_json_value_round_trips_through_the_sdk(
+    jm: Client, namespace: str, value: Any, attributes: dict[str, Any]
+) -> None:
+    ns = {"namespace": namespace}
+    assert_identical(jm.put_state("any", value, **ns).value, value)
+    assert_identical(jm.get_state("any", **ns).value, value)
+    assert_identical(jm.set_preference("any", value, **ns).value, value)
+    assert_identical(jm.get_preference("any", **ns).value, value)
+    m = jm.add_memory(f"any {jm.get_state('any', **ns).revision}", category="fact",
+                      source="agent_inferred", attributes=attributes, **ns)
+    assert_identical(jm.get_memory(m.id, **ns).attributes, attributes)
+    assert_identical(jm.record_event(type="metric", severity="info", source="agent",
+                                     summary="any", details=attributes, **ns).details, attributes)
 
 
 def test_collection_values_are_typed_both_ways(jm: Client, namespace: str) -> None:

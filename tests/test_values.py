@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -23,43 +21,23 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonvalues import JSON_OBJECTS, JSON_VALUES, assert_identical
 
-from conftest import Daemon
+from conftest import Stubs
 from jarvis.memory.v1 import (
     audit_pb2,
-    audit_pb2_grpc,
     event_pb2,
-    event_pb2_grpc,
     memory_pb2,
-    memory_pb2_grpc,
     preference_pb2,
-    preference_pb2_grpc,
     session_pb2,
-    session_pb2_grpc,
     snapshot_pb2,
-    snapshot_pb2_grpc,
     state_pb2,
-    state_pb2_grpc,
 )
 
 FACT = memory_pb2.MEMORY_CATEGORY_FACT
 USER = memory_pb2.MEMORY_SOURCE_USER_EXPLICIT
 SUCCEEDED = audit_pb2.RUN_STATUS_SUCCEEDED
 _namespaces = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def stubs(daemon: Daemon) -> Iterator[SimpleNamespace]:
-    with grpc.insecure_channel(daemon.addr) as channel:
-        yield SimpleNamespace(
-            memory=memory_pb2_grpc.MemoryServiceStub(channel),
-            session=session_pb2_grpc.SessionServiceStub(channel),
-            event=event_pb2_grpc.EventServiceStub(channel),
-            snapshot=snapshot_pb2_grpc.SnapshotServiceStub(channel),
-            preference=preference_pb2_grpc.PreferenceServiceStub(channel),
-            state=state_pb2_grpc.StateServiceStub(channel),
-            audit=audit_pb2_grpc.AuditServiceStub(channel),
-        )
 
 
 def fresh_namespace() -> str:
@@ -86,10 +64,10 @@ class Field:
     path: str  # the field as the encoding errors name it: "memories[1].attributes"
     input_path: str  # the field as the request-decoding errors name it
     required: bool
-    write: Callable[[SimpleNamespace, str, Any, dict[str, Any]], Any]
-    read: Callable[[SimpleNamespace, str, Any, Any], list[Any]]
-    stored: Callable[[SimpleNamespace, str, Any], list[Any]]
-    setup: Callable[[SimpleNamespace, str], Any] = lambda s, ns: None
+    write: Callable[[Stubs, str, Any, dict[str, Any]], Any]
+    read: Callable[[Stubs, str, Any, Any], list[Any]]
+    stored: Callable[[Stubs, str, Any], list[Any]]
+    setup: Callable[[Stubs, str], Any] = lambda s, ns: None
 
 
 def _same(listed: list[Any], resource: Any) -> list[Any]:
@@ -100,36 +78,36 @@ def _same(listed: list[Any], resource: Any) -> list[Any]:
     return found
 
 
-def _memories(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _memories(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     return list(s.memory.ListMemories(memory_pb2.ListMemoriesRequest(namespace=ns)).memories)
 
 
-def _read_memory(s: SimpleNamespace, ns: str, ctx: Any, m: Any) -> list[Any]:
+def _read_memory(s: Stubs, ns: str, ctx: Any, m: Any) -> list[Any]:
     got = s.memory.GetMemory(memory_pb2.GetMemoryRequest(namespace=ns, id=m.id)).memory
     return [got, *_same(_memories(s, ns, ctx), m)]
 
 
-def _add_memory(s: SimpleNamespace, ns: str, ctx: Any, kw: dict[str, Any]) -> Any:
+def _add_memory(s: Stubs, ns: str, ctx: Any, kw: dict[str, Any]) -> Any:
     request = memory_pb2.AddMemoryRequest(namespace=ns, content="m", category=FACT, source=USER,
                                           **kw)
     return s.memory.AddMemory(request).memory
 
 
-def _add_memories(s: SimpleNamespace, ns: str, ctx: Any, kw: dict[str, Any]) -> Any:
+def _add_memories(s: Stubs, ns: str, ctx: Any, kw: dict[str, Any]) -> Any:
     batch = [memory_pb2.NewMemory(content="first", category=FACT, source=USER),
              memory_pb2.NewMemory(content="second", category=FACT, source=USER, **kw)]
     response = s.memory.AddMemories(memory_pb2.AddMemoriesRequest(namespace=ns, memories=batch))
     return response.results[1].memory
 
 
-def _old_memory(s: SimpleNamespace, ns: str) -> int:
+def _old_memory(s: Stubs, ns: str) -> int:
     request = memory_pb2.AddMemoryRequest(namespace=ns, content="m", category=FACT, source=USER,
                                           attributes_json='{"old":1}')
     return int(s.memory.AddMemory(request).memory.id)
 
 
-def _update_memory(mask: str) -> Callable[[SimpleNamespace, str, Any, dict[str, Any]], Any]:
-    def write(s: SimpleNamespace, ns: str, ctx: Any, kw: dict[str, Any]) -> Any:
+def _update_memory(mask: str) -> Callable[[Stubs, str, Any, dict[str, Any]], Any]:
+    def write(s: Stubs, ns: str, ctx: Any, kw: dict[str, Any]) -> Any:
         request = memory_pb2.UpdateMemoryRequest(
             namespace=ns, memory=memory_pb2.Memory(id=ctx, **kw),
             update_mask=field_mask_pb2.FieldMask(paths=[mask]))
@@ -137,62 +115,62 @@ def _update_memory(mask: str) -> Callable[[SimpleNamespace, str, Any, dict[str, 
     return write
 
 
-def _start_session(s: SimpleNamespace, ns: str) -> str:
+def _start_session(s: Stubs, ns: str) -> str:
     s.session.StartSession(session_pb2.StartSessionRequest(namespace=ns, session_id="s"))
     return "s"
 
 
-def _sessions(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _sessions(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     return list(s.session.ListSessions(session_pb2.ListSessionsRequest(namespace=ns)).sessions)
 
 
-def _session_events(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _session_events(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     request = session_pb2.ListSessionEventsRequest(namespace=ns, session_id="s")
     return list(s.session.ListSessionEvents(request).events)
 
 
-def _messages(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _messages(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     request = session_pb2.ListMessagesRequest(namespace=ns, session_id="s")
     return list(s.session.ListMessages(request).messages)
 
 
-def _events(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _events(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     return list(s.event.ListEvents(event_pb2.ListEventsRequest(namespace=ns)).events)
 
 
-def _snapshots(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _snapshots(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     request = snapshot_pb2.ListSnapshotsRequest(namespace=ns, kind="k")
     return list(s.snapshot.ListSnapshots(request).snapshots)
 
 
-def _preferences(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _preferences(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     request = preference_pb2.ListPreferencesRequest(namespace=ns)
     return list(s.preference.ListPreferences(request).preferences)
 
 
-def _entries(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _entries(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     return list(s.state.ListState(state_pb2.ListStateRequest(namespace=ns)).entries)
 
 
-def _calls(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _calls(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     return list(s.audit.ListToolCalls(audit_pb2.ListToolCallsRequest(namespace=ns)).tool_calls)
 
 
-def _read_call(s: SimpleNamespace, ns: str, ctx: Any, call: Any) -> list[Any]:
+def _read_call(s: Stubs, ns: str, ctx: Any, call: Any) -> list[Any]:
     got = s.audit.GetToolCall(audit_pb2.GetToolCallRequest(namespace=ns, id=call.id)).tool_call
     return [got, *_same(_calls(s, ns, ctx), call)]
 
 
-def _cycles(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _cycles(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     request = audit_pb2.ListPlanningCyclesRequest(namespace=ns)
     return list(s.audit.ListPlanningCycles(request).cycles)
 
 
-def _decisions(s: SimpleNamespace, ns: str, ctx: Any) -> list[Any]:
+def _decisions(s: Stubs, ns: str, ctx: Any) -> list[Any]:
     return list(s.audit.ListDecisions(audit_pb2.ListDecisionsRequest(namespace=ns)).decisions)
 
 
-def _listed(stored: Callable[[SimpleNamespace, str, Any], list[Any]]) -> Callable[..., list[Any]]:
+def _listed(stored: Callable[[Stubs, str, Any], list[Any]]) -> Callable[..., list[Any]]:
     """A read that finds the resource in a listing."""
     return lambda s, ns, ctx, resource: _same(stored(s, ns, ctx), resource)
 
@@ -288,27 +266,6 @@ by_field = pytest.mark.parametrize("field", FIELDS, ids=[f.id for f in FIELDS])
 # -- comparing -------------------------------------------------------------------------------
 
 
-def assert_identical(got: Any, want: Any, path: str = "$", *, ordered: bool = True) -> None:
-    """Equal and of the same types all the way down, with object keys in the same order.
-
-    ``ordered=False`` ignores the order of keys (a Struct, a protobuf map, has none).
-    """
-    assert type(got) is type(want), f"{path}: {got!r} is not {want!r}"
-    if isinstance(want, dict):
-        keys, wanted = (list(got), list(want)) if ordered else (sorted(got), sorted(want))
-        assert keys == wanted, f"{path}: keys {list(got)} are not {list(want)}"
-        for key in want:
-            assert_identical(got[key], want[key], f"{path}.{key}", ordered=ordered)
-    elif isinstance(want, list):
-        assert len(got) == len(want), f"{path}: {got!r} is not {want!r}"
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            assert_identical(a, b, f"{path}[{i}]", ordered=ordered)
-    elif isinstance(want, float) and math.copysign(1, want) != math.copysign(1, got):
-        raise AssertionError(f"{path}: {got!r} is not {want!r}")
-    else:
-        assert got == want, f"{path}: {got!r} is not {want!r}"
-
-
 def as_doubles(value: Any) -> Any:
     """A JSON value as the older Struct/Value fields hold it: every number a double."""
     if isinstance(value, dict):
@@ -335,7 +292,7 @@ def assert_carries(message: Any, field: str, value: Any, *, ordered: bool = True
     assert as_doubles(older) == as_doubles(value)
 
 
-def round_trip(stubs: SimpleNamespace, field: Field, value: Any, *, legacy: bool = False) -> None:
+def round_trip(stubs: Stubs, field: Field, value: Any, *, legacy: bool = False) -> None:
     """Write ``value`` into ``field`` and check the write's response and every read."""
     ns = fresh_namespace()
     ctx = field.setup(stubs, ns)
@@ -394,7 +351,7 @@ VALUE_ROOTS: list[Any] = [[1, 4.0, "x", None], "text", 4, 4.0, -0.5, True, False
 
 
 @by_field
-def test_exact_round_trip(stubs: SimpleNamespace, field: Field) -> None:
+def test_exact_round_trip(stubs: Stubs, field: Field) -> None:
     round_trip(stubs, field, EXAMPLE)
     round_trip(stubs, field, {})
     if not field.struct:
@@ -403,7 +360,7 @@ def test_exact_round_trip(stubs: SimpleNamespace, field: Field) -> None:
 
 
 @by_field
-def test_text_is_stored_compact_in_key_order(stubs: SimpleNamespace, field: Field) -> None:
+def test_text_is_stored_compact_in_key_order(stubs: Stubs, field: Field) -> None:
     ns = fresh_namespace()
     ctx = field.setup(stubs, ns)
     text = '{ "b" : 1.50,\n "a": [ 1 ,2e0, -0 ], "b": 4 }'  # a key twice keeps its last value
@@ -413,7 +370,7 @@ def test_text_is_stored_compact_in_key_order(stubs: SimpleNamespace, field: Fiel
 
 
 @by_field
-def test_the_older_form_reads_back_as_exact_text(stubs: SimpleNamespace, field: Field) -> None:
+def test_the_older_form_reads_back_as_exact_text(stubs: Stubs, field: Field) -> None:
     # One key each: a Struct is a protobuf map, whose order is not kept.
     for value, text in (({"step": 4}, '{"step":4}'), ({"r": 0.5}, '{"r":0.5}'),
                         ({"big": 2.0**60}, '{"big":1.152921504606847e+18}')):
@@ -426,7 +383,7 @@ def test_the_older_form_reads_back_as_exact_text(stubs: SimpleNamespace, field: 
 
 
 @by_field
-def test_not_given_is_unset_or_required(stubs: SimpleNamespace, field: Field) -> None:
+def test_not_given_is_unset_or_required(stubs: Stubs, field: Field) -> None:
     ns = fresh_namespace()
     ctx = field.setup(stubs, ns)
     if field.required:
@@ -441,14 +398,14 @@ def test_not_given_is_unset_or_required(stubs: SimpleNamespace, field: Field) ->
         assert not message.HasField(field.name)
 
 
-def test_a_null_value_is_a_value_not_an_absence(stubs: SimpleNamespace) -> None:
+def test_a_null_value_is_a_value_not_an_absence(stubs: Stubs) -> None:
     for field in FIELDS:
         if not field.struct:
             round_trip(stubs, field, None)
             round_trip(stubs, field, None, legacy=True)
 
 
-def test_session_start_event_carries_the_metadata(stubs: SimpleNamespace) -> None:
+def test_session_start_event_carries_the_metadata(stubs: Stubs) -> None:
     ns = fresh_namespace()
     stubs.session.StartSession(session_pb2.StartSessionRequest(
         namespace=ns, session_id="s", metadata_json=json.dumps(EXAMPLE)))
@@ -466,31 +423,13 @@ def test_session_start_event_carries_the_metadata(stubs: SimpleNamespace) -> Non
 # -- any JSON value (hypothesis) -------------------------------------------------------------
 
 
-def depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(depth, value), default=0)
-    return 0
-
-
-TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)  # no lone surrogates
-SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | TEXT)
-JSON_VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-    max_leaves=16,
-)
-JSON_OBJECTS = st.dictionaries(TEXT, JSON_VALUES, max_size=5).filter(lambda v: depth(v) <= 30)
-JSON_VALUES = JSON_VALUES.filter(lambda v: depth(v) <= 30)
 
 
 @by_field
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_any_json_value_round_trips(
-    stubs: SimpleNamespace, field: Field, data: st.DataObject
+    stubs: Stubs, field: Field, data: st.DataObject
 ) -> None:
     round_trip(stubs, field, data.draw(JSON_OBJECTS if field.struct else JSON_VALUES))
 
@@ -515,7 +454,7 @@ def expect_invalid(call: Callable[[], Any], field: str, *words: str) -> None:
         assert word in message, message
 
 
-def refused(stubs: SimpleNamespace, field: Field, kw: dict[str, Any], where: str,
+def refused(stubs: Stubs, field: Field, kw: dict[str, Any], where: str,
             *words: str) -> None:
     """A write of ``kw`` is INVALID_ARGUMENT naming ``where`` and stores nothing."""
     ns = fresh_namespace()
@@ -536,7 +475,7 @@ def nested(levels: int) -> dict[str, Any]:
 @by_field
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused_with_their_path(
-    stubs: SimpleNamespace, field: Field, number: str
+    stubs: Stubs, field: Field, number: str
 ) -> None:
     path = f"{field.path}.scores[2]"
     text = f'{{"scores":[1,2,{number}]}}'
@@ -546,7 +485,7 @@ def test_nan_and_infinity_are_refused_with_their_path(
 
 
 @by_field
-def test_integers_beyond_int64_are_refused(stubs: SimpleNamespace, field: Field) -> None:
+def test_integers_beyond_int64_are_refused(stubs: Stubs, field: Field) -> None:
     for number in (2**63, -(2**63) - 1, 10**30):
         refused(stubs, field, {field.name + "_json": f'{{"x":{{"n":{number}}}}}'},
                 f"{field.path}.x.n", "int64")
@@ -555,7 +494,7 @@ def test_integers_beyond_int64_are_refused(stubs: SimpleNamespace, field: Field)
 
 
 @by_field
-def test_nesting_deeper_than_30_is_refused(stubs: SimpleNamespace, field: Field) -> None:
+def test_nesting_deeper_than_30_is_refused(stubs: Stubs, field: Field) -> None:
     round_trip(stubs, field, nested(30))
     if not field.struct:
         round_trip(stubs, field, json.loads("[" * 30 + "]" * 30))
@@ -566,7 +505,7 @@ def test_nesting_deeper_than_30_is_refused(stubs: SimpleNamespace, field: Field)
 
 
 @by_field
-def test_malformed_requests_are_refused(stubs: SimpleNamespace, field: Field) -> None:
+def test_malformed_requests_are_refused(stubs: Stubs, field: Field) -> None:
     text_field = field.input_path + "_json"
     for text in ("{", '{"a":1,}', "{'a': 1}", "[1] 2", "nul"):
         refused(stubs, field, {field.name + "_json": text}, text_field, "not valid JSON")
@@ -579,7 +518,7 @@ def test_malformed_requests_are_refused(stubs: SimpleNamespace, field: Field) ->
             refused(stubs, field, {field.name + "_json": text}, text_field, "JSON object")
 
 
-def test_a_refused_update_keeps_the_attributes(stubs: SimpleNamespace) -> None:
+def test_a_refused_update_keeps_the_attributes(stubs: Stubs) -> None:
     ns = fresh_namespace()
     memory_id = _old_memory(stubs, ns)
     (before,) = _memories(stubs, ns, None)

@@ -3,57 +3,26 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.message import Message
 
-from conftest import Daemon
+from conftest import Stubs
 from jarvis.memory.v1 import (
     audit_pb2,
-    audit_pb2_grpc,
     collection_pb2,
-    collection_pb2_grpc,
     event_pb2,
-    event_pb2_grpc,
     memory_pb2,
-    memory_pb2_grpc,
     preference_pb2,
-    preference_pb2_grpc,
     session_pb2,
-    session_pb2_grpc,
     snapshot_pb2,
-    snapshot_pb2_grpc,
     state_pb2,
-    state_pb2_grpc,
     watch_pb2,
-    watch_pb2_grpc,
 )
 
 NS = "feed"
-
-
-class Stubs:
-    """One stub per service on one channel, every call in namespace NS."""
-
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.memory = memory_pb2_grpc.MemoryServiceStub(channel)
-        self.session = session_pb2_grpc.SessionServiceStub(channel)
-        self.event = event_pb2_grpc.EventServiceStub(channel)
-        self.snapshot = snapshot_pb2_grpc.SnapshotServiceStub(channel)
-        self.preference = preference_pb2_grpc.PreferenceServiceStub(channel)
-        self.state = state_pb2_grpc.StateServiceStub(channel)
-        self.audit = audit_pb2_grpc.AuditServiceStub(channel)
-        self.collection = collection_pb2_grpc.CollectionServiceStub(channel)
-        self.watch = watch_pb2_grpc.WatchServiceStub(channel)
-
-
-@pytest.fixture
-def stubs(daemon: Daemon) -> Iterator[Stubs]:
-    with grpc.insecure_channel(daemon.addr) as channel:
-        yield Stubs(channel)
 
 
 def changes(stubs: Stubs, count: int, **request: Any) -> list[watch_pb2.Change]:

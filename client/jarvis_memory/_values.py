@@ -24,9 +24,9 @@ from jarvis_memory.errors import InvalidArgument
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-# Deep enough for any real value (the daemon allows 30 levels), shallow enough to stop a value
-# that contains itself long before Python's recursion limit.
-MAX_JSON_DEPTH = 200
+# The daemon's limit of nested arrays and objects (see "JSON values" in common.proto); it also
+# stops a value that contains itself long before Python's recursion limit.
+MAX_JSON_DEPTH = 30
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Compact and exact: ints stay ints, floats keep their repr (4.0 stays 4.0); NaN refused.
@@ -274,7 +274,8 @@ def _check_json(value: object, path: str, depth: int) -> None:
             raise bad(path, f"{value} is not a JSON number (NaN and Infinity are not allowed)")
     elif isinstance(value, dict | list | tuple):
         if depth >= MAX_JSON_DEPTH:
-            raise bad(path, f"nests deeper than {MAX_JSON_DEPTH} levels (or contains itself)")
+            raise bad(path, f"nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects "
+                      "(or contains itself)")
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str):
