@@ -10,7 +10,7 @@ NODE_PACKAGES := @bufbuild/buf@$(BUF_VERSION) @grpc/grpc-js@1.14.7 @grpc/proto-l
 NODE_STAMP := $(TOOLS)/.installed-node
 PY_SOURCES := server client/jarvis_memory client/generate_sync.py tests proto/generate.py
 
-.PHONY: setup proto check-proto run test pytest lint bench clean
+.PHONY: setup proto check-proto run test pytest lint fuzz bench clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ lint: setup $(BUF)
 		$(BUF) breaking proto --against '.git#ref=HEAD~1,subdir=proto'; fi
 	$(PY) proto/generate.py --check
 	$(PY) client/generate_sync.py --check
+
+## fuzz: hostile requests on every RPC, many more than `make test` sends (JARVIS_FUZZ_EXAMPLES
+## random combinations per RPC, 500 by default; JARVIS_FUZZ_SEED=<seed> replays a run)
+fuzz: setup
+	JARVIS_FUZZ_EXAMPLES=$${JARVIS_FUZZ_EXAMPLES:-500} $(PY) -m pytest -p no:cacheprovider -s tests/test_fuzz.py
 
 ## bench: throughput and latency against a real daemon; writes bench-results.json
 bench: setup

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
@@ -13,6 +15,7 @@ import pytest
 
 from conftest import Daemon, run_daemon_expecting_failure
 from jarvis.memory.v1 import admin_pb2, admin_pb2_grpc
+from jarvis_memory_server.service.admin import MAX_WAITING_BACKUPS
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -132,3 +135,117 @@ def test_backup_chunks_are_in_order_with_a_checksum(daemon: Daemon) -> None:
                                           for i in range(len(chunks))]
     assert sum(len(c.data) for c in chunks) == chunks[0].total_size
     assert chunks[-1].sha256 and not any(c.sha256 for c in chunks[:-1])
+
+
+def staging_folders(db: Path) -> list[Path]:
+    return [p for p in db.parent.iterdir() if ".backup-" in p.name]
+
+
+def test_start_up_removes_staging_copies_a_crash_left_behind(tmp_path: Path) -> None:
+    db = tmp_path / "jarvis.db"
+    left = tmp_path / ".jarvis.db.backup-k1ll3d"
+    older = tmp_path / ".backup-x7y8z9"  # named as before staging names had the file's name
+    someone_elses = tmp_path / ".other.db.backup-abcdef"
+    for folder in (left, older, someone_elses):
+        folder.mkdir()
+        (folder / "backup.db").write_bytes(b"\0" * 100_000)
+    d = Daemon(db).start()
+    try:
+        assert "removed 2 backup staging copies left behind" in d.output
+        assert staging_folders(db) == [someone_elses]
+    finally:
+        assert d.stop() == 0
+
+
+def big_daemon(tmp_path: Path) -> Daemon:
+    d = Daemon(tmp_path / "jarvis.db").start()
+    try:
+        with d.client() as jm:
+            for batch in range(4):
+                jm.add_memories([{"content": f"backup ballast {batch} {i} " + "z" * 800,
+                                  "category": "fact", "source": "user_explicit"}
+                                 for i in range(1000)])
+    except BaseException:
+        d.kill()
+        raise
+    return d
+
+
+def test_a_cancelled_backup_leaves_nothing_and_the_next_one_runs(tmp_path: Path) -> None:
+    d = big_daemon(tmp_path)
+    try:
+        with grpc.insecure_channel(d.addr) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            stream = stub.Backup(admin_pb2.BackupRequest(chunk_size=4096))
+            first = next(stream)
+            assert first.total_size > 1_000_000
+            assert staging_folders(d.db_path) == []  # the copy is open, its name already gone
+            stream.cancel()
+            chunks = list(stub.Backup(admin_pb2.BackupRequest(), timeout=30))
+        assert sum(len(c.data) for c in chunks) == chunks[0].total_size
+        assert staging_folders(d.db_path) == []
+    finally:
+        assert d.stop() == 0
+
+
+def test_concurrent_backups_take_turns_and_the_queue_is_bounded(tmp_path: Path) -> None:
+    d = big_daemon(tmp_path)
+    try:
+        with grpc.insecure_channel(d.addr) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            holder = stub.Backup(admin_pb2.BackupRequest(chunk_size=4096))
+            next(holder)  # the first backup holds its turn while it is not read on
+            outcomes: list[object] = []
+            lock = threading.Lock()
+
+            def backup() -> None:
+                try:
+                    chunks = list(stub.Backup(admin_pb2.BackupRequest(),
+                                              timeout=60))
+                    result: object = sum(len(c.data) for c in chunks) == chunks[0].total_size
+                except grpc.RpcError as exc:
+                    result = exc.code()
+                with lock:
+                    outcomes.append(result)
+
+            threads = [threading.Thread(target=backup) for _ in range(MAX_WAITING_BACKUPS + 1)]
+            for t in threads:
+                t.start()
+            d.wait_for_log("rpc Backup failed: RESOURCE_EXHAUSTED a backup is running")
+            assert len(staging_folders(d.db_path)) <= 1
+            rest = list(holder)
+            for t in threads:
+                t.join(60)
+        assert rest and rest[-1].sha256
+        assert sorted(map(str, outcomes)) == sorted(
+            [str(grpc.StatusCode.RESOURCE_EXHAUSTED)] + ["True"] * MAX_WAITING_BACKUPS)
+        assert staging_folders(d.db_path) == []
+    finally:
+        assert d.stop() == 0
+
+
+class _BrokenAdmin(admin_pb2_grpc.AdminServiceServicer):
+    """Sends part of a backup, then fails: what a daemon dying mid-stream looks like."""
+
+    def Backup(self, request: admin_pb2.BackupRequest, context: grpc.ServicerContext
+               ) -> Iterator[admin_pb2.BackupResponse]:
+        yield admin_pb2.BackupResponse(offset=0, data=b"SQLite format 3\0" + b"\0" * 4080,
+                                       total_size=1 << 20)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon went away")
+
+
+def test_a_failed_cli_backup_leaves_no_file(tmp_path: Path) -> None:
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(_BrokenAdmin(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        result = cli("backup", "--out", str(out / "nightly.db"), "--addr", f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
+    assert result.returncode == 1 and "UNAVAILABLE: the daemon went away" in result.stderr
+    assert list(out.iterdir()) == []
+    unreachable = cli("backup", "--out", str(out / "nightly.db"), "--addr", "127.0.0.1:1")
+    assert unreachable.returncode == 1 and list(out.iterdir()) == []

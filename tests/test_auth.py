@@ -3,7 +3,11 @@ token command line, auth switching on, and the secure-by-default bind."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import importlib
+import json
 import pkgutil
 import subprocess
 import sys
@@ -21,7 +25,8 @@ import jarvis.memory.v1
 from conftest import Daemon, run_daemon_expecting_failure
 from jarvis.memory.v1 import common_pb2
 from jarvis_memory import Client, PermissionDenied, Unauthenticated
-from jarvis_memory_server.service.auth import sign_jwt
+from jarvis_memory_server import errors
+from jarvis_memory_server.service.auth import sign_jwt, verify_jwt
 
 JWT_SECRET = "test-jwt-secret-do-not-log"
 NS, OTHER_NS = "team-a", "team-b"
@@ -166,6 +171,53 @@ def test_health_and_reflection_need_no_credential(secured: tuple[Daemon, Credent
         reply = next(stub.ServerReflectionInfo(iter([
             reflection_pb2.ServerReflectionRequest(list_services="")])))
     assert "jarvis.memory.v1.MemoryService" in {s.name for s in reply.list_services_response.service}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _signed(header: bytes, payload: bytes, key: str = JWT_SECRET) -> str:
+    """A JWT of raw header and payload bytes, signed with ``key`` (as sign_jwt would)."""
+    signing_input = f"{_b64(header)}.{_b64(payload)}"
+    signature = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+_CLAIMS = json.dumps({"sub": "x", "role": "admin", "namespaces": ["*"],
+                      "exp": 4102444800}).encode()
+_HS256 = b'{"alg":"HS256"}'
+HOSTILE_JWTS = {
+    "unsigned, header nested 1000 deep": f"{_b64(b'[' * 1000 + b']' * 1000)}.{_b64(_CLAIMS)}.",
+    "unsigned, claims nested 1000 deep": f"{_b64(_HS256)}.{_b64(b'[' * 1000 + b']' * 1000)}.",
+    "alg none": _b64(b'{"alg":"none"}') + "." + _b64(_CLAIMS) + ".",
+    "signed, header nested 1000 deep": _signed(b"[" * 1000 + b"]" * 1000, _CLAIMS),
+    "signed, claims not UTF-8": _signed(_HS256, b'{"role":"\xff"}'),
+    "signed, role a list": _signed(
+        _HS256, b'{"role":["admin"],"namespaces":["*"],"exp":4102444800}'),
+    "signed, exp NaN": _signed(_HS256, b'{"role":"admin","namespaces":["*"],"exp":NaN}'),
+    "signed, claims an array": _signed(_HS256, b"[1]"),
+    "not base64": "a!b.c.d",
+    "too long": _signed(_HS256, _CLAIMS[:-1] + b',"pad":"' + b"x" * 20_000 + b'"}'),
+}
+# gRPC refuses metadata beyond 8 KiB before the daemon sees it.
+ON_THE_WIRE = {case: token for case, token in HOSTILE_JWTS.items() if len(token) < 8000}
+
+
+@pytest.mark.parametrize("token", HOSTILE_JWTS.values(), ids=HOSTILE_JWTS.keys())
+def test_malformed_jwts_are_refused_before_parsing(token: str) -> None:
+    with pytest.raises(errors.Unauthenticated) as info:
+        verify_jwt(token, JWT_SECRET.encode())
+    assert info.value.reason in {"JWT_MALFORMED", "JWT_BAD_SIGNATURE"}
+
+
+def test_malformed_jwts_are_unauthenticated_on_the_wire(
+        secured: tuple[Daemon, Credentials]) -> None:
+    daemon, _ = secured
+    get_memory = next(m for m in METHODS if m.name == "GetMemory")
+    for case, token in ON_THE_WIRE.items():
+        assert call(daemon, get_memory, token) == grpc.StatusCode.UNAUTHENTICATED, case
+    assert "Traceback" not in daemon.output
 
 
 def test_the_sdk_sends_its_token(secured: tuple[Daemon, Credentials]) -> None:

@@ -557,3 +557,42 @@ def test_bad_typed_filters_and_legacy_with_typed(
         "filters[0].typed_value :: ")
     assert query_error(flt("i", T.FILTER_OPERATOR_IS_NULL, one)).startswith(
         "filters[0].typed_value :: ")
+
+
+@pytest.mark.parametrize("name", ["rowid", "oid", "_rowid_"])
+def test_sqlite_rowid_aliases_are_not_field_names(
+        rows: collection_pb2_grpc.CollectionServiceStub, namespace: str, name: str) -> None:
+    field = T.Field(name=name, type=T.FIELD_TYPE_STRING)
+    assert invalid(rows.CreateCollection, T.CreateCollectionRequest(
+        namespace=namespace, name="aliases", fields=[field])).startswith("fields[0].name :: ")
+    create(rows, namespace, "aliases", [("s", T.FIELD_TYPE_STRING)])
+    assert invalid(rows.AddField, T.AddFieldRequest(
+        namespace=namespace, collection="aliases", field=field)).startswith("field.name :: ")
+
+
+def test_filters_are_capped_so_the_sql_always_compiles(
+        rows: collection_pb2_grpc.CollectionServiceStub, namespace: str) -> None:
+    create(rows, namespace, "capped", [("i", T.FIELD_TYPE_INTEGER)])
+    insert(rows, namespace, "capped", {"i": FV(integer_value=1)})
+    one = flt("i", T.FILTER_OPERATOR_GE, FV(integer_value=0))
+    assert len(query(rows, namespace, "capped", *[one] * 64)) == 1  # the most allowed
+    many = [one] * 1000
+    for call, request in [
+        (rows.QueryRows, T.QueryRowsRequest(namespace=namespace, collection="capped",
+                                            filters=many)),
+        (rows.UpdateRows, T.UpdateRowsRequest(namespace=namespace, collection="capped",
+                                              filters=many, typed_set={"i": FV(integer_value=2)})),
+        (rows.DeleteRows, T.DeleteRowsRequest(namespace=namespace, collection="capped",
+                                              filters=many)),
+    ]:
+        assert invalid(call, request).startswith("filters :: filters: holds 1000 filters")
+    in_list = flt("i", T.FILTER_OPERATOR_IN, values=tuple(FV(integer_value=v)
+                                                          for v in range(1000)))
+    assert len(query(rows, namespace, "capped", *[in_list] * 10)) == 1  # 10,000 values
+    assert invalid(rows.QueryRows, T.QueryRowsRequest(
+        namespace=namespace, collection="capped", filters=[in_list] * 11)
+    ).startswith("filters :: filters: the in lists hold 11000 values")
+    order = T.OrderBy(field="i")
+    assert invalid(rows.QueryRows, T.QueryRowsRequest(
+        namespace=namespace, collection="capped", order_by=[order] * 1000)
+    ).startswith("order_by :: ")

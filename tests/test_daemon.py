@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -224,3 +226,99 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_loses_nothing(tmp_path:
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored = {row[0] for row in conn.execute("SELECT id FROM memories")}
     assert set(acknowledged) <= stored
+
+
+def refused(db: Path, *args: str, env: dict[str, str] | None = None,
+            addr: str = "127.0.0.1:0") -> str:
+    """Start a daemon that must refuse to start: exit status 2, and one line on stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", addr, "--db", str(db),
+         *args], capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (("--tls-cert", "/nonexistent/server.crt", "--tls-key", "/nonexistent/server.key"), {},
+     "cannot read a TLS file"),
+    (("--addr", "0.0.0.0:0"), {}, "refusing to listen on 0.0.0.0:0 with auth off"),
+    (("--addr", "localhost"), {}, "'localhost' is not host:port (the port is required"),
+    (("--addr", "[::1:50051"), {}, "is not host:port"),
+    ((), {"JARVIS_MEMORY_BUSY_TIMEOUT_MS": "soon"}, "--busy-timeout-ms: invalid int value"),
+    (("--max-db-size", "10 parsecs"), {}, "'10 parsecs' is not a size"),
+    (("--max-db-size", "512K"), {}, "must be 0 (no limit) or at least 1M"),
+    (("--max-wal-size", "0"), {}, "--max-wal-size: must be at least 1M"),
+    ((), {"JARVIS_MEMORY_VERIFY": "maybe"}, "--verify: must be auto, always or never"),
+])
+def test_misconfigurations_are_refused_before_any_file_is_made(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    folder = tmp_path / "data"
+    line = refused(folder / "jarvis.db", *args, env=env)
+    assert message in line
+    assert not folder.exists()  # neither the database nor its folder or lock file
+
+
+def test_a_port_in_use_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = refused(tmp_path / "data" / "jarvis.db", addr=f"127.0.0.1:{port}")
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_db_below_a_regular_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    line = refused(tmp_path / "plain" / "jarvis.db")
+    assert "plain is a file, not a folder" in line
+
+
+def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:  # permissions do not stop root: a read-only mount does
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                               capture_output=True, text=True)
+        if mount.returncode != 0:
+            pytest.skip(f"cannot mount a read-only file system here: {mount.stderr.strip()}")
+    else:
+        folder.chmod(0o555)
+    try:
+        line = refused(folder / "jarvis.db")
+        assert f"cannot write in {folder}" in line
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+        folder.chmod(0o755)
+
+
+def test_a_negative_schema_version_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "jarvis.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("PRAGMA user_version = -1")
+    conn.close()
+    assert "schema version -1 (PRAGMA user_version)" in refused(db)
+
+
+def test_a_file_with_corrupt_pages_is_refused_with_data_loss(tmp_path: Path) -> None:
+    db = tmp_path / "jarvis.db"
+    d = Daemon(db).start()
+    try:
+        with d.client() as jm:
+            jm.add_memories([{"content": f"to be damaged {i} " + "y" * 300, "category": "fact",
+                              "source": "user_explicit"} for i in range(500)])
+    finally:
+        assert d.stop() == 0
+    conn = apsw.Connection(str(db))
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'memories'").fetchone()[0]
+    conn.close()
+    with db.open("r+b") as file:  # scribble over the memories table's root page
+        file.seek((root - 1) * page)
+        file.write(b"\xa5" * page)
+    line = refused(db)
+    assert f"DATA_LOSS: {db} is corrupt" in line and "jarvis-memory restore" in line

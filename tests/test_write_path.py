@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jarvis_memory_server.errors import NotFound, Unavailable
+from jarvis_memory_server.errors import BatchRolledBack, NotFound
 from jarvis_memory_server.service.memories import MemoryService, NewMemory
 from jarvis_memory_server.store.sqlite import Database
 from jarvis_memory_server.store.writes import pending_commit
@@ -27,12 +27,21 @@ def fact(text: str) -> NewMemory:
 
 async def add_and_wait(service: MemoryService, text: str) -> tuple[int, int]:
     """What a write RPC does: wait for the writer, write, wait for the commit."""
-    await service.writable()
-    row, _ = service.add("default", fact(text))
-    pending = pending_commit()
-    assert pending is not None
-    await pending.committed
-    return row.id, pending.revision
+    (row, _), revision = await service.run_write(lambda: service.add("default", fact(text)))
+    assert revision is not None
+    return row.id, revision
+
+
+async def broken_write(db: Database) -> None:
+    """A write that fails with a bug after it changed a row (never a client's doing)."""
+    await db.writes.writable()
+    with db.write() as txn:
+        txn.cursor.execute(
+            "INSERT INTO memories (namespace, content, content_hash, category, source, subject,"
+            " stale, created_at, updated_at, restated_count, revision)"
+            " VALUES ('default', 'half', x'00', 'fact', 'user_explicit', '', 0, 1, 1, 0, 1)"
+        )
+        raise RuntimeError("bug after a change")
 
 
 def count_rows(db: Database) -> int:
@@ -59,7 +68,7 @@ def test_readers_never_see_an_uncommitted_batch(db: Database) -> None:
     service = MemoryService(db)
 
     async def scenario() -> None:
-        await service.writable()
+        await db.writes.writable()
         row, _ = service.add("default", fact("not yet committed"))
         pending = pending_commit()
         assert pending is not None
@@ -76,7 +85,7 @@ def test_a_rejected_write_leaves_its_batch_intact(db: Database) -> None:
     service = MemoryService(db)
 
     async def failing() -> None:
-        await service.writable()
+        await db.writes.writable()
         service.delete("default", 424242)  # NotFound before any change
 
     async def scenario() -> list[object]:
@@ -94,24 +103,19 @@ def test_a_rejected_write_leaves_its_batch_intact(db: Database) -> None:
 def test_a_write_failing_after_changes_rolls_back_its_whole_batch(db: Database) -> None:
     service = MemoryService(db)
 
-    async def broken() -> None:
-        await service.writable()
-        with db.write() as txn:
-            txn.cursor.execute(
-                "INSERT INTO memories (namespace, content, content_hash, category, source, subject,"
-                " stale, created_at, updated_at, restated_count, revision)"
-                " VALUES ('default', 'half', x'00', 'fact', 'user_explicit', '', 0, 1, 1, 0, 1)"
-            )
-            raise RuntimeError("bug after a change")
+    async def victim() -> None:  # the write() protocol alone, without GroupCommitter.run
+        await db.writes.writable()
+        service.add("default", fact("in the doomed batch"))
+        pending = pending_commit()
+        assert pending is not None
+        await pending.committed
 
     async def scenario() -> list[object]:
-        return await asyncio.gather(
-            add_and_wait(service, "in the doomed batch"), broken(), return_exceptions=True
-        )
+        return await asyncio.gather(victim(), broken_write(db), return_exceptions=True)
 
-    victim, cause = asyncio.run(scenario())
+    rolled_back, cause = asyncio.run(scenario())
     assert isinstance(cause, RuntimeError)
-    assert isinstance(victim, Unavailable)  # not acknowledged, so the client may retry
+    assert isinstance(rolled_back, BatchRolledBack)  # not acknowledged: safe to run again
     assert count_rows(db) == 0
     assert db.revision == 0
 
@@ -119,6 +123,26 @@ def test_a_write_failing_after_changes_rolls_back_its_whole_batch(db: Database) 
         return await add_and_wait(service, "the next batch works")
 
     assert asyncio.run(after())[1] == 1
+
+
+def test_a_write_whose_batch_another_write_rolled_back_runs_again(db: Database) -> None:
+    """Through GroupCommitter.run (what every write RPC uses), the innocent write succeeds."""
+    service = MemoryService(db)
+
+    async def innocent() -> tuple[int, int | None]:
+        (row, _), revision = await db.writes.run(
+            lambda: service.add("default", fact("written beside a broken write")))
+        return row.id, revision
+
+    async def scenario() -> list[object]:
+        return await asyncio.gather(innocent(), broken_write(db), return_exceptions=True)
+
+    result, cause = asyncio.run(scenario())
+    assert isinstance(cause, RuntimeError)  # the broken write failed, alone
+    assert isinstance(result, tuple)
+    memory_id, revision = result
+    assert service.get("default", memory_id).content == "written beside a broken write"
+    assert revision == db.revision == 1 and count_rows(db) == 1
 
 
 def test_writes_wait_while_a_commit_runs(db: Database) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, NoReturn
 
 import grpc
 
@@ -17,9 +22,16 @@ from jarvis_memory_server.config import DEFAULT_ADDR, DEFAULT_DB, add_serve_argu
 from jarvis_memory_server.errors import JarvisError, StartupError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument in one line on stderr (and exits with status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jarvis-memory", description="gRPC memory daemon for AI assistants"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -96,13 +108,17 @@ def token_command(args: argparse.Namespace) -> None:
 
 
 def backup_command(args: argparse.Namespace) -> None:
-    """Stream a backup from the daemon into --out, checking its size and SHA-256."""
+    """Stream a backup from the daemon into --out, checking its size and SHA-256.
+
+    The bytes go to a file with no name in --out's folder (O_TMPFILE), named --out only once
+    complete and checked, so that no failure, not even a kill -9, leaves a partial file. Where
+    the file system cannot do that, they go to OUT.partial, removed on any failure but a kill.
+    """
     import hashlib
 
     from jarvis.memory.v1 import admin_pb2, admin_pb2_grpc
 
     out = pathlib.Path(args.out)
-    partial = out.with_name(out.name + ".partial")
     if args.ca_file:
         channel = grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(
             pathlib.Path(args.ca_file).read_bytes()))
@@ -110,7 +126,7 @@ def backup_command(args: argparse.Namespace) -> None:
         channel = grpc.insecure_channel(args.addr)
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
     digest, size, revision, expected = hashlib.sha256(), 0, 0, ""
-    with channel, partial.open("wb") as file:
+    with channel, _unnamed_file(out) as (file, publish):
         for chunk in admin_pb2_grpc.AdminServiceStub(channel).Backup(
             admin_pb2.BackupRequest(), metadata=metadata
         ):
@@ -120,13 +136,73 @@ def backup_command(args: argparse.Namespace) -> None:
             digest.update(chunk.data)
             size += len(chunk.data)
             revision, expected = chunk.revision, chunk.sha256 or expected
+        if digest.hexdigest() != expected:
+            raise StartupError("the backup's SHA-256 does not match the daemon's; nothing written")
+        publish()
+    print(f"wrote {out} ({size} bytes, revision {revision}, sha256 {expected})")
+
+
+@contextlib.contextmanager
+def _unnamed_file(out: pathlib.Path) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
+    """Yield a file to write and a function that fsyncs it and names it ``out`` atomically.
+
+    Unless that function ran, nothing is left behind when the block ends.
+    """
+    folder = out.parent
+    partial: pathlib.Path | None = None
+    try:
+        fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o644)
+    except (AttributeError, OSError):  # no O_TMPFILE here: a named file, removed on failure
+        partial = out.with_name(out.name + ".partial")
+        fd = os.open(partial, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o644)
+    published = False
+
+    def publish() -> None:
+        nonlocal published
         file.flush()
         os.fsync(file.fileno())
-    if digest.hexdigest() != expected:
-        partial.unlink()
-        raise StartupError("the backup's SHA-256 does not match the daemon's; nothing written")
-    partial.replace(out)
-    print(f"wrote {out} ({size} bytes, revision {revision}, sha256 {expected})")
+        if partial is not None:
+            partial.replace(out)
+        else:
+            # Give the unnamed file a fresh name, then rename it over --out.
+            staged = out.with_name(f".{out.name}.{os.getpid()}.{time.monotonic_ns()}")
+            _link_unnamed(file, staged)
+            try:
+                staged.replace(out)
+            except BaseException:
+                staged.unlink(missing_ok=True)
+                raise
+        published = True
+
+    with os.fdopen(fd, "w+b") as file:
+        try:
+            yield file, publish
+        finally:
+            if not published and partial is not None:
+                partial.unlink(missing_ok=True)
+
+
+def _link_unnamed(file: BinaryIO, target: pathlib.Path) -> None:
+    """Name a file opened with O_TMPFILE (by copying it where linking it is not allowed)."""
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # With a dir_fd, os.link calls linkat(), which follows the /proc symlink to the file.
+        os.link(f"/proc/self/fd/{file.fileno()}", target.name, dst_dir_fd=folder,
+                follow_symlinks=True)
+        return
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+    file.seek(0)
+    try:
+        with target.open("wb") as copy:
+            shutil.copyfileobj(file, copy, 1024 * 1024)
+            copy.flush()
+            os.fsync(copy.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def restore_command(args: argparse.Namespace) -> None:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 DEFAULT_DB = "./data/jarvis.db"
+DEFAULT_MAX_WAL_SIZE = 256 * 1024 * 1024
+MIN_SIZE_LIMIT = 1024 * 1024  # the smallest --max-db-size and --max-wal-size accepted
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"\s*([0-9]+)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class Config:
     tls_client_ca: str = ""
     max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
+    max_db_size: int = 0  # bytes; 0: no limit
+    max_wal_size: int = DEFAULT_MAX_WAL_SIZE
+    verify: str = "auto"  # PRAGMA quick_check at start-up: auto (small files), always, never
 
 
 def _positive(text: str) -> float:
@@ -47,6 +56,66 @@ def _positive(text: str) -> float:
     return value
 
 
+def parse_size(text: str) -> int:
+    """Parse a byte count: digits with an optional K, M, G or T suffix (powers of 1024)."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: use bytes, or a number with K, M or G")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def _size_limit(zero_allowed: bool) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        if value == 0 and zero_allowed:
+            return 0
+        if value < MIN_SIZE_LIMIT:
+            least = "0 (no limit) or at least 1M" if zero_allowed else "at least 1M"
+            raise argparse.ArgumentTypeError(f"must be {least} (got {text})")
+        return value
+
+    return parse
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """Split host:port (IPv6 hosts in brackets); raise ValueError when the port is missing."""
+    host, colon, port = addr.strip().rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535 or (
+        ":" in host and not (host.startswith("[") and host.endswith("]"))
+    ):
+        raise ValueError(
+            f"{addr!r} is not host:port (the port is required, 0 picks a free one; "
+            "IPv6 hosts go in brackets: [::1]:50051)"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _addr(text: str) -> str:
+    if text.startswith(("unix:", "unix-abstract:")):
+        return text  # a Unix domain socket: gRPC's own syntax
+    try:
+        split_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text.strip()
+
+
+_VERIFY = {"auto": "auto", "always": "always", "never": "never", "1": "always",
+           "true": "always", "on": "always", "0": "never", "false": "never", "off": "never"}
+
+
+def _verify(text: str) -> str:
+    try:
+        return _VERIFY[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"must be auto, always or never (got {text!r})"
+        ) from None
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"JARVIS_MEMORY_{name}", default)
 
@@ -54,8 +123,9 @@ def _env(name: str, default: str) -> str:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the flags of `serve`; each defaults to its environment variable."""
     parser.add_argument(
-        "--addr", default=_env("ADDR", DEFAULT_ADDR),
-        help="host:port to listen on (env JARVIS_MEMORY_ADDR; default %(default)s)",
+        "--addr", type=_addr, default=_env("ADDR", DEFAULT_ADDR),
+        help="host:port to listen on; the port is required (0 picks a free one) "
+        "(env JARVIS_MEMORY_ADDR; default %(default)s)",
     )
     parser.add_argument(
         "--db", dest="db_path", default=_env("DB", DEFAULT_DB),
@@ -69,71 +139,71 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "default %(default)s)",
     )
     parser.add_argument(
-        "--busy-timeout-ms", type=int, default=int(_env("BUSY_TIMEOUT_MS", "250")),
+        "--busy-timeout-ms", type=int, default=_env("BUSY_TIMEOUT_MS", "250"),
         help="how long a write waits for a lock held by another process on the file before "
         "failing with UNAVAILABLE; the event loop waits with it, so keep it short "
         "(env JARVIS_MEMORY_BUSY_TIMEOUT_MS; default %(default)s)",
     )
     parser.add_argument(
         "--grace-period", dest="grace_period_s", type=_positive,
-        default=float(_env("GRACE_PERIOD", "10")),
+        default=_env("GRACE_PERIOD", "10"),
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT "
         "(env JARVIS_MEMORY_GRACE_PERIOD; default %(default)s)",
     )
     parser.add_argument(
         "--checkpoint-interval", dest="checkpoint_interval_s", type=_positive,
-        default=float(_env("CHECKPOINT_INTERVAL", "1")),
+        default=_env("CHECKPOINT_INTERVAL", "1"),
         help="seconds between background WAL checkpoints (env JARVIS_MEMORY_CHECKPOINT_INTERVAL; "
         "default %(default)s)",
     )
     parser.add_argument(
         "--session-idle-timeout", dest="session_idle_timeout_s", type=_positive,
-        default=float(_env("SESSION_IDLE_TIMEOUT", "1800")),
+        default=_env("SESSION_IDLE_TIMEOUT", "1800"),
         help="seconds without a message or event after which the daemon ends a session with "
         "trigger TIMEOUT (env JARVIS_MEMORY_SESSION_IDLE_TIMEOUT; default %(default)s)",
     )
     parser.add_argument(
-        "--snapshot-keep", type=int, default=int(_env("SNAPSHOT_KEEP", "1000")),
+        "--snapshot-keep", type=int, default=_env("SNAPSHOT_KEEP", "1000"),
         help="keep the newest N snapshots of each kind, 0 for all "
         "(env JARVIS_MEMORY_SNAPSHOT_KEEP; default %(default)s)",
     )
     parser.add_argument(
         "--snapshot-max-age", dest="snapshot_max_age_s", type=float,
-        default=float(_env("SNAPSHOT_MAX_AGE", "0")),
+        default=_env("SNAPSHOT_MAX_AGE", "0"),
         help="drop snapshots older than this many seconds, 0 to keep them "
         "(env JARVIS_MEMORY_SNAPSHOT_MAX_AGE; default %(default)s)",
     )
     parser.add_argument(
         "--state-purge-interval", dest="state_purge_interval_s", type=_positive,
-        default=float(_env("STATE_PURGE_INTERVAL", "10")),
+        default=_env("STATE_PURGE_INTERVAL", "10"),
         help="seconds between purges of expired state entries (they read as absent at once) "
         "(env JARVIS_MEMORY_STATE_PURGE_INTERVAL; default %(default)s)",
     )
     parser.add_argument(
-        "--watch-buffer", type=int, default=int(_env("WATCH_BUFFER", "10000")),
+        "--watch-buffer", type=int, default=_env("WATCH_BUFFER", "10000"),
         help="changes (of any namespace) committed while a watcher has not caught up, beyond "
         "which it is ended with RESOURCE_EXHAUSTED (env JARVIS_MEMORY_WATCH_BUFFER; "
         "default %(default)s)",
     )
     parser.add_argument(
         "--watch-coalesce-ms", dest="watch_coalesce_ms", type=float,
-        default=float(_env("WATCH_COALESCE_MS", "20")),
+        default=_env("WATCH_COALESCE_MS", "20"),
         help="how long a watcher gathers changes into one message: more watchers cost writers "
         "less, at this much latency (env JARVIS_MEMORY_WATCH_COALESCE_MS; default %(default)s)",
     )
     parser.add_argument(
-        "--search-threads", type=int, default=int(_env("SEARCH_THREADS", "4")),
+        "--search-threads", type=int, default=_env("SEARCH_THREADS", "4"),
         help="worker threads that run searches off the event loop, each with its own "
         "connection (env JARVIS_MEMORY_SEARCH_THREADS; default %(default)s)",
     )
     parser.add_argument(
-        "--change-retention", type=int, default=int(_env("CHANGE_RETENTION", "1000000")),
+        "--change-retention", type=int, default=_env("CHANGE_RETENTION", "1000000"),
         help="newest changes the change log keeps for watchers to replay "
         "(env JARVIS_MEMORY_CHANGE_RETENTION; default %(default)s)",
     )
     parser.add_argument(
         "--compact-interval", dest="compact_interval_s", type=_positive,
-        default=float(_env("COMPACT_INTERVAL", "10")),
+        default=_env("COMPACT_INTERVAL", "10"),
         help="seconds between change log compactions (env JARVIS_MEMORY_COMPACT_INTERVAL; "
         "default %(default)s)",
     )
@@ -156,7 +226,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     auth.add_argument(
         "--auth-cache-ttl", dest="auth_cache_ttl_s", type=float,
-        default=float(_env("AUTH_CACHE_TTL", "1")),
+        default=_env("AUTH_CACHE_TTL", "1"),
         help="seconds within which created or revoked API tokens take effect "
         "(env JARVIS_MEMORY_AUTH_CACHE_TTL; default %(default)s)",
     )
@@ -168,6 +238,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-client-ca", default=_env("TLS_CLIENT_CA", ""),
         help="PEM CA bundle: require client certificates it signed, mutual TLS "
         "(env JARVIS_MEMORY_TLS_CLIENT_CA)",
+    )
+    parser.add_argument(
+        "--max-db-size", type=_size_limit(True), default=_env("MAX_DB_SIZE", "0"),
+        help="refuse writes that add data (RESOURCE_EXHAUSTED) once the database file nears "
+        "this size, in bytes or with a K, M or G suffix; deletes still work and free room for "
+        "new writes; 0 for no limit (env JARVIS_MEMORY_MAX_DB_SIZE; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-wal-size", type=_size_limit(False), default=_env("MAX_WAL_SIZE", "256M"),
+        help="when the write-ahead log grows past this size, the daemon checkpoints and "
+        "rewinds it, pausing writes briefly (env JARVIS_MEMORY_MAX_WAL_SIZE; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
+        "--verify", nargs="?", const="always", type=_verify, default=_env("VERIFY", "auto"),
+        help="check every page of the database (PRAGMA quick_check) before serving and refuse "
+        "a corrupt file; auto: only files up to 64 MiB, since the check reads the whole file "
+        "(3.5 s for 1 GB of memories); --verify alone: always (env JARVIS_MEMORY_VERIFY; "
+        "default %(default)s)",
     )
     parser.add_argument(
         "--log-level", default=_env("LOG_LEVEL", "INFO"),
@@ -202,4 +291,7 @@ def from_args(args: argparse.Namespace) -> Config:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         log_level=args.log_level,
+        max_db_size=args.max_db_size,
+        max_wal_size=args.max_wal_size,
+        verify=args.verify,
     )

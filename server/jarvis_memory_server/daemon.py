@@ -16,37 +16,30 @@ import ipaddress
 import logging
 import pathlib
 import signal
+import socket
 import time
 from collections.abc import Callable
 
+import apsw
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from jarvis.memory.v1 import (
     admin_pb2,
-    admin_pb2_grpc,
     audit_pb2,
-    audit_pb2_grpc,
     collection_pb2,
-    collection_pb2_grpc,
     event_pb2,
-    event_pb2_grpc,
     memory_pb2,
-    memory_pb2_grpc,
     preference_pb2,
-    preference_pb2_grpc,
     session_pb2,
-    session_pb2_grpc,
     snapshot_pb2,
-    snapshot_pb2_grpc,
     state_pb2,
-    state_pb2_grpc,
     watch_pb2,
 )
 from jarvis_memory_server import __version__
-from jarvis_memory_server.config import Config
+from jarvis_memory_server.config import Config, split_addr
 from jarvis_memory_server.errors import StartupError
-from jarvis_memory_server.service.admin import AdminService
+from jarvis_memory_server.service.admin import AdminService, remove_stale_staging
 from jarvis_memory_server.service.audit import AuditService
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.collections import CollectionService
@@ -67,6 +60,7 @@ from jarvis_memory_server.transport.events import EventServicer
 from jarvis_memory_server.transport.memories import MemoryServicer
 from jarvis_memory_server.transport.preferences import PreferenceServicer
 from jarvis_memory_server.transport.reflection import enable_reflection
+from jarvis_memory_server.transport.rpc import register
 from jarvis_memory_server.transport.sessions import SessionServicer
 from jarvis_memory_server.transport.snapshots import SnapshotServicer
 from jarvis_memory_server.transport.state import StateServicer
@@ -92,7 +86,8 @@ class Daemon:
         self.config = config
         self.db = Database(
             config.db_path, durability=config.durability,  # type: ignore[arg-type]
-            busy_timeout_ms=config.busy_timeout_ms,
+            busy_timeout_ms=config.busy_timeout_ms, max_db_size=config.max_db_size,
+            max_wal_size=config.max_wal_size, verify=config.verify,
         )
         self.server: grpc.aio.Server | None = None
         self.bound_addr = config.addr
@@ -116,11 +111,29 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT. Raises StartupError when the daemon cannot start."""
+        """Serve until SIGTERM/SIGINT. Raises StartupError when the daemon cannot start.
+
+        The configuration is checked and the port bound before anything is written to disk, so
+        that a daemon that cannot start leaves no file behind.
+        """
         started = time.monotonic()
-        self.db.open()  # migrations run here, before the port opens
+        server = await self._start()
         try:
-            await self._start()
+            with exclusive_use(self.db.path):
+                await self._run(server, started)
+        finally:
+            if self.server is None:  # bound but never started: release the port
+                await server.stop(None)
+
+    async def _run(self, server: grpc.aio.Server, started: float) -> None:
+        removed, size = remove_stale_staging(self.db.path)
+        if removed:
+            log.info("removed %d backup staging copies left behind (%.1f MiB)", removed,
+                     size / 2**20)
+        self.db.open()  # migrations run here, before the server answers calls
+        try:
+            self._check_exposure()  # again, with the tokens the file holds
+            await self._serve(server)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -166,7 +179,8 @@ class Daemon:
         """Ask the daemon to stop (as SIGTERM does)."""
         self._stop.set()
 
-    async def _start(self) -> None:
+    async def _start(self) -> grpc.aio.Server:
+        """Check the configuration, build the server and bind its port (nothing served yet)."""
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.config.max_message_bytes),
@@ -174,37 +188,23 @@ class Daemon:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        memory_pb2_grpc.add_MemoryServiceServicer_to_server(
-            MemoryServicer(MemoryService(self.db), self.search, self.auth), server
-        )
-        session_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(self.sessions, self.search, self.auth), server
-        )
-        event_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(EventService(self.db), self.search, self.auth), server
-        )
-        snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server(
-            SnapshotServicer(self.snapshots, self.auth), server
-        )
-        preference_pb2_grpc.add_PreferenceServiceServicer_to_server(
-            PreferenceServicer(PreferenceService(self.db), self.auth), server
-        )
-        state_pb2_grpc.add_StateServiceServicer_to_server(
-            StateServicer(self.state, self.auth), server
-        )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(AuditService(self.db), self.auth), server
-        )
-        collection_pb2_grpc.add_CollectionServiceServicer_to_server(
-            CollectionServicer(CollectionService(self.db), self.auth), server
-        )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(AdminService(self.db), self.auth), server
-        )
+        for servicer in (
+            MemoryServicer(MemoryService(self.db), self.search, self.auth),
+            SessionServicer(self.sessions, self.search, self.auth),
+            EventServicer(EventService(self.db), self.search, self.auth),
+            SnapshotServicer(self.snapshots, self.auth),
+            PreferenceServicer(PreferenceService(self.db), self.auth),
+            StateServicer(self.state, self.auth),
+            AuditServicer(AuditService(self.db), self.auth),
+            CollectionServicer(CollectionService(self.db), self.auth),
+            AdminServicer(AdminService(self.db), self.auth),
+        ):
+            register(servicer, server)
         register_watch(WatchServicer(self.watch, self.auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         self._check_exposure()
+        check_bindable(self.config.addr)
         try:
             credentials = self._tls_credentials()
             if credentials is None:
@@ -213,8 +213,13 @@ class Daemon:
                 port = server.add_secure_port(self.config.addr, credentials)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.config.addr}: {exc}") from exc
+        if port == 0:  # gRPC logged why; say it in one line
+            raise StartupError(f"cannot listen on {self.config.addr}")
         # With port 0 the OS picks one; report the real address (tests read it from the log).
         self.bound_addr = f"{self.config.addr.rsplit(':', 1)[0]}:{port}"
+        return server
+
+    async def _serve(self, server: grpc.aio.Server) -> None:
         await server.start()
         self.server = server
         # The database is open and migrated: only now does the daemon report SERVING.
@@ -222,8 +227,17 @@ class Daemon:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def _check_exposure(self) -> None:
-        """Refuse to listen beyond loopback with auth off, unless --insecure says so."""
-        if self.auth.enabled or self.config.insecure or is_loopback(self.config.addr):
+        """Refuse to listen beyond loopback with auth off, unless --insecure says so.
+
+        Before the database is open, auth counts as on when the existing file holds API tokens.
+        """
+        config = self.config
+        if config.insecure or is_loopback(config.addr):
+            return
+        if self.db.is_open:
+            if self.auth.enabled:
+                return
+        elif config.require_auth or config.jwt_secret or _file_has_tokens(self.db.path):
             return
         raise StartupError(
             f"refusing to listen on {self.config.addr} with auth off: anyone who can reach it "
@@ -284,6 +298,48 @@ class Daemon:
         self.db.close()
 
 
+def _file_has_tokens(path: pathlib.Path) -> bool:
+    """Whether an existing database file holds API tokens (true when it cannot be read)."""
+    if not path.is_file():
+        return False
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            return conn.execute('SELECT 1 FROM "api_tokens" LIMIT 1').fetchone() is not None
+        finally:
+            conn.close()
+    except apsw.Error:
+        return True  # decided again once the file is open
+
+
+def check_bindable(addr: str) -> None:
+    """Raise StartupError when no address ``addr`` resolves to can be bound.
+
+    gRPC would say so too, but in several lines of its own log on stderr.
+    """
+    if addr.startswith(("unix:", "unix-abstract:")):
+        return
+    host, port = split_addr(addr)
+    if port == 0:
+        return
+    try:
+        resolved = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                      flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {addr}: {exc.strerror}") from exc
+    problem = ""
+    for family, kind, proto, _, sockaddr in resolved:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                problem = problem or str(exc.strerror)
+                continue
+        return  # gRPC listens on every address it can bind, and needs one
+    raise StartupError(f"cannot listen on {addr}: {problem}")
+
+
 def is_loopback(addr: str) -> bool:
     """Whether host:port names a loopback address (127.0.0.0/8, ::1, localhost)."""
     host = addr.rsplit(":", 1)[0].strip("[]")
@@ -300,5 +356,4 @@ def serve(config: Config) -> None:
 
     Raises StartupError, also when another daemon (or a restore) uses the database file.
     """
-    with exclusive_use(pathlib.Path(config.db_path)):
-        asyncio.run(Daemon(config).run())
+    asyncio.run(Daemon(config).run())

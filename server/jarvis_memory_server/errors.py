@@ -85,6 +85,15 @@ class Unavailable(JarvisError):
     reason = "UNAVAILABLE"
 
 
+class BatchRolledBack(Unavailable):
+    """The write's group commit was rolled back because another write in it failed.
+
+    The write was undone and never acknowledged, so it may simply run again.
+    """
+
+    reason = "BATCH_ROLLED_BACK"
+
+
 class DataLoss(JarvisError):
     """The database file is corrupt."""
 

@@ -4,7 +4,8 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
 
 - health_check: grpc.health.v1 Health/Check, the transport's ceiling;
 - add_memory: one new memory per call (unique English-ish sentences, 60-200 chars);
-- add_memories_500: 500 new memories per call (rps is memories/s, latency is per call);
+- add_memories_500: 500 new memories per call (rps is memories/s, latency is per call); a note
+  after its row gives the peak size of the WAL file during the run (peak_wal_mib in the JSON);
 - get_memory: random ids among the 100k memories of a preloaded namespace;
 - list_memories: the first page of 50 of that 100k-memory namespace;
 - append_message: one message per call, appended to one session;
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -570,6 +572,23 @@ async def backup_under_load(args: argparse.Namespace, channels: list[Any], memor
             row("writes_during_backup", during, during["rps"] / baseline["rps"])]
 
 
+async def peak_wal(args: argparse.Namespace, channel: Any, stop: asyncio.Event) -> int:
+    """The largest WAL file seen until ``stop``: its size on disk when this script started the
+    daemon (every 5 ms), else GetStats' wal_bytes (every 100 ms)."""
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    path = Path(f"{args.db_path}-wal") if args.db_path else None
+    peak = 0
+    while not stop.is_set():
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                peak = max(peak, path.stat().st_size)
+        else:
+            peak = max(peak, (await admin.GetStats(admin_pb2.GetStatsRequest())).wal_bytes)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.005 if path is not None else 0.1)
+    return peak
+
+
 def cas_putter(stub: state_pb2_grpc.StateServiceStub, namespace: str,
                key: str) -> Callable[[Any], Awaitable[Any]]:
     """A worker's PutState with expected_version on a key of its own: it knows the version."""
@@ -720,6 +739,7 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
         first_page = memory_pb2.ListMemoriesRequest(namespace=ns_100k, page_size=50)
         seconds = args.warmup + args.duration
         results: list[dict[str, Any]] = []
+        wal_stop, peak_wal_bytes = asyncio.Event(), {}
         print(f"\n{'scenario':<18}{'in_flight':>9}{'rps':>11}{'p50_ms':>9}{'p99_ms':>9}"
               f"{'ratio_to_health':>17}{'cli%':>6}{'srv%':>6}", flush=True)
         for in_flight in args.in_flight:
@@ -781,8 +801,15 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                         methods = [cas_putter(states[i % n_channels], ns_writes,
                                               f"cas-{run_id}-{i}") for i in range(in_flight)]
                         requests = itertools.repeat(None)
+                    sampler = (asyncio.create_task(peak_wal(args, channels[0], wal_stop))
+                               if scenario == "add_memories_500" else None)
                     stats = await measure(methods, requests, in_flight, args.warmup,
                                           args.duration, daemon_pid)
+                    if sampler is not None:
+                        wal_stop.set()
+                        peak_wal_bytes[in_flight] = max(peak_wal_bytes.get(in_flight, 0),
+                                                        await sampler)
+                        wal_stop.clear()
                     if scenario == "health_check":
                         health_rps = stats["rps"]
                     if scenario in ("add_memories_500", "insert_rows_500"):
@@ -807,6 +834,10 @@ async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> li
                 print(f"{scenario:<18}{in_flight:>9}{row['rps']:>11.1f}{row['p50_ms']:>9.2f}"
                       f"{row['p99_ms']:>9.2f}{'-' if ratio is None else f'{ratio:.3f}':>17}"
                       f"{med['cli']:>6.0f}{cpu_column(med['srv'])}{spread}", flush=True)
+                if scenario == "add_memories_500" and in_flight in peak_wal_bytes:
+                    row["peak_wal_mib"] = round(peak_wal_bytes[in_flight] / 2**20, 1)
+                    print(f"  note: peak WAL size during add_memories_500: "
+                          f"{row['peak_wal_mib']:.1f} MiB", flush=True)
         if "watch_fanout" in args.only:
             results += await watch_fanout(args, channels, memory, add_one, daemon_pid)
         if "search" in args.only:
@@ -860,6 +891,7 @@ def main(argv: list[str] | None = None) -> None:
     daemon = None if args.addr else LocalDaemon(env)
     args.events_namespace = None
     args.search_corpus = None
+    args.db_path = daemon.db_path if daemon is not None else None
     if "search" in args.only:
         if daemon is None:
             print("search: skipped (it preloads the file of a daemon this script starts)")

@@ -17,6 +17,8 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -91,7 +93,7 @@ class Authenticator:
                 reason="CREDENTIAL_MISSING",
             )
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer" or not token or not token.isascii():
             raise Unauthenticated(
                 "malformed authorization metadata: expected 'Bearer <token>'",
                 reason="CREDENTIAL_MALFORMED",
@@ -177,39 +179,64 @@ def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+MAX_JWT_CHARS = 8192
+_MAX_JWT_BRACKETS = 64  # claims are flat (a list of names at most): far more is refused
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def verify_jwt(token: str, key: bytes) -> tuple[Principal, float]:
     """Verify an HS256 JWT; return its principal and expiry (Unix seconds).
 
-    Raises Unauthenticated when it is malformed, not HS256, badly signed or expired, or when
-    its claims (sub, role, namespaces, exp) are missing or wrong.
+    The signature (an HMAC-SHA256 over the raw ``header.payload`` text) is checked first:
+    nothing in an unsigned or badly signed token is ever parsed. Raises Unauthenticated when
+    the token is malformed or too long, badly signed, not HS256 or expired, or when its claims
+    (sub, role, namespaces, exp) are missing or wrong.
     """
-    header_b64, payload_b64, signature_b64 = token.split(".")
+    parts = token.split(".")
+    if len(token) > MAX_JWT_CHARS or len(parts) != 3 or not all(
+            _BASE64URL.fullmatch(part) for part in parts):
+        raise Unauthenticated("malformed JWT", reason="JWT_MALFORMED")
+    header_b64, payload_b64, signature_b64 = parts
     try:
-        header = json.loads(_b64decode(header_b64))
-        payload = json.loads(_b64decode(payload_b64))
         signature = _b64decode(signature_b64)
     except (ValueError, binascii.Error) as exc:
         raise Unauthenticated("malformed JWT", reason="JWT_MALFORMED") from exc
-    if not isinstance(header, dict) or header.get("alg") != "HS256":
-        raise Unauthenticated("the JWT must be signed with HS256", reason="JWT_MALFORMED")
-    expected = hmac.new(key, f"{header_b64}.{payload_b64}".encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, f"{header_b64}.{payload_b64}".encode("ascii"),
+                        hashlib.sha256).digest()
     if not hmac.compare_digest(signature, expected):
         raise Unauthenticated("the JWT signature is not valid", reason="JWT_BAD_SIGNATURE")
+    header = _jwt_json(header_b64)
+    if not isinstance(header, dict) or header.get("alg") != "HS256":
+        raise Unauthenticated("the JWT must be signed with HS256", reason="JWT_MALFORMED")
+    payload = _jwt_json(payload_b64)
     if not isinstance(payload, dict):
         raise Unauthenticated("malformed JWT claims", reason="JWT_MALFORMED")
     exp, role, namespaces = payload.get("exp"), payload.get("role"), payload.get("namespaces")
-    if not isinstance(exp, int | float):
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         raise Unauthenticated("the JWT has no exp claim", reason="JWT_MALFORMED")
     if exp <= time.time():
         raise Unauthenticated("the JWT has expired", reason="JWT_EXPIRED")
-    if role not in ROLE_RANK:
+    if not isinstance(role, str) or role not in ROLE_RANK:
         raise Unauthenticated("the JWT's role claim is not reader, writer or admin",
                               reason="JWT_MALFORMED")
     if not (isinstance(namespaces, list) and all(isinstance(n, str) for n in namespaces)):
         raise Unauthenticated("the JWT's namespaces claim must be a list of names",
                               reason="JWT_MALFORMED")
     subject = payload.get("sub")
+    if not isinstance(subject, str | int | None):
+        raise Unauthenticated("the JWT's sub claim must be a string", reason="JWT_MALFORMED")
     return Principal(str(subject or "jwt"), role, frozenset(namespaces)), float(exp)
+
+
+def _jwt_json(part: str) -> object:
+    """A signed JWT part -> its JSON value. Raises Unauthenticated when it is not sane JSON."""
+    try:
+        text = _b64decode(part)
+        if text.count(b"[") + text.count(b"{") > _MAX_JWT_BRACKETS:
+            raise ValueError("too many arrays and objects")  # refused before parsing
+        return json.loads(text)
+    except (ValueError, binascii.Error, RecursionError) as exc:
+        raise Unauthenticated("malformed JWT", reason="JWT_MALFORMED") from exc
 
 
 def sign_jwt(claims: dict[str, object], key: bytes) -> str:

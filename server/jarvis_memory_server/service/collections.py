@@ -18,8 +18,8 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     choice,
     decode_key_cursor,
-    decode_page_token,
-    encode_page_token,
+    decode_offset_cursor,
+    encode_offset_cursor,
     filter_fingerprint,
     finish_page,
     json_text,
@@ -43,6 +43,13 @@ FILTER_OPERATORS = (*OPERATORS, "in", "prefix", "is_null")
 MAX_FIELDS = 200
 MAX_ROWS = 1000
 MAX_IN_VALUES = 1000
+# Filters are AND-ed into one SQL condition, whose expression tree SQLite bounds (depth 1000)
+# as it bounds bound parameters (32766): these caps keep every accepted request compilable.
+MAX_FILTERS = 64
+MAX_FILTER_VALUES = 10_000  # the values of all in lists of a request together
+MAX_ORDER_BY = 64
+# SQLite's names for the rowid of every table: as a column name they would shadow it.
+ROWID_ALIASES = frozenset({"rowid", "oid", "_rowid_"})
 MAX_JSON_BYTES = 1024 * 1024  # the JSON text of one json field's value
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Timestamps are stored as microseconds since the epoch, within years 0001 to 9999 (UTC), the
@@ -193,22 +200,21 @@ class CollectionService(ServiceBase):
         definition = self._definition(namespace, name)
         fields = {f.name: f for f in fields_of(definition)}
         where = compile_filters(_filters(fields, filters))
+        if len(order_by) > MAX_ORDER_BY:
+            raise InvalidArgument("order_by", f"holds {len(order_by)} entries; at most "
+                                  f"{MAX_ORDER_BY}")
         for i, (field, _) in enumerate(order_by):
             _field(fields, field, f"order_by[{i}].field")
         fingerprint = filter_fingerprint(namespace, {
             "collection": name, "where": where.sql, "params": repr(sorted(where.params.items())),
             "order": order_by})
-        offset = 0
-        if token:
-            offset = decode_page_token(token, fingerprint).get("offset", -1)
-            if not isinstance(offset, int) or offset < 0:
-                raise InvalidArgument("page_token", "is not a token this server issued")
+        offset = decode_offset_cursor(token, fingerprint) if token else 0
         columns = list(fields)
         rows = self._store.query(definition, columns, where, order_by, limit + 1, offset)
         types = [f.type for f in fields.values()]
         page = [StoredRow(row[0], list(zip(columns, types, row[1:], strict=True)))
                 for row in rows[:limit]]
-        next_token = (encode_page_token({"offset": offset + limit}, fingerprint)
+        next_token = (encode_offset_cursor(offset + limit, fingerprint)
                       if len(rows) > limit else "")
         return page, next_token
 
@@ -275,10 +281,12 @@ def _check_name(name: str, field: str) -> None:
 
 
 def _check_field(field: FieldDef, prefix: str) -> None:
-    if not field.name or FIELD_NAME.fullmatch(field.name) is None or field.name == "id":
+    if (not field.name or FIELD_NAME.fullmatch(field.name) is None or field.name == "id"
+            or field.name.lower() in ROWID_ALIASES):
         raise InvalidArgument(f"{prefix}.name", f"{field.name[:64]!r} is not a valid field "
                               "name: 1 to 63 lowercase letters, digits or '_', starting with a "
-                              "letter, and not 'id'")
+                              "letter, and not 'id', 'rowid' or 'oid' (SQLite's names for the "
+                              "row id)")
     choice(field.type, FIELD_TYPES, f"{prefix}.type")
     if field.unique and field.type == "json":
         raise InvalidArgument(f"{prefix}.unique", "a json field cannot be unique")
@@ -436,6 +444,12 @@ def from_stored(kind: str, value: Any) -> Any:
 
 def _filters(fields: dict[str, FieldDef], filters: list[Filter]
              ) -> list[tuple[str, str, Any]]:
+    if len(filters) > MAX_FILTERS:
+        raise InvalidArgument("filters", f"holds {len(filters)} filters; at most {MAX_FILTERS}")
+    values = sum(len(f.value) for f in filters if f.op == "in" and isinstance(f.value, list))
+    if values > MAX_FILTER_VALUES:
+        raise InvalidArgument("filters", f"the in lists hold {values} values; at most "
+                              f"{MAX_FILTER_VALUES} in all")
     compiled: list[tuple[str, str, Any]] = []
     for i, f in enumerate(filters):
         where = f"filters[{i}]"

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import hashlib
+import hmac
 import json
 import math
 import re
+import threading
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from jarvis_memory_server.errors import InvalidArgument, NotFound
-from jarvis_memory_server.store.sqlite import Database
+import peewee as pw
+
+from jarvis_memory_server.errors import DataLoss, InvalidArgument, NotFound
+from jarvis_memory_server.store.models import Setting
+from jarvis_memory_server.store.sqlite import Database, compile_sql
 
 Row = TypeVar("Row")
 
@@ -22,15 +28,19 @@ class ServiceBase:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        _PAGE_TOKEN_KEY.use(db)
 
     @property
     def revision(self) -> int:
         """The store's last committed revision (for response headers)."""
         return self._db.revision
 
-    async def writable(self) -> None:
-        """Wait until writes may run (see store.writes)."""
-        await self._db.writes.writable()
+    async def run_write(self, body: Callable[[], Row]) -> tuple[Row, int | None]:
+        """Run a body that writes and wait for its commit (see GroupCommitter.run).
+
+        Returns its result and the revision of its last change (None: it changed nothing).
+        """
+        return await self._db.writes.run(body)
 
 
 DEFAULT_NAMESPACE = "default"
@@ -183,12 +193,6 @@ def filter_fingerprint(namespace: str, filters: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_page_token(cursor: dict[str, Any], fingerprint: str) -> str:
-    """Make an opaque page token holding a keyset cursor and the filters it belongs to."""
-    raw = json.dumps({"c": cursor, "f": fingerprint}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
     """Return ``value`` if it is one of ``allowed``. Raises InvalidArgument naming them."""
     if value not in allowed:
@@ -208,26 +212,6 @@ def identifier(value: str, pattern: re.Pattern[str], field: str, what: str) -> s
     return value
 
 
-def decode_cursor(token: str, fingerprint: str) -> tuple[int, int]:
-    """Return the (sort value, id) keyset cursor inside a page token.
-
-    Raises InvalidArgument when the token is malformed or was issued for other filters.
-    """
-    cursor = decode_page_token(token, fingerprint)
-    at, last = cursor.get("at"), cursor.get("id")
-    if not (isinstance(at, int) and isinstance(last, int)):
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return at, last
-
-
-def decode_key_cursor(token: str, fingerprint: str) -> str:
-    """Return the last key inside a page token of a key-ordered listing. Raises InvalidArgument."""
-    last = decode_page_token(token, fingerprint).get("key")
-    if not isinstance(last, str):
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return last
-
-
 def check_id(value: int, what: str) -> None:
     """Raise InvalidArgument unless ``value`` is a positive id (of a ``what``)."""
     if value <= 0:
@@ -243,26 +227,141 @@ def not_found(what: str, namespace: str, item_id: int) -> NotFound:
     )
 
 
-def encode_cursor(at: int, last: int, fingerprint: str) -> str:
-    """Make the page token of a (sort value, id) keyset cursor."""
-    return encode_page_token({"at": at, "id": last}, fingerprint)
+# -- page tokens (AIP-158): opaque and tamper-evident ---------------------------------------
+#
+# A token is base64url(payload + mac): payload is the JSON {"c": cursor, "f": fingerprint},
+# mac the HMAC-SHA256 of the payload under the database's page-token key (32 random bytes
+# that migration 11 stored in the settings table). The MAC is checked before anything in the
+# token is parsed, so a token the daemon did not issue, or one edited by a single bit, is
+# refused without its contents ever being read.
+
+_TOKEN_MAC_BYTES = 32
+_TOKEN_DOMAIN = b"jarvis-memory page token v1\0"
+MAX_PAGE_TOKEN_CHARS = 4096  # the daemon's own tokens are < 1 KiB
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+_NOT_ISSUED = "is not a token this server issued"
+_READ_KEY = compile_sql(Setting.select(Setting.value).where(Setting.key == pw.SQL(":key")))
+
+
+class _PageTokenKey:
+    """The page-token key of the database the services were made for.
+
+    The services call the module's token functions without their database; a daemon has one
+    database, so the key is that of the database a ServiceBase was last made with, read once,
+    on first use (after the database was opened and migrated).
+    """
+
+    def __init__(self) -> None:
+        self._db: Database | None = None
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def use(self, db: Database) -> None:
+        with self._lock:
+            if db is not self._db:
+                self._db, self._key = db, None
+
+    def get(self) -> bytes:
+        key = self._key
+        if key is not None:
+            return key
+        with self._lock:
+            if self._key is None:
+                if self._db is None:
+                    raise RuntimeError("page tokens need a service's database")
+                row = self._db.reader.execute(_READ_KEY, {"key": "page_token_key"}).fetchone()
+                if row is None or not isinstance(row[0], bytes) or len(row[0]) < 16:
+                    raise DataLoss("the database has lost its page-token key (table settings)",
+                                   reason="PAGE_TOKEN_KEY_MISSING")
+                self._key = row[0]
+            return self._key
+
+
+_PAGE_TOKEN_KEY = _PageTokenKey()
+
+
+def _mac(payload: bytes) -> bytes:
+    return hmac.new(_PAGE_TOKEN_KEY.get(), _TOKEN_DOMAIN + payload, hashlib.sha256).digest()
+
+
+def encode_page_token(cursor: dict[str, Any], fingerprint: str) -> str:
+    """Make an opaque, signed page token holding a keyset cursor and the filters it is for."""
+    payload = json.dumps({"c": cursor, "f": fingerprint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload + _mac(payload)).decode().rstrip("=")
 
 
 def decode_page_token(token: str, fingerprint: str) -> dict[str, Any]:
-    """Return the cursor inside a page token.
+    """Return the cursor inside a page token this daemon issued.
 
-    Raises InvalidArgument when the token is malformed or was issued for other filters.
+    Raises InvalidArgument (field page_token) when the token is not one this database's daemon
+    issued, or was edited (checked by its MAC before anything in it is parsed), or when it
+    was issued for other filters or another namespace.
     """
+    if len(token) > MAX_PAGE_TOKEN_CHARS or _TOKEN_CHARS.fullmatch(token) is None:
+        raise InvalidArgument("page_token", _NOT_ISSUED)
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
-        cursor, issued_for = payload["c"], payload["f"]
-        if not isinstance(cursor, dict):
-            raise TypeError("cursor is not an object")
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidArgument("page_token", "is not a token this server issued") from exc
+    except (ValueError, binascii.Error):
+        raise InvalidArgument("page_token", _NOT_ISSUED) from None
+    payload, mac = raw[:-_TOKEN_MAC_BYTES], raw[-_TOKEN_MAC_BYTES:]
+    if len(raw) <= _TOKEN_MAC_BYTES or not hmac.compare_digest(mac, _mac(payload)):
+        raise InvalidArgument("page_token", _NOT_ISSUED)
+    # Authentic: the daemon wrote this JSON. The checks below are defence in depth.
+    try:
+        content = json.loads(payload)
+        cursor, issued_for = content["c"], content["f"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise InvalidArgument("page_token", _NOT_ISSUED) from None
+    if not isinstance(cursor, dict) or not isinstance(issued_for, str):
+        raise InvalidArgument("page_token", _NOT_ISSUED)
     if issued_for != fingerprint:
         raise InvalidArgument(
             "page_token", "was issued for a different namespace or different filters"
         )
     return cursor
+
+
+def _int64(value: Any) -> int:
+    """A cursor's integer, checked for type and range. Raises InvalidArgument."""
+    if type(value) is not int or not MIN_INT64 <= value <= MAX_INT64:
+        raise InvalidArgument("page_token", _NOT_ISSUED)
+    return value
+
+
+def encode_cursor(at: int, last: int, fingerprint: str) -> str:
+    """Make the page token of a (sort value, id) keyset cursor."""
+    return encode_page_token({"at": at, "id": last}, fingerprint)
+
+
+def decode_cursor(token: str, fingerprint: str) -> tuple[int, int]:
+    """Return the (sort value, id) keyset cursor inside a page token, both within int64.
+
+    Raises InvalidArgument when the token is not one this server issued, or was issued for
+    other filters.
+    """
+    cursor = decode_page_token(token, fingerprint)
+    return _int64(cursor.get("at")), _int64(cursor.get("id"))
+
+
+def decode_key_cursor(token: str, fingerprint: str) -> str:
+    """Return the last key inside a page token of a key-ordered listing. Raises InvalidArgument."""
+    last = decode_page_token(token, fingerprint).get("key")
+    if not isinstance(last, str) or not _is_unicode(last):
+        raise InvalidArgument("page_token", _NOT_ISSUED)
+    return last
+
+
+def decode_offset_cursor(token: str, fingerprint: str) -> int:
+    """Return the row offset inside a page token of an offset-paged listing (0 to int64 max).
+
+    Raises InvalidArgument.
+    """
+    offset = _int64(decode_page_token(token, fingerprint).get("offset"))
+    if offset < 0:
+        raise InvalidArgument("page_token", _NOT_ISSUED)
+    return offset
+
+
+def encode_offset_cursor(offset: int, fingerprint: str) -> str:
+    """Make the page token of an offset-paged listing."""
+    return encode_page_token({"offset": offset}, fingerprint)

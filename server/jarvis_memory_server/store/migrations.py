@@ -324,6 +324,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_namespaced_text_index("events", ("summary", "details")),
         ),
     ),
+    Migration(
+        11,
+        "settings: the database's own secrets, such as the page-token key",
+        (
+            'CREATE TABLE "settings" ("key" TEXT NOT NULL PRIMARY KEY, "value" BLOB NOT NULL)',
+            # 32 random bytes, made once with the database: page tokens carry an HMAC-SHA256
+            # under this key (service/common.py), so that a client can neither forge nor edit
+            # one. It goes with the file into backups; tokens stay valid after a restore.
+            "INSERT INTO \"settings\" (\"key\", \"value\") "
+            "VALUES ('page_token_key', randomblob(32))",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

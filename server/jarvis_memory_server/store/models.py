@@ -430,8 +430,21 @@ class MessageEmbedding(BaseModel):
         table_name = "message_embeddings"
 
 
+class Setting(BaseModel):
+    """A value the database keeps about itself.
+
+    ``page_token_key``: 32 random bytes that sign page tokens (migration 11 makes it).
+    """
+
+    key = pw.TextField(primary_key=True)
+    value = pw.BlobField()
+
+    class Meta:
+        table_name = "settings"
+
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
     Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference,
     StateEntry, ToolCall, PlanningCycle, Decision, CollectionDef, EmbeddingSpace,
-    MemoryEmbedding, MessageEmbedding,
+    MemoryEmbedding, MessageEmbedding, Setting,
 )

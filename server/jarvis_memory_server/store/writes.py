@@ -25,11 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import apsw
 
-from jarvis_memory_server.errors import JarvisError, Unavailable
+from jarvis_memory_server.errors import BatchRolledBack, JarvisError
 from jarvis_memory_server.store.failures import storage_errors, translate_error
 from jarvis_memory_server.store.fulltext import FTS_SUFFIX, PENDING_SUFFIX, index_pending
 
@@ -142,6 +142,10 @@ class _Batch:
     to_index: set[str] = field(default_factory=set)
 
 
+T = TypeVar("T")
+# A write whose batch another write's failure rolled back runs again, this many times at most.
+MAX_RUNS = 3
+
 # A batch waits for the loop to run out of other work, within these bounds.
 MAX_BATCH_DELAY_S = 0.002
 MAX_BATCH_WRITES = 2000
@@ -216,6 +220,31 @@ class GroupCommitter:
         """Wait until the writer connection is free (no COMMIT running in the commit thread)."""
         while self._committing is not None:
             await asyncio.shield(self._committing)
+
+    async def run(self, body: Callable[[], T]) -> tuple[T, int | None]:
+        """Run a synchronous body that writes (through write()) and wait for its commit.
+
+        Returns the body's result and the revision of its last change (None: it changed
+        nothing). When another write's failure rolled the batch back, the body was undone and
+        never acknowledged, so it runs again in the next batch: one caller's failure never
+        fails another caller's write.
+        """
+        for run in range(1, MAX_RUNS + 1):
+            await self.writable()
+            pending_commit()  # clear: a failed body must not leave its state to this one
+            result = body()
+            pending = pending_commit()
+            if pending is None:
+                return result, None
+            try:
+                await pending.committed
+            except BatchRolledBack:
+                if run == MAX_RUNS:
+                    raise
+                log.info("running a write again: another write rolled back its batch")
+                continue
+            return result, pending.revision
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def write(self) -> Iterator[WriteTxn]:
@@ -327,14 +356,17 @@ class GroupCommitter:
             batch.committed.exception()  # its waiters re-raise it; nobody else should
 
     def _abort(self, batch: _Batch, cause: BaseException) -> None:
-        """Roll back the whole batch; its other writers get UNAVAILABLE and may retry."""
+        """Roll back the whole batch; its other writes get BatchRolledBack.
+
+        The transport runs those again (transport/rpc.py), so only the write that failed fails.
+        """
         log.error("a write failed after changing rows; rolling back its batch: %r", cause)
         self._batch = None
         if not self.db.conn.getautocommit():
             batch.txn.cursor.execute("ROLLBACK")
         if batch.committed is not None:
             batch.committed.set_exception(
-                Unavailable("the write batch was rolled back because of another write; retry")
+                BatchRolledBack("the write batch was rolled back because of another write; retry")
             )
             batch.committed.exception()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
@@ -26,11 +27,13 @@ class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
     async def Backup(
         self, request: admin_pb2.BackupRequest, context: Context
     ) -> AsyncIterator[admin_pb2.BackupResponse]:
-        async for chunk in self._admin.backup(request.chunk_size):
-            yield admin_pb2.BackupResponse(
-                offset=chunk.offset, data=chunk.data, total_size=chunk.total_size,
-                revision=chunk.revision, sha256=chunk.sha256,
-            )
+        # Closed as soon as the call ends, also when cancelled: the next backup's turn comes.
+        async with contextlib.aclosing(self._admin.backup(request.chunk_size)) as chunks:
+            async for chunk in chunks:
+                yield admin_pb2.BackupResponse(
+                    offset=chunk.offset, data=chunk.data, total_size=chunk.total_size,
+                    revision=chunk.revision, sha256=chunk.sha256,
+                )
 
     @read_rpc
     def GetStats(

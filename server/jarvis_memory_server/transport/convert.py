@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from jarvis_memory_server.errors import InvalidArgument
 
@@ -19,11 +19,48 @@ def set_timestamp(ts: timestamp_pb2.Timestamp, us: int) -> None:
     ts.nanos = rest * 1000
 
 
+# The range of google.protobuf.Timestamp (and RFC 3339): 0001-01-01T00:00:00Z to
+# 9999-12-31T23:59:59.999999999Z, in seconds since the epoch.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MAX_TIMESTAMP_US = (MAX_TIMESTAMP_SECONDS + 1) * 1_000_000 - 1
+# The range of google.protobuf.Duration: about +-10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
+_NANOS = 1_000_000_000
+
+
 def micros(ts: timestamp_pb2.Timestamp, field: str) -> int:
-    """Timestamp -> microseconds since the epoch. Raises InvalidArgument when out of range."""
-    if not 0 <= ts.nanos < 1_000_000_000:
-        raise InvalidArgument(field, f"nanos must be in [0, 1e9) (got {ts.nanos})")
-    return ts.seconds * 1_000_000 + ts.nanos // 1000
+    """Timestamp -> microseconds since the epoch (the one conversion of a request's Timestamp).
+
+    Raises InvalidArgument naming ``field`` when nanos is outside [0, 1e9) or the time is
+    outside years 0001 to 9999 (UTC), the range of google.protobuf.Timestamp.
+    """
+    seconds, nanos = ts.seconds, ts.nanos
+    if not 0 <= nanos < _NANOS:
+        raise InvalidArgument(field, f"nanos must be in [0, 1e9) (got {nanos})")
+    if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+        raise InvalidArgument(field, f"is outside years 0001 to 9999 (UTC): seconds must be in "
+                              f"[{MIN_TIMESTAMP_SECONDS}, {MAX_TIMESTAMP_SECONDS}] "
+                              f"(got {seconds})")
+    return seconds * 1_000_000 + nanos // 1000
+
+
+def duration_micros(duration: duration_pb2.Duration, field: str) -> int:
+    """Duration -> microseconds (the one conversion of a request's Duration).
+
+    Raises InvalidArgument naming ``field`` outside google.protobuf.Duration's range: seconds
+    within +-315,576,000,000 (10,000 years), nanos within +-999,999,999 and of the same sign
+    as seconds.
+    """
+    seconds, nanos = duration.seconds, duration.nanos
+    if not -MAX_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
+        raise InvalidArgument(field, f"seconds must be within +-{MAX_DURATION_SECONDS} "
+                              f"(10,000 years) (got {seconds})")
+    if not -_NANOS < nanos < _NANOS or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidArgument(field, f"nanos must be within +-999,999,999 and of the sign of "
+                              f"seconds (got seconds {seconds}, nanos {nanos})")
+    total = seconds * _NANOS + nanos
+    return -(-total // 1000) if total < 0 else total // 1000  # toward zero
 
 
 def json_input(message: Any, field: str, where: str = "", absent: Any = None) -> Any:

@@ -1,6 +1,9 @@
-"""How every unary RPC is run: write scheduling, commit wait, and the one error table.
+"""How every RPC is registered and run: decoding, write scheduling, the one error table.
 
 The table turns the daemon's named errors into gRPC statuses with a google.rpc.ErrorInfo.
+Requests are decoded by a deserializer that cannot fail (see ``register``): a request that is
+not a valid message reaches the handler's wrapper as an ``Undecodable``, which answers it with
+INVALID_ARGUMENT through the same table, instead of grpcio's UNKNOWN.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Protocol, TypeVar, overload
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -55,8 +59,8 @@ class Servicer(Protocol):
     def revision(self) -> int:
         """The store's last committed revision, for the headers of read responses."""
 
-    async def writable(self) -> None:
-        """Wait until writes may run (no commit in progress)."""
+    async def run_write(self, body: Callable[[], Response]) -> tuple[Response, int | None]:
+        """Run a handler's body in the group commit and wait until it is committed."""
 
 
 class ServicerBase:
@@ -72,6 +76,7 @@ class ServicerBase:
     ) -> None:
         self._service = service
         self.auth = auth
+        self.descriptor = descriptor
         self.access = {}
         for method in descriptor.methods:
             level = ACCESS_NAMES.get(method.GetOptions().Extensions[common_pb2.access])
@@ -87,9 +92,9 @@ class ServicerBase:
         """The last committed revision (for read responses' headers)."""
         return self._service.revision
 
-    async def writable(self) -> None:
-        """Wait until writes may run."""
-        await self._service.writable()
+    async def run_write(self, body: Callable[[], Response]) -> tuple[Response, int | None]:
+        """Run a handler's body in the group commit and wait until it is committed."""
+        return await self._service.run_write(body)
 
 
 ACCESS_NAMES = {
@@ -113,6 +118,8 @@ def check_credentials(servicer: Servicer, method: str, request: Any, context: An
             authorization = value
             break
     principal = auth.authenticate(authorization)
+    if isinstance(request, Undecodable):
+        return  # its namespace is unknown: the wrapper refuses it as INVALID_ARGUMENT next
     # A request without a namespace field spans every namespace: it needs a credential for "*".
     namespace = getattr(request, "namespace", "*") or DEFAULT_NAMESPACE
     auth.authorize(principal, namespace, servicer.access[method])
@@ -156,6 +163,8 @@ def read_rpc(handler: Any) -> Any:
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
             check_credentials(self, method, request, context)
+            if isinstance(request, Undecodable):
+                raise request.error
             result = handler(self, request, context)
             response: Response = await result if inspect.isawaitable(result) else result
             if pending_commit() is not None:  # a write here would be answered uncommitted
@@ -174,7 +183,8 @@ def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Res
     """Wrap a synchronous handler that may write.
 
     It runs once the writer connection is free, and is answered only after the group commit
-    holding its writes succeeded; its response header then carries its last revision.
+    holding its writes succeeded; its response header then carries its last revision. When
+    another write's failure rolled its batch back, it runs again (GroupCommitter.run).
     """
     method = handler.__name__
 
@@ -182,16 +192,12 @@ def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Res
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
             check_credentials(self, method, request, context)
-            await self.writable()
-            pending_commit()  # clear: a failed handler must not leave its state to this call
-            response = handler(self, request, context)
-            pending = pending_commit()
-            if pending is None:  # nothing changed (only possible for a no-op write)
-                revision = self.revision
-            else:
-                await pending.committed
-                revision = pending.revision
-            response.header.revision = revision  # type: ignore[attr-defined]
+            if isinstance(request, Undecodable):
+                raise request.error
+            response, revision = await self.run_write(lambda: handler(self, request, context))
+            # No revision: nothing changed (only possible for a no-op write).
+            response.header.revision = (  # type: ignore[attr-defined]
+                self.revision if revision is None else revision)
             return response
         except Exception as exc:
             await abort(context, method, exc)
@@ -213,6 +219,8 @@ def stream_rpc(
     ) -> AsyncIterator[Response]:
         try:
             check_credentials(self, method, request, context)
+            if isinstance(request, Undecodable):
+                raise request.error
             async for response in handler(self, request, context):
                 yield response
         except Exception as exc:
@@ -220,6 +228,84 @@ def stream_rpc(
 
     wrapper.writes = False  # type: ignore[attr-defined]
     return wrapper
+
+
+class UndecodableRequest(errors.InvalidArgument):
+    """A request that is not a valid message of its RPC's request type."""
+
+    def __init__(self, type_name: str, detail: str) -> None:
+        errors.JarvisError.__init__(
+            self, f"the request is not a valid {type_name}: {detail}",
+            reason="REQUEST_UNDECODABLE", field="request",
+        )
+        self.field = "request"
+
+
+class Undecodable:
+    """What the deserializer hands on for bytes that are not a valid request message.
+
+    Bytes fail to parse when a string field is not valid UTF-8, when messages nest deeper than
+    protobuf's recursion limit (100; a deep Struct or Value), or when the wire format is broken.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: UndecodableRequest) -> None:
+        self.error = error
+
+
+def request_decoder(message_class: Any) -> Callable[[bytes], Any]:
+    """A deserializer that cannot fail: the message, or an Undecodable saying why not."""
+    parse = message_class.FromString
+    type_name = message_class.DESCRIPTOR.name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError, and anything else the parser may raise
+            detail = str(exc).rpartition(": ")[2] or type(exc).__name__
+            return Undecodable(UndecodableRequest(type_name, _DECODE_ERRORS.get(detail, detail)))
+
+    return decode
+
+
+# The parser's (upb's) words for why bytes do not decode, in the caller's terms.
+_DECODE_ERRORS = {
+    "String field had bad UTF-8": "a string field is not valid UTF-8",
+    "Exceeded upb_DecodeOptions_MaxDepth": "messages nest deeper than protobuf's limit of 100 "
+                                           "(a Struct or Value nested too deeply)",
+    "Wire format was corrupt": "the protobuf wire format is corrupt",
+}
+
+
+def register(
+    servicer: ServicerBase, server: grpc.aio.Server,
+    serializers: dict[str, Callable[[Any], bytes]] | None = None,
+) -> None:
+    """Serve a servicer's RPCs on ``server``: the one registration of every jarvis service.
+
+    Unlike the generated ``add_*Servicer_to_server``, requests are decoded by request_decoder,
+    so that one that does not parse is answered by the daemon (INVALID_ARGUMENT) and not by
+    grpcio (UNKNOWN "Unexpected DecodeError"). ``serializers`` overrides how the responses of
+    the named RPCs are serialised (WatchService yields bytes it assembled itself).
+    """
+    descriptor = servicer.descriptor
+    handlers = {}
+    for method in descriptor.methods:
+        serialize = (serializers or {}).get(method.name) or GetMessageClass(
+            method.output_type).SerializeToString
+        make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        if method.client_streaming:
+            raise TypeError(f"{method.full_name}: client streaming is not supported")
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_decoder(GetMessageClass(method.input_type)),
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
 async def abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:

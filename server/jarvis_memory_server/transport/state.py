@@ -11,7 +11,14 @@ from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import ABSENT, resolve_namespace
 from jarvis_memory_server.service.state import StateRow, StateService
-from jarvis_memory_server.transport.convert import json_input, set_json, set_timestamp
+from jarvis_memory_server.store.sqlite import now_us
+from jarvis_memory_server.transport.convert import (
+    MAX_TIMESTAMP_US,
+    duration_micros,
+    json_input,
+    set_json,
+    set_timestamp,
+)
 from jarvis_memory_server.transport.rpc import ServicerBase, read_rpc, write_rpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -55,7 +62,9 @@ class StateServicer(ServicerBase, state_pb2_grpc.StateServiceServicer):
             raise InvalidArgument("value", "is required (a JSON null is a value)")
         ttl_us = None
         if request.HasField("ttl"):
-            ttl_us = request.ttl.seconds * 1_000_000 + request.ttl.nanos // 1000
+            ttl_us = duration_micros(request.ttl, "ttl")
+            if ttl_us > MAX_TIMESTAMP_US - now_us():
+                raise InvalidArgument("ttl", "would expire after year 9999 (UTC)")
         row = self._state.put(
             resolve_namespace(request.namespace), request.key, value,
             expected_version=(

@@ -35,6 +35,7 @@ from jarvis_memory_server.transport import (
 )
 from jarvis_memory_server.transport.convert import set_timestamp
 from jarvis_memory_server.transport.rpc import ServicerBase, stream_rpc
+from jarvis_memory_server.transport.rpc import register as register_rpc
 
 OPERATION = {"create": watch_pb2.CHANGE_OPERATION_CREATE,
              "update": watch_pb2.CHANGE_OPERATION_UPDATE,
@@ -174,12 +175,4 @@ class WatchServicer(ServicerBase, watch_pb2_grpc.WatchServiceServicer):
 
 def register(servicer: WatchServicer, server: grpc.aio.Server) -> None:
     """Serve WatchService; its responses leave as the bytes ChangeMessages assembled."""
-    handlers = {
-        "Watch": grpc.unary_stream_rpc_method_handler(
-            servicer.Watch,
-            request_deserializer=watch_pb2.WatchRequest.FromString,
-            response_serializer=bytes,  # already serialised
-        ),
-    }
-    name = watch_pb2.DESCRIPTOR.services_by_name["WatchService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    register_rpc(servicer, server, serializers={"Watch": bytes})  # already serialised
