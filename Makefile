@@ -10,7 +10,7 @@ NODE_PACKAGES := @bufbuild/buf@$(BUF_VERSION) @grpc/grpc-js@1.14.7 @grpc/proto-l
 NODE_STAMP := $(TOOLS)/.installed-node
 PY_SOURCES := server client/jarvis_memory client/generate_sync.py tests proto/generate.py
 
-.PHONY: setup proto check-proto run test pytest lint fuzz bench clean
+.PHONY: setup proto check-proto run test pytest lint fuzz bench clean crash
 
 setup: $(VENV)/.installed
 
@@ -67,3 +67,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## crash: kill -9 cycles under mixed writers, many more than `make test` runs (JARVIS_CRASH_CYCLES,
+## 32 by default): every acknowledged write must survive, file and indexes consistent
+crash: setup
+	JARVIS_CRASH_CYCLES=$${JARVIS_CRASH_CYCLES:-32} $(PY) -m pytest -p no:cacheprovider tests/test_crash.py
