@@ -10,9 +10,7 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     check_id,
     choice,
-    decode_cursor,
     filter_fingerprint,
-    finish_page,
     json_value,
     not_found,
     page_size,
@@ -118,9 +116,11 @@ class AuditService(ServiceBase):
             filters["until"] = until
         fingerprint = filter_fingerprint(namespace, filters)
         if token:
-            filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
+            filters["cursor_at"], filters["cursor_id"] = self._pages.decode_cursor(
+                token, fingerprint)
         rows = self._store.page_calls(namespace, filters, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.started_at, "id": r.id})
+        return self._pages.finish_page(
+            rows, limit, fingerprint, lambda r: {"at": r.started_at, "id": r.id})
 
     # -- planning cycles --------------------------------------------------------------------
 
@@ -164,9 +164,11 @@ class AuditService(ServiceBase):
             filters["status"] = choice(status, FINAL_STATUSES, "status")
         fingerprint = filter_fingerprint(namespace, filters)
         if token:
-            filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
+            filters["cursor_at"], filters["cursor_id"] = self._pages.decode_cursor(
+                token, fingerprint)
         rows = self._store.page_cycles(namespace, filters, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.started_at, "id": r.id})
+        return self._pages.finish_page(
+            rows, limit, fingerprint, lambda r: {"at": r.started_at, "id": r.id})
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -191,9 +193,9 @@ class AuditService(ServiceBase):
         """Return one page of decisions oldest first, and the next page's token."""
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"cycle_id": cycle_id})
-        after = decode_cursor(token, fingerprint)[1] if token else 0
+        after = self._pages.decode_cursor(token, fingerprint)[1] if token else 0
         rows = self._store.page_decisions(namespace, cycle_id or None, after, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": 0, "id": r.id})
+        return self._pages.finish_page(rows, limit, fingerprint, lambda r: {"at": 0, "id": r.id})
 
     def _check_cycle(self, txn: WriteTxn, namespace: str, cycle_id: int) -> None:
         if cycle_id < 0:

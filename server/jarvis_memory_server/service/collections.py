@@ -17,11 +17,7 @@ from jarvis_memory_server.service.common import (
     MIN_INT64,
     ServiceBase,
     choice,
-    decode_key_cursor,
-    decode_offset_cursor,
-    encode_offset_cursor,
     filter_fingerprint,
-    finish_page,
     json_text,
     page_size,
 )
@@ -140,9 +136,9 @@ class CollectionService(ServiceBase):
         """Return one page of collections by name, and the next page's token."""
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"collections": True})
-        after = decode_key_cursor(token, fingerprint) if token else ""
+        after = self._pages.decode_key_cursor(token, fingerprint) if token else ""
         rows = self._store.page_defs(namespace, after, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"key": r.name})
+        return self._pages.finish_page(rows, limit, fingerprint, lambda r: {"key": r.name})
 
     def add_field(self, namespace: str, name: str, field: FieldDef) -> DefRow:
         """Add an optional field. Raises NotFound, InvalidArgument, AlreadyExists."""
@@ -208,13 +204,13 @@ class CollectionService(ServiceBase):
         fingerprint = filter_fingerprint(namespace, {
             "collection": name, "where": where.sql, "params": repr(sorted(where.params.items())),
             "order": order_by})
-        offset = decode_offset_cursor(token, fingerprint) if token else 0
+        offset = self._pages.decode_offset_cursor(token, fingerprint) if token else 0
         columns = list(fields)
         rows = self._store.query(definition, columns, where, order_by, limit + 1, offset)
         types = [f.type for f in fields.values()]
         page = [StoredRow(row[0], list(zip(columns, types, row[1:], strict=True)))
                 for row in rows[:limit]]
-        next_token = (encode_offset_cursor(offset + limit, fingerprint)
+        next_token = (self._pages.encode_offset_cursor(offset + limit, fingerprint)
                       if len(rows) > limit else "")
         return page, next_token
 

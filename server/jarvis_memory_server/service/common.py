@@ -10,7 +10,6 @@ import hmac
 import json
 import math
 import re
-import threading
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -28,7 +27,7 @@ class ServiceBase:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        _PAGE_TOKEN_KEY.use(db)
+        self._pages = PageTokens(db)
 
     @property
     def revision(self) -> int:
@@ -173,20 +172,6 @@ def json_value(value: Any, field: str, max_bytes: int) -> str | None:
     return None if value is ABSENT else json_text(value, field, max_bytes)
 
 
-def finish_page(
-    rows: list[Row], limit: int, fingerprint: str, cursor: Callable[[Row], dict[str, Any]]
-) -> tuple[list[Row], str]:
-    """Cut a page read with one row more than ``limit`` and make the next page's token.
-
-    The extra row only says that another page follows; the token holds ``cursor`` of the
-    page's last row.
-    """
-    if len(rows) <= limit:
-        return rows, ""
-    rows = rows[:limit]
-    return rows, encode_page_token(cursor(rows[-1]), fingerprint)
-
-
 def filter_fingerprint(namespace: str, filters: dict[str, Any]) -> str:
     """A short digest of a list request's namespace and filters, bound into its page tokens."""
     text = json.dumps([namespace, filters], sort_keys=True, separators=(",", ":"))
@@ -243,82 +228,103 @@ _NOT_ISSUED = "is not a token this server issued"
 _READ_KEY = compile_sql(Setting.select(Setting.value).where(Setting.key == pw.SQL(":key")))
 
 
-class _PageTokenKey:
-    """The page-token key of the database the services were made for.
+class PageTokens:
+    """The page tokens of one database: made and checked with the key it keeps."""
 
-    The services call the module's token functions without their database; a daemon has one
-    database, so the key is that of the database a ServiceBase was last made with, read once,
-    on first use (after the database was opened and migrated).
-    """
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._key: bytes | None = None  # read on first use, once the database is migrated
 
-    def __init__(self) -> None:
-        self._db: Database | None = None
-        self._key: bytes | None = None
-        self._lock = threading.Lock()
+    def _mac(self, payload: bytes) -> bytes:
+        if self._key is None:
+            row = self._db.reader.execute(_READ_KEY, {"key": "page_token_key"}).fetchone()
+            if row is None or not isinstance(row[0], bytes) or len(row[0]) < 16:
+                raise DataLoss("the database has lost its page-token key (table settings)",
+                               reason="PAGE_TOKEN_KEY_MISSING")
+            self._key = row[0]
+        return hmac.new(self._key, _TOKEN_DOMAIN + payload, hashlib.sha256).digest()
 
-    def use(self, db: Database) -> None:
-        with self._lock:
-            if db is not self._db:
-                self._db, self._key = db, None
+    def encode(self, cursor: dict[str, Any], fingerprint: str) -> str:
+        """Make an opaque, signed page token holding a cursor and the filters it is for."""
+        payload = json.dumps({"c": cursor, "f": fingerprint}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(payload + self._mac(payload)).decode().rstrip("=")
 
-    def get(self) -> bytes:
-        key = self._key
-        if key is not None:
-            return key
-        with self._lock:
-            if self._key is None:
-                if self._db is None:
-                    raise RuntimeError("page tokens need a service's database")
-                row = self._db.reader.execute(_READ_KEY, {"key": "page_token_key"}).fetchone()
-                if row is None or not isinstance(row[0], bytes) or len(row[0]) < 16:
-                    raise DataLoss("the database has lost its page-token key (table settings)",
-                                   reason="PAGE_TOKEN_KEY_MISSING")
-                self._key = row[0]
-            return self._key
+    def decode(self, token: str, fingerprint: str) -> dict[str, Any]:
+        """Return the cursor inside a page token this database's daemon issued.
 
+        Raises InvalidArgument (field page_token) when the token is not one this database's
+        daemon issued, or was edited (checked by its MAC before anything in it is parsed), or
+        when it was issued for other filters or another namespace.
+        """
+        if len(token) > MAX_PAGE_TOKEN_CHARS or _TOKEN_CHARS.fullmatch(token) is None:
+            raise InvalidArgument("page_token", _NOT_ISSUED)
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (ValueError, binascii.Error):
+            raise InvalidArgument("page_token", _NOT_ISSUED) from None
+        payload, mac = raw[:-_TOKEN_MAC_BYTES], raw[-_TOKEN_MAC_BYTES:]
+        if len(raw) <= _TOKEN_MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
+            raise InvalidArgument("page_token", _NOT_ISSUED)
+        # Authentic: the daemon wrote this JSON. The checks below are defence in depth.
+        try:
+            content = json.loads(payload)
+            cursor, issued_for = content["c"], content["f"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            raise InvalidArgument("page_token", _NOT_ISSUED) from None
+        if not isinstance(cursor, dict) or not isinstance(issued_for, str):
+            raise InvalidArgument("page_token", _NOT_ISSUED)
+        if issued_for != fingerprint:
+            raise InvalidArgument(
+                "page_token", "was issued for a different namespace or different filters"
+            )
+        return cursor
 
-_PAGE_TOKEN_KEY = _PageTokenKey()
+    def finish_page(
+        self, rows: list[Row], limit: int, fingerprint: str,
+        cursor: Callable[[Row], dict[str, Any]],
+    ) -> tuple[list[Row], str]:
+        """Cut a page read with one row more than ``limit`` and make the next page's token.
 
+        The extra row only says that another page follows; the token holds ``cursor`` of the
+        page's last row.
+        """
+        if len(rows) <= limit:
+            return rows, ""
+        rows = rows[:limit]
+        return rows, self.encode(cursor(rows[-1]), fingerprint)
 
-def _mac(payload: bytes) -> bytes:
-    return hmac.new(_PAGE_TOKEN_KEY.get(), _TOKEN_DOMAIN + payload, hashlib.sha256).digest()
+    def decode_cursor(self, token: str, fingerprint: str) -> tuple[int, int]:
+        """Return the (sort value, id) keyset cursor inside a page token, both within int64.
 
+        Raises InvalidArgument when the token is not one this server issued, or was issued for
+        other filters.
+        """
+        cursor = self.decode(token, fingerprint)
+        return _int64(cursor.get("at")), _int64(cursor.get("id"))
 
-def encode_page_token(cursor: dict[str, Any], fingerprint: str) -> str:
-    """Make an opaque, signed page token holding a keyset cursor and the filters it is for."""
-    payload = json.dumps({"c": cursor, "f": fingerprint}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(payload + _mac(payload)).decode().rstrip("=")
+    def decode_key_cursor(self, token: str, fingerprint: str) -> str:
+        """Return the last key inside a page token of a key-ordered listing.
 
+        Raises InvalidArgument.
+        """
+        last = self.decode(token, fingerprint).get("key")
+        if not isinstance(last, str) or not _is_unicode(last):
+            raise InvalidArgument("page_token", _NOT_ISSUED)
+        return last
 
-def decode_page_token(token: str, fingerprint: str) -> dict[str, Any]:
-    """Return the cursor inside a page token this daemon issued.
+    def decode_offset_cursor(self, token: str, fingerprint: str) -> int:
+        """Return the row offset inside a page token of an offset-paged listing.
 
-    Raises InvalidArgument (field page_token) when the token is not one this database's daemon
-    issued, or was edited (checked by its MAC before anything in it is parsed), or when it
-    was issued for other filters or another namespace.
-    """
-    if len(token) > MAX_PAGE_TOKEN_CHARS or _TOKEN_CHARS.fullmatch(token) is None:
-        raise InvalidArgument("page_token", _NOT_ISSUED)
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (ValueError, binascii.Error):
-        raise InvalidArgument("page_token", _NOT_ISSUED) from None
-    payload, mac = raw[:-_TOKEN_MAC_BYTES], raw[-_TOKEN_MAC_BYTES:]
-    if len(raw) <= _TOKEN_MAC_BYTES or not hmac.compare_digest(mac, _mac(payload)):
-        raise InvalidArgument("page_token", _NOT_ISSUED)
-    # Authentic: the daemon wrote this JSON. The checks below are defence in depth.
-    try:
-        content = json.loads(payload)
-        cursor, issued_for = content["c"], content["f"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        raise InvalidArgument("page_token", _NOT_ISSUED) from None
-    if not isinstance(cursor, dict) or not isinstance(issued_for, str):
-        raise InvalidArgument("page_token", _NOT_ISSUED)
-    if issued_for != fingerprint:
-        raise InvalidArgument(
-            "page_token", "was issued for a different namespace or different filters"
-        )
-    return cursor
+        Raises InvalidArgument.
+        """
+        offset = _int64(self.decode(token, fingerprint).get("offset"))
+        if offset < 0:
+            raise InvalidArgument("page_token", _NOT_ISSUED)
+        return offset
+
+    def encode_offset_cursor(self, offset: int, fingerprint: str) -> str:
+        """Make the page token of an offset-paged listing."""
+        return self.encode({"offset": offset}, fingerprint)
 
 
 def _int64(value: Any) -> int:
@@ -326,42 +332,3 @@ def _int64(value: Any) -> int:
     if type(value) is not int or not MIN_INT64 <= value <= MAX_INT64:
         raise InvalidArgument("page_token", _NOT_ISSUED)
     return value
-
-
-def encode_cursor(at: int, last: int, fingerprint: str) -> str:
-    """Make the page token of a (sort value, id) keyset cursor."""
-    return encode_page_token({"at": at, "id": last}, fingerprint)
-
-
-def decode_cursor(token: str, fingerprint: str) -> tuple[int, int]:
-    """Return the (sort value, id) keyset cursor inside a page token, both within int64.
-
-    Raises InvalidArgument when the token is not one this server issued, or was issued for
-    other filters.
-    """
-    cursor = decode_page_token(token, fingerprint)
-    return _int64(cursor.get("at")), _int64(cursor.get("id"))
-
-
-def decode_key_cursor(token: str, fingerprint: str) -> str:
-    """Return the last key inside a page token of a key-ordered listing. Raises InvalidArgument."""
-    last = decode_page_token(token, fingerprint).get("key")
-    if not isinstance(last, str) or not _is_unicode(last):
-        raise InvalidArgument("page_token", _NOT_ISSUED)
-    return last
-
-
-def decode_offset_cursor(token: str, fingerprint: str) -> int:
-    """Return the row offset inside a page token of an offset-paged listing (0 to int64 max).
-
-    Raises InvalidArgument.
-    """
-    offset = _int64(decode_page_token(token, fingerprint).get("offset"))
-    if offset < 0:
-        raise InvalidArgument("page_token", _NOT_ISSUED)
-    return offset
-
-
-def encode_offset_cursor(offset: int, fingerprint: str) -> str:
-    """Make the page token of an offset-paged listing."""
-    return encode_page_token({"offset": offset}, fingerprint)

@@ -11,9 +11,7 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     check_id,
     choice,
-    decode_cursor,
     filter_fingerprint,
-    finish_page,
     json_object,
     not_found,
     page_size,
@@ -159,9 +157,10 @@ class EventService(ServiceBase):
         values, types = filter_values(filters)
         fingerprint = filter_fingerprint(namespace, {**values, "types": list(types)})
         if token:
-            values["cursor_at"], values["cursor_id"] = decode_cursor(token, fingerprint)
+            values["cursor_at"], values["cursor_id"] = self._pages.decode_cursor(token, fingerprint)
         rows = self._store.page(namespace, values, types, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.occurred_at, "id": r.id})
+        return self._pages.finish_page(
+            rows, limit, fingerprint, lambda r: {"at": r.occurred_at, "id": r.id})
 
 
 

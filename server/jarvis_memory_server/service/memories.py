@@ -13,9 +13,7 @@ from jarvis_memory_server.service.common import (
     ServiceBase,
     check_id,
     choice,
-    decode_cursor,
     filter_fingerprint,
-    finish_page,
     json_object,
     not_found,
     page_size,
@@ -212,10 +210,12 @@ class MemoryService(ServiceBase):
                                  created_before_us=created_before_us)
         fingerprint = filter_fingerprint(namespace, filters)
         if token:
-            filters["cursor_at"], filters["cursor_id"] = decode_cursor(token, fingerprint)
+            filters["cursor_at"], filters["cursor_id"] = self._pages.decode_cursor(
+                token, fingerprint)
         # One row more than asked tells whether another page follows.
         rows = self._store.page(namespace, filters, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.created_at, "id": r.id})
+        return self._pages.finish_page(
+            rows, limit, fingerprint, lambda r: {"at": r.created_at, "id": r.id})
 
     # -- validation -------------------------------------------------------------------------
 

@@ -8,9 +8,7 @@ from typing import Any
 from jarvis_memory_server.errors import NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
-    decode_key_cursor,
     filter_fingerprint,
-    finish_page,
     identifier,
     json_text,
     page_size,
@@ -65,9 +63,9 @@ class PreferenceService(ServiceBase):
         """Return one page of preferences in key order, and the next page's token."""
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"prefix": prefix})
-        after = decode_key_cursor(token, fingerprint) if token else ""
+        after = self._pages.decode_key_cursor(token, fingerprint) if token else ""
         rows = self._store.page(namespace, prefix, after, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"key": r.key})
+        return self._pages.finish_page(rows, limit, fingerprint, lambda r: {"key": r.key})
 
 
 def _check_key(key: str) -> None:

@@ -14,9 +14,7 @@ from jarvis_memory_server.service.common import (
     ABSENT,
     ServiceBase,
     choice,
-    decode_cursor,
     filter_fingerprint,
-    finish_page,
     identifier,
     json_object,
     json_text,
@@ -196,9 +194,9 @@ class SessionService(ServiceBase):
         if state is not None:
             choice(state, Session.STATES, "state")
         fingerprint = filter_fingerprint(namespace, {"state": state, "order": order})
-        cursor = decode_cursor(token, fingerprint) if token else None
+        cursor = self._pages.decode_cursor(token, fingerprint) if token else None
         rows = self._store.page_sessions(namespace, state, order, cursor, limit + 1)
-        return finish_page(
+        return self._pages.finish_page(
             rows, limit, fingerprint, lambda r: {"at": getattr(r, order), "id": r.id}
         )
 
@@ -209,9 +207,10 @@ class SessionService(ServiceBase):
         session = self.get(namespace, session_id)
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"messages_of": session_id})
-        after = decode_cursor(token, fingerprint)[1] if token else 0
+        after = self._pages.decode_cursor(token, fingerprint)[1] if token else 0
         rows = self._store.page_messages(session.id, after, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": 0, "id": r.sequence})
+        return self._pages.finish_page(
+            rows, limit, fingerprint, lambda r: {"at": 0, "id": r.sequence})
 
     def list_events(
         self, namespace: str, *, session_id: str | None = None, day: str | None = None,
@@ -225,14 +224,15 @@ class SessionService(ServiceBase):
         if (session_id is None) == (day is None):
             raise InvalidArgument("scope", "give exactly one of session_id and day")
         fingerprint = filter_fingerprint(namespace, {"session": session_id, "day": day})
-        at, after = decode_cursor(token, fingerprint) if token else (0, 0)
+        at, after = self._pages.decode_cursor(token, fingerprint) if token else (0, 0)
         if session_id is not None:
             session = self.get(namespace, session_id)
             rows = self._store.page_session_events(session.id, after, limit + 1)
         else:
             start, end = _day_range(day or "")
             rows = self._store.page_day_events(namespace, start, end, (at, after), limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.logged_at, "id": r.id})
+        return self._pages.finish_page(
+            rows, limit, fingerprint, lambda r: {"at": r.logged_at, "id": r.id})
 
     # -- helpers ----------------------------------------------------------------------------
 

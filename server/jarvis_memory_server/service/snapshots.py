@@ -8,9 +8,7 @@ from typing import Any
 from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     ServiceBase,
-    decode_cursor,
     filter_fingerprint,
-    finish_page,
     identifier,
     json_text,
     page_size,
@@ -72,9 +70,11 @@ class SnapshotService(ServiceBase):
         kind = _kind(kind)
         limit = page_size(size)
         fingerprint = filter_fingerprint(namespace, {"kind": kind, "since": since})
-        cursor = decode_cursor(token, fingerprint) if token else (_FAR_FUTURE, _FAR_FUTURE)
+        cursor = (self._pages.decode_cursor(token, fingerprint) if token
+                  else (_FAR_FUTURE, _FAR_FUTURE))
         rows = self._store.page(namespace, kind, since or 0, cursor, limit + 1)
-        return finish_page(rows, limit, fingerprint, lambda r: {"at": r.taken_at, "id": r.id})
+        return self._pages.finish_page(
+            rows, limit, fingerprint, lambda r: {"at": r.taken_at, "id": r.id})
 
     def drop_old(self) -> int:
         """Delete up to AGE_SWEEP_BATCH snapshots older than the maximum age (if one is set)."""
