@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,30 @@ def test_generated_stubs_match_the_protos() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# What service code must not name: a database driver, Peewee, SQL it runs, or the models.
+_STORAGE_IN_SERVICE = re.compile(r"apsw|peewee|execute\(|compile_sql|store\.models")
+# Service modules that still import a model class, only for its vocabulary (ROLES, TYPES...):
+# the list may shrink, never grow.
+_VOCABULARY_IMPORTS = {
+    "auth.py": "from jarvis_memory_server.store.models import ApiToken",
+    "events.py": "from jarvis_memory_server.store.models import Event",
+    "memories.py": "from jarvis_memory_server.store.models import Memory",
+    "sessions.py": "from jarvis_memory_server.store.models import Message, Session",
+}
+
+
+def test_service_code_has_no_sql_and_no_driver() -> None:
+    """The backend is chosen in the store: service modules hold no SQL and no driver import."""
+    service = ROOT / "server" / "jarvis_memory_server" / "service"
+    files = sorted(service.glob("*.py"))
+    assert files
+    found = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if _STORAGE_IN_SERVICE.search(line)
+        and line.strip() != _VOCABULARY_IMPORTS.get(path.name)
+    ]
+    assert found == [], "\n".join(found)

@@ -1,4 +1,7 @@
-"""Command line: `jarvis-memory serve` (the default), `token`, `backup`, `restore`, `reindex`."""
+"""Command line: `jarvis-memory serve` (the default), `token`, `backup`, `restore`, and more.
+
+The others: `reindex`, `export` and `import`.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild the full-text and vector indexes from the tables (the daemon must be "
         "stopped)",
     )
-    for sub in (create, token_commands.choices["list"], revoke, restore, reindex):
+    export = commands.add_parser(
+        "export", help="write the user data as JSON Lines to stdout (the daemon may be running)"
+    )
+    export.add_argument("--namespace", help="export this namespace only (default: all)")
+    commands.add_parser(
+        "import", help="add the rows of an export read from stdin (the daemon must be stopped)"
+    )
+    for sub in (create, token_commands.choices["list"], revoke, restore, reindex, export,
+                commands.choices["import"]):
         sub.add_argument(
             "--db", dest="db_path", default=os.environ.get("JARVIS_MEMORY_DB", DEFAULT_DB),
             help="the daemon's database file (env JARVIS_MEMORY_DB; default %(default)s)",
@@ -265,6 +276,68 @@ def reindex_command(args: argparse.Namespace) -> None:
     print(f"reindexed {target} in {time.perf_counter() - started:.1f} s")
 
 
+def export_command(args: argparse.Namespace) -> None:
+    """Write every row of user data as JSON Lines to stdout, from one consistent snapshot."""
+    import apsw
+
+    from jarvis_memory_server.store.export import write_export
+    from jarvis_memory_server.store.sqlite import load_extensions
+
+    source = pathlib.Path(args.db_path)
+    if not source.exists():
+        raise StartupError(f"{source} does not exist")
+    try:
+        conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+        try:
+            load_extensions(conn)
+            conn.setbusytimeout(5000)
+            conn.execute("PRAGMA query_only = 1")
+            rows = write_export(conn, sys.stdout, args.namespace)
+        finally:
+            conn.close()
+    except apsw.Error as exc:
+        raise StartupError(f"cannot read {source}: {exc}") from exc
+    sys.stdout.flush()
+    print(f"exported {rows} rows from {source}", file=sys.stderr)
+
+
+def import_command(args: argparse.Namespace) -> None:
+    """Add the rows of an export (stdin) to the stopped daemon's database, in one transaction."""
+    import apsw
+
+    from jarvis_memory_server.store.export import ImportDataError, Importer, parse_lines
+    from jarvis_memory_server.store.migrations import LATEST_VERSION
+    from jarvis_memory_server.store.search import SearchStore
+    from jarvis_memory_server.store.sqlite import Database, exclusive_use
+
+    target = pathlib.Path(args.db_path)
+    try:
+        header, rows = parse_lines(sys.stdin, LATEST_VERSION)
+    except ImportDataError as exc:
+        raise StartupError(f"nothing imported: {exc}") from exc
+    with exclusive_use(target):  # refuses while a daemon runs on the file
+        db = Database(target)
+        db.open()  # creates the file if needed and applies migrations first
+        try:
+            importer = Importer(db.conn, SearchStore(db))
+            try:
+                with db.conn:  # one transaction: every row or none
+                    importer.run(header, rows)
+            finally:
+                importer.cursor.close()  # ends its statements, so the WAL can be checkpointed
+        except ImportDataError as exc:
+            raise StartupError(f"nothing imported: {exc}") from exc
+        except apsw.Error as exc:
+            raise StartupError(f"nothing imported: {exc}") from exc
+        finally:
+            db.close()
+    added = sum(importer.inserted.values())
+    present = sum(importer.skipped.values())
+    details = ", ".join(f"{kind} {n}" for kind, n in sorted(importer.inserted.items()))
+    print(f"imported {added} rows into {target} ({details or 'none new'}); "
+          f"{present} already present")
+
+
 def _utc(us: int) -> str:
     return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -277,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     commands = {"token": token_command, "backup": backup_command, "restore": restore_command,
-                "reindex": reindex_command}
+                "reindex": reindex_command, "export": export_command, "import": import_command}
     if args.command in commands:
         try:
             commands[args.command](args)

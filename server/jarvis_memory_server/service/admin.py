@@ -9,17 +9,14 @@ import os
 import pathlib
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import apsw
-
 from jarvis_memory_server.errors import InvalidArgument, ResourceExhausted
 from jarvis_memory_server.service.common import ServiceBase
-from jarvis_memory_server.store.failures import storage_errors, translate_error
+from jarvis_memory_server.store.admin import BackupCopy, row_counts
 from jarvis_memory_server.store.sqlite import Database
 
 log = logging.getLogger("jarvis_memory.admin")
@@ -29,12 +26,6 @@ MAX_CHUNK = 4 * 1024 * 1024
 # Backups make their copies one at a time (each is as large as the database); this many more
 # may wait for their turn, further ones are refused with RESOURCE_EXHAUSTED.
 MAX_WAITING_BACKUPS = 4
-# Tables counted by GetStats: kind -> the condition a row must meet to count.
-COUNTED = {
-    "memories": "1", "sessions": "1", "messages": "1", "session_events": "1", "events": "1",
-    "snapshots": "1", "preferences": "1", "state": "1", "decisions": "1", "collections": "1",
-    "tool_calls": "parent_id IS NULL", "planning_cycles": "parent_id IS NULL",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,44 +86,6 @@ def remove_stale_staging(db_path: pathlib.Path) -> tuple[int, int]:
     return removed, size
 
 
-class _Copy:
-    """``VACUUM INTO`` on a connection of its own, run in a worker thread; interruptible."""
-
-    def __init__(self, db: Database, target: pathlib.Path) -> None:
-        self._db = db
-        self._target = target
-        self._lock = threading.Lock()
-        self._conn: apsw.Connection | None = None
-        self._cancelled = False
-
-    def run(self) -> None:
-        conn = self._db.connect_aside()
-        with self._lock:
-            if self._cancelled:
-                conn.close()
-                return
-            self._conn = conn
-        try:
-            conn.execute("VACUUM INTO ?", (str(self._target),))
-        except apsw.FullError as exc:
-            raise ResourceExhausted(
-                f"no room for the backup's copy beside the database ({exc})", reason="DISK_FULL"
-            ) from exc
-        except apsw.Error as exc:
-            raise translate_error(exc) from exc
-        finally:
-            with self._lock:
-                self._conn = None
-            conn.close()
-
-    def interrupt(self) -> None:
-        """Stop the copy (from another thread): it ends soon with an InterruptError."""
-        with self._lock:
-            self._cancelled = True
-            if self._conn is not None:
-                self._conn.interrupt()
-
-
 class AdminService(ServiceBase):
     """Backups and statistics."""
 
@@ -188,7 +141,7 @@ class AdminService(ServiceBase):
         folder = pathlib.Path(tempfile.mkdtemp(prefix=staging_prefix(self._db.path),
                                                dir=self._db.path.parent))
         try:
-            copy = _Copy(self._db, folder / "backup.db")
+            copy = BackupCopy(self._db, folder / "backup.db")
             done = asyncio.get_running_loop().run_in_executor(None, copy.run)
             try:
                 await asyncio.shield(done)
@@ -204,14 +157,7 @@ class AdminService(ServiceBase):
 
     def stats(self) -> Stats:
         """Count rows per kind and namespace; read file sizes and counters."""
-        counts = []
-        with storage_errors():
-            for kind, condition in COUNTED.items():
-                rows = self._db.reader.execute(
-                    f'SELECT namespace, count(*) FROM "{kind}" WHERE {condition} '
-                    "GROUP BY namespace ORDER BY namespace"
-                )
-                counts += [(kind, str(namespace), int(n)) for namespace, n in rows]
+        counts = row_counts(self._db)
         wal = pathlib.Path(f"{self._db.path}-wal")
         return Stats(
             counts, self._db.path.stat().st_size, wal.stat().st_size if wal.exists() else 0,

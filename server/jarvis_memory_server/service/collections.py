@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import apsw
-
 from jarvis_memory_server.errors import AlreadyExists, InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     MAX_INT64,
@@ -181,11 +179,7 @@ class CollectionService(ServiceBase):
             fields = {f.name: f for f in fields_of(definition)}
             stored = [_row_values(fields, row, f"{source}[{i}]", insert=True)
                       for i, row in enumerate(rows)]
-            try:
-                return self._store.insert(txn, definition, stored, now_us())
-            except apsw.ConstraintError as exc:
-                raise AlreadyExists(f"a row would repeat the value of a unique field ({exc})",
-                                    reason="UNIQUE_VIOLATION") from exc
+            return self._store.insert(txn, definition, stored, now_us())
 
     def query(
         self, namespace: str, name: str, filters: list[Filter],
@@ -195,18 +189,19 @@ class CollectionService(ServiceBase):
         limit = page_size(size)
         definition = self._definition(namespace, name)
         fields = {f.name: f for f in fields_of(definition)}
-        where = compile_filters(_filters(fields, filters))
+        validated = _filters(fields, filters)
         if len(order_by) > MAX_ORDER_BY:
             raise InvalidArgument("order_by", f"holds {len(order_by)} entries; at most "
                                   f"{MAX_ORDER_BY}")
         for i, (field, _) in enumerate(order_by):
             _field(fields, field, f"order_by[{i}].field")
+        # The validated filters themselves (repr: 1 and 1.0 stay apart), not the SQL text.
         fingerprint = filter_fingerprint(namespace, {
-            "collection": name, "where": where.sql, "params": repr(sorted(where.params.items())),
-            "order": order_by})
+            "collection": name, "filters": repr(validated), "order": order_by})
         offset = self._pages.decode_offset_cursor(token, fingerprint) if token else 0
         columns = list(fields)
-        rows = self._store.query(definition, columns, where, order_by, limit + 1, offset)
+        rows = self._store.query(definition, columns, compile_filters(validated), order_by,
+                                 limit + 1, offset)
         types = [f.type for f in fields.values()]
         page = [StoredRow(row[0], list(zip(columns, types, row[1:], strict=True)))
                 for row in rows[:limit]]
@@ -229,12 +224,7 @@ class CollectionService(ServiceBase):
             fields = {f.name: f for f in fields_of(definition)}
             stored = _row_values(fields, values, source, insert=False)
             where = compile_filters(_filters(fields, filters))
-            try:
-                return self._store.update(txn, definition, stored, where, now_us())
-            except apsw.ConstraintError as exc:
-                raise AlreadyExists(f"the update would repeat the value of a unique field "
-                                    f"or empty a required one ({exc})",
-                                    reason="CONSTRAINT_VIOLATION") from exc
+            return self._store.update(txn, definition, stored, where, now_us())
 
     def delete(self, namespace: str, name: str, filters: list[Filter]) -> int:
         """Delete the matching rows; return how many. Raises InvalidArgument, NotFound."""

@@ -13,11 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-import peewee as pw
-
 from jarvis_memory_server.errors import DataLoss, InvalidArgument, NotFound
-from jarvis_memory_server.store.models import Setting
-from jarvis_memory_server.store.sqlite import Database, compile_sql
+from jarvis_memory_server.store.settings import read_setting
+from jarvis_memory_server.store.sqlite import Database
 
 Row = TypeVar("Row")
 
@@ -225,7 +223,6 @@ _TOKEN_DOMAIN = b"jarvis-memory page token v1\0"
 MAX_PAGE_TOKEN_CHARS = 4096  # the daemon's own tokens are < 1 KiB
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _NOT_ISSUED = "is not a token this server issued"
-_READ_KEY = compile_sql(Setting.select(Setting.value).where(Setting.key == pw.SQL(":key")))
 
 
 class PageTokens:
@@ -237,11 +234,11 @@ class PageTokens:
 
     def _mac(self, payload: bytes) -> bytes:
         if self._key is None:
-            row = self._db.reader.execute(_READ_KEY, {"key": "page_token_key"}).fetchone()
-            if row is None or not isinstance(row[0], bytes) or len(row[0]) < 16:
+            key = read_setting(self._db, "page_token_key")
+            if not isinstance(key, bytes) or len(key) < 16:
                 raise DataLoss("the database has lost its page-token key (table settings)",
                                reason="PAGE_TOKEN_KEY_MISSING")
-            self._key = row[0]
+            self._key = key
         return hmac.new(self._key, _TOKEN_DOMAIN + payload, hashlib.sha256).digest()
 
     def encode(self, cursor: dict[str, Any], fingerprint: str) -> str:

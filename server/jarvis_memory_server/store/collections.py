@@ -213,7 +213,7 @@ class CollectionStore:
         """Insert rows (column -> stored value); return their ids, in order.
 
         Consecutive rows with the same columns go in one multi-row INSERT. Raises
-        apsw.ConstraintError on a unique violation (the caller maps it).
+        AlreadyExists (UNIQUE_VIOLATION) when a row repeats the value of a unique field.
         """
         ids: list[int] = []
         start = 0
@@ -223,7 +223,11 @@ class CollectionStore:
             while (end < len(rows) and end - start < _ROWS_PER_INSERT
                    and list(rows[end]) == names):
                 end += 1
-            ids += self._insert_group(txn, definition, names, rows[start:end])
+            try:
+                ids += self._insert_group(txn, definition, names, rows[start:end])
+            except apsw.ConstraintError as exc:
+                raise AlreadyExists(f"a row would repeat the value of a unique field ({exc})",
+                                    reason="UNIQUE_VIOLATION") from exc
             start = end
         schema = _schema(definition)
         txn.record_many(
@@ -267,14 +271,23 @@ class CollectionStore:
     def update(
         self, txn: WriteTxn, definition: DefRow, values: dict[str, Any], where: Where, now: int
     ) -> int:
-        """Set columns of matching rows; return how many."""
+        """Set columns of matching rows; return how many.
+
+        Raises AlreadyExists (CONSTRAINT_VIOLATION) when the change would repeat the value of
+        a unique field or empty a required one.
+        """
         assignments = ", ".join(f"{quote(name)} = :s{i}" for i, name in enumerate(values))
         params = {**where.params, **{f"s{i}": v for i, v in enumerate(values.values())}}
         schema = _schema(definition)
         returning = ", ".join(map(quote, ["id", *(name for name, _ in schema)]))
-        rows = txn.cursor.execute(
-            f"UPDATE {table(definition.id)} SET {assignments} WHERE {where.sql} "
-            f"RETURNING {returning}", params).fetchall()
+        try:
+            rows = txn.cursor.execute(
+                f"UPDATE {table(definition.id)} SET {assignments} WHERE {where.sql} "
+                f"RETURNING {returning}", params).fetchall()
+        except apsw.ConstraintError as exc:
+            raise AlreadyExists(f"the update would repeat the value of a unique field "
+                                f"or empty a required one ({exc})",
+                                reason="CONSTRAINT_VIOLATION") from exc
         for row in rows:  # the whole row after the change, for the feed
             txn.record(definition.namespace, "row", f"{definition.name}/{row[0]}", "update", now,
                        RowChange(definition.name, cast(int, row[0]), [
