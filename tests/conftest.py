@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import re
 import signal
 import subprocess
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
 
+import jarvis.memory.v1
 from jarvis.memory.v1 import (
     audit_pb2_grpc,
     collection_pb2_grpc,
@@ -189,6 +193,20 @@ def fresh_daemon(tmp_path: Path) -> Iterator[Daemon]:
 def jm(daemon: Daemon) -> Iterator[Client]:
     with daemon.client() as client:
         yield client
+
+
+def all_methods() -> list[MethodDescriptor]:
+    """Every RPC of every service in the jarvis.memory.v1 package (new files included)."""
+    methods = []
+    for info in pkgutil.iter_modules(jarvis.memory.v1.__path__):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(f"jarvis.memory.v1.{info.name}")
+            for service in module.DESCRIPTOR.services_by_name.values():
+                methods.extend(service.methods)
+    return methods
+
+
+METHODS = all_methods()
 
 
 class Stubs:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib
 import json
-import pkgutil
 import subprocess
 import sys
 import time
@@ -21,8 +19,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import jarvis.memory.v1
-from conftest import Daemon, run_daemon_expecting_failure
+from conftest import METHODS, Daemon, run_daemon_expecting_failure
 from jarvis.memory.v1 import common_pb2
 from jarvis_memory import Client, PermissionDenied, Unauthenticated
 from jarvis_memory_server import errors
@@ -36,18 +33,6 @@ LEAST_ROLE = {common_pb2.ACCESS_READ: "reader", common_pb2.ACCESS_WRITE: "writer
 LOWER_ROLE = {"writer": "reader", "admin": "writer"}
 
 
-def all_methods() -> list[MethodDescriptor]:
-    """Every RPC of every service in the jarvis.memory.v1 package (new files included)."""
-    methods = []
-    for info in pkgutil.iter_modules(jarvis.memory.v1.__path__):
-        if info.name.endswith("_pb2"):
-            module = importlib.import_module(f"jarvis.memory.v1.{info.name}")
-            for service in module.DESCRIPTOR.services_by_name.values():
-                methods.extend(service.methods)
-    return methods
-
-
-METHODS = all_methods()
 
 
 def cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:

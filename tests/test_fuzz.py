@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib
 import json
 import os
-import pkgutil
 import random
 import struct
 import time
@@ -42,8 +40,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import jarvis.memory.v1
-from conftest import Daemon
+from conftest import METHODS, Daemon
 from jarvis_memory import AlreadyExists
 
 EXAMPLES = int(os.environ.get("JARVIS_FUZZ_EXAMPLES", "20"))
@@ -59,18 +56,6 @@ STREAM_DEADLINE_S = 1.0  # a stream that is still open then was accepted (Watch 
 F = FieldDescriptor
 
 
-def all_methods() -> list[MethodDescriptor]:
-    """Every RPC of every service in the jarvis.memory.v1 package (new files included)."""
-    methods = []
-    for info in pkgutil.iter_modules(jarvis.memory.v1.__path__):
-        if info.name.endswith("_pb2"):
-            module = importlib.import_module(f"jarvis.memory.v1.{info.name}")
-            for service in module.DESCRIPTOR.services_by_name.values():
-                methods.extend(service.methods)
-    return methods
-
-
-METHODS = all_methods()
 
 
 # -- the wire format --------------------------------------------------------------------------

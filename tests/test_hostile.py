@@ -18,9 +18,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from test_fuzz import METHODS, deep_value, length_delimited
+from test_fuzz import deep_value, length_delimited
 
-from conftest import Daemon, Stubs
+from conftest import METHODS, Daemon, Stubs
 from jarvis.memory.v1 import (
     audit_pb2,
     collection_pb2,
