@@ -26,9 +26,8 @@ from dataclasses import dataclass
 
 from jarvis_memory_server.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.store.models import ApiToken
 from jarvis_memory_server.store.sqlite import Database, now_us
-from jarvis_memory_server.store.tokens import TokenRow, TokenStore
+from jarvis_memory_server.store.tokens import ROLES, TokenRow, TokenStore
 
 ROLE_RANK = {"reader": 1, "writer": 2, "admin": 3}
 ACCESS_RANK = {"read": 1, "write": 2, "admin": 3}
@@ -148,8 +147,8 @@ class Authenticator:
 
         Raises InvalidArgument for an unknown role or a malformed namespace.
         """
-        if role not in ApiToken.ROLES:
-            raise InvalidArgument("role", f"{role!r} is not one of {', '.join(ApiToken.ROLES)}")
+        if role not in ROLES:
+            raise InvalidArgument("role", f"{role!r} is not one of {', '.join(ROLES)}")
         names = sorted({n if n == "*" else resolve_namespace(n) for n in namespaces})
         if not names:
             raise InvalidArgument("namespace", "give at least one namespace, or '*' for all")

@@ -16,8 +16,7 @@ from jarvis_memory_server.service.common import (
     not_found,
     page_size,
 )
-from jarvis_memory_server.store.events import EventRow, EventStore
-from jarvis_memory_server.store.models import Event
+from jarvis_memory_server.store.events import SOURCES, TYPES, EventRow, EventStore
 from jarvis_memory_server.store.sqlite import Database, now_us
 
 __all__ = ["SEVERITIES", "EventRow", "EventService", "NewEvent"]
@@ -61,13 +60,13 @@ def filter_values(filters: EventFilter) -> tuple[dict[str, Any], tuple[str, ...]
     Raises InvalidArgument for an unknown type, severity or source.
     """
     for t in filters.types:
-        choice(t, Event.TYPES, "types")
+        choice(t, TYPES, "types")
     values: dict[str, Any] = {}
     if filters.min_severity is not None:
         choice(filters.min_severity, SEVERITIES, "min_severity")
         values["min_severity"] = SEVERITIES.index(filters.min_severity) + 1
     if filters.source is not None:
-        choice(filters.source, Event.SOURCES, "source")
+        choice(filters.source, SOURCES, "source")
         values["source"] = filters.source
     for name in ("node", "since", "until", "resolved"):
         if getattr(filters, name) is not None:
@@ -92,9 +91,9 @@ class EventService(ServiceBase):
 
     def record(self, namespace: str, event: NewEvent) -> EventRow:
         """Record an event. Raises InvalidArgument for a missing or malformed field."""
-        choice(event.type, Event.TYPES, "type")
+        choice(event.type, TYPES, "type")
         choice(event.severity, SEVERITIES, "severity")
-        choice(event.source, Event.SOURCES, "source")
+        choice(event.source, SOURCES, "source")
         summary = event.summary.strip()
         if not summary:
             raise InvalidArgument("summary", "is required")

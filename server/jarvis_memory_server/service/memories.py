@@ -23,8 +23,13 @@ from jarvis_memory_server.service.search import (
     claim_dimension,
     embedding_bytes,
 )
-from jarvis_memory_server.store.memories import UPDATABLE, MemoryRow, MemoryStore
-from jarvis_memory_server.store.models import Memory
+from jarvis_memory_server.store.memories import (
+    CATEGORIES,
+    SOURCES,
+    UPDATABLE,
+    MemoryRow,
+    MemoryStore,
+)
 from jarvis_memory_server.store.search import MEMORIES, SearchStore, dimension_of
 from jarvis_memory_server.store.sqlite import Database, now_us
 from jarvis_memory_server.store.writes import WriteTxn
@@ -137,9 +142,9 @@ class MemoryService(ServiceBase):
                 columns["content"] = _content(value, "content")
                 columns["content_hash"] = content_hash(value)
             elif name == "category":
-                columns["category"] = choice(value, Memory.CATEGORIES, "category")
+                columns["category"] = choice(value, CATEGORIES, "category")
             elif name == "source":
-                columns["source"] = choice(value, Memory.SOURCES, "source")
+                columns["source"] = choice(value, SOURCES, "source")
             elif name == "subject":
                 columns["subject"] = _subject(value, "subject")
             elif name == "attributes":
@@ -227,8 +232,8 @@ class MemoryService(ServiceBase):
             "namespace": namespace,
             "content": _content(memory.content, prefix + "content"),
             "content_hash": content_hash(memory.content),
-            "category": choice(memory.category, Memory.CATEGORIES, prefix + "category"),
-            "source": choice(memory.source, Memory.SOURCES, prefix + "source"),
+            "category": choice(memory.category, CATEGORIES, prefix + "category"),
+            "source": choice(memory.source, SOURCES, prefix + "source"),
             "subject": _subject(memory.subject, prefix + "subject"),
             "attributes": _attributes(memory.attributes, prefix + "attributes"),
             "now": now_us(),
@@ -250,9 +255,9 @@ def memory_filters(
     """
     filters: dict[str, Any] = {}
     if category is not None:
-        filters["category"] = choice(category, Memory.CATEGORIES, "category")
+        filters["category"] = choice(category, CATEGORIES, "category")
     if source is not None:
-        filters["source"] = choice(source, Memory.SOURCES, "source")
+        filters["source"] = choice(source, SOURCES, "source")
     if subject is not None:
         filters["subject"] = subject
     if stale is not None:

@@ -22,9 +22,16 @@ from jarvis_memory_server.service.common import (
     page_size,
 )
 from jarvis_memory_server.service.search import claim_dimension, embedding_bytes
-from jarvis_memory_server.store.models import Message, Session
 from jarvis_memory_server.store.search import MESSAGES, SearchStore, dimension_of
-from jarvis_memory_server.store.sessions import EventRow, MessageRow, SessionRow, SessionStore
+from jarvis_memory_server.store.sessions import (
+    ROLES,
+    STATES,
+    TRIGGERS,
+    EventRow,
+    MessageRow,
+    SessionRow,
+    SessionStore,
+)
 from jarvis_memory_server.store.sqlite import Database, now_us
 from jarvis_memory_server.store.writes import WriteTxn
 
@@ -89,7 +96,7 @@ class SessionService(ServiceBase):
 
         Raises NotFound, FailedPrecondition when it has already ended, InvalidArgument.
         """
-        choice(trigger, Session.TRIGGERS, "trigger")
+        choice(trigger, TRIGGERS, "trigger")
         if len(summary.encode()) > MAX_SUMMARY_BYTES:
             raise InvalidArgument("summary", f"is longer than {MAX_SUMMARY_BYTES} bytes")
         with self._db.write() as txn:
@@ -132,7 +139,7 @@ class SessionService(ServiceBase):
 
         Raises NotFound, FailedPrecondition for an ended session, InvalidArgument.
         """
-        choice(message.role, Message.ROLES, "role")
+        choice(message.role, ROLES, "role")
         size = len(message.content.encode())
         if size > MAX_CONTENT_BYTES:
             raise InvalidArgument("content", f"is {size} bytes; at most {MAX_CONTENT_BYTES}")
@@ -192,7 +199,7 @@ class SessionService(ServiceBase):
         """Return one page of sessions, newest first by ``order``, and the next page's token."""
         limit = page_size(size)
         if state is not None:
-            choice(state, Session.STATES, "state")
+            choice(state, STATES, "state")
         fingerprint = filter_fingerprint(namespace, {"state": state, "order": order})
         cursor = self._pages.decode_cursor(token, fingerprint) if token else None
         rows = self._store.page_sessions(namespace, state, order, cursor, limit + 1)

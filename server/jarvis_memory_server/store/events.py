@@ -11,6 +11,9 @@ from jarvis_memory_server.store.models import Event
 from jarvis_memory_server.store.sqlite import Database, compile_sql
 from jarvis_memory_server.store.writes import WriteTxn
 
+# The values the schema allows (the services check requests against them).
+TYPES, SOURCES = Event.TYPES, Event.SOURCES
+
 P = pw.SQL
 
 

@@ -13,6 +13,9 @@ from jarvis_memory_server.store.models import Message, Session, SessionEvent
 from jarvis_memory_server.store.sqlite import Database, compile_sql
 from jarvis_memory_server.store.writes import WriteTxn
 
+# The values the schema allows (the services check requests against them).
+STATES, TRIGGERS, ROLES = Session.STATES, Session.TRIGGERS, Message.ROLES
+
 P = pw.SQL  # a named parameter, bound from the dict passed at execution time
 
 

@@ -12,6 +12,9 @@ from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import ApiToken
 from jarvis_memory_server.store.sqlite import Database, compile_sql
 
+# The roles the schema allows (the services check requests against them).
+ROLES = ApiToken.ROLES
+
 P = pw.SQL
 
 
