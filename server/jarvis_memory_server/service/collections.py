@@ -12,7 +12,9 @@ from typing import Any, NamedTuple
 from jarvis_memory_server.errors import AlreadyExists, InvalidArgument, NotFound
 from jarvis_memory_server.service.common import (
     MAX_INT64,
+    MAX_TIME_US,
     MIN_INT64,
+    MIN_TIME_US,
     ServiceBase,
     choice,
     filter_fingerprint,
@@ -46,11 +48,6 @@ MAX_ORDER_BY = 64
 ROWID_ALIASES = frozenset({"rowid", "oid", "_rowid_"})
 MAX_JSON_BYTES = 1024 * 1024  # the JSON text of one json field's value
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Timestamps are stored as microseconds since the epoch, within years 0001 to 9999 (UTC), the
-# range of google.protobuf.Timestamp and of RFC 3339.
-MIN_TIMESTAMP_US = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
-MAX_TIMESTAMP_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH
-                    ) // timedelta(microseconds=1)
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _COLLECTION_NAME = FIELD_NAME
 
@@ -377,7 +374,7 @@ def _rfc3339(text: str) -> datetime | None:
 
 
 def _check_micros(us: int, where: str) -> int:
-    if not MIN_TIMESTAMP_US <= us <= MAX_TIMESTAMP_US:
+    if not MIN_TIME_US <= us <= MAX_TIME_US:
         raise InvalidArgument(where, "is outside years 0001 to 9999 (UTC)")
     return us
 

@@ -75,6 +75,10 @@ def page_size(value: int) -> int:
 # decoding depth of 100.
 MAX_JSON_DEPTH = 30
 MIN_INT64, MAX_INT64 = -(2**63), 2**63 - 1
+# The times the API holds, in microseconds since the epoch: years 0001 to 9999 (UTC), the range
+# of google.protobuf.Timestamp and of RFC 3339.
+MIN_TIME_US = -62_135_596_800 * 1_000_000
+MAX_TIME_US = 253_402_300_800 * 1_000_000 - 1
 # Compact, exact (ints stay ints, floats keep their repr), and refusing NaN and Infinity.
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # Only a text with a run of 19 digits can hold an integer beyond int64.

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from jarvis_memory_server.errors import InvalidArgument
+from jarvis_memory_server.service.common import MAX_TIME_US, MIN_TIME_US
 
 _MAX_EXACT = 2**53  # every integer up to this is a double exactly
 
@@ -19,11 +20,9 @@ def set_timestamp(ts: timestamp_pb2.Timestamp, us: int) -> None:
     ts.nanos = rest * 1000
 
 
-# The range of google.protobuf.Timestamp (and RFC 3339): 0001-01-01T00:00:00Z to
-# 9999-12-31T23:59:59.999999999Z, in seconds since the epoch.
-MIN_TIMESTAMP_SECONDS = -62_135_596_800
-MAX_TIMESTAMP_SECONDS = 253_402_300_799
-MAX_TIMESTAMP_US = (MAX_TIMESTAMP_SECONDS + 1) * 1_000_000 - 1
+# The range of google.protobuf.Timestamp, in seconds since the epoch (service.common's).
+MIN_TIMESTAMP_SECONDS = MIN_TIME_US // 1_000_000
+MAX_TIMESTAMP_SECONDS = MAX_TIME_US // 1_000_000
 # The range of google.protobuf.Duration: about +-10,000 years.
 MAX_DURATION_SECONDS = 315_576_000_000
 _NANOS = 1_000_000_000

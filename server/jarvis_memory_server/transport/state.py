@@ -9,11 +9,10 @@ import grpc
 from jarvis.memory.v1 import state_pb2, state_pb2_grpc
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
-from jarvis_memory_server.service.common import ABSENT, resolve_namespace
+from jarvis_memory_server.service.common import ABSENT, MAX_TIME_US, resolve_namespace
 from jarvis_memory_server.service.state import StateRow, StateService
 from jarvis_memory_server.store.sqlite import now_us
 from jarvis_memory_server.transport.convert import (
-    MAX_TIMESTAMP_US,
     duration_micros,
     json_input,
     set_json,
@@ -63,7 +62,7 @@ class StateServicer(ServicerBase, state_pb2_grpc.StateServiceServicer):
         ttl_us = None
         if request.HasField("ttl"):
             ttl_us = duration_micros(request.ttl, "ttl")
-            if ttl_us > MAX_TIMESTAMP_US - now_us():
+            if ttl_us > MAX_TIME_US - now_us():
                 raise InvalidArgument("ttl", "would expire after year 9999 (UTC)")
         row = self._state.put(
             resolve_namespace(request.namespace), request.key, value,
