@@ -61,9 +61,14 @@ lint: setup $(BUF)
 fuzz: setup
 	JARVIS_FUZZ_EXAMPLES=$${JARVIS_FUZZ_EXAMPLES:-500} $(PY) -m pytest -p no:cacheprovider -s tests/test_fuzz.py
 
-## bench: throughput and latency against a real daemon; writes bench-results.json
+## bench: throughput and latency against a real daemon on SQLite (bench-results.json), then the
+## single-call and batch scenarios on PostgreSQL with one and two daemons sharing the database
+## (bench-results-postgresql-1.json, -2.json)
+PG_BENCH := health_check,add_memory,add_memories_500,get_memory,list_memories,append_message,set_preference,put_state,put_state_cas,insert_rows_1,insert_rows_500
 bench: setup
 	$(PY) tests/bench/bench.py
+	$(PY) tests/bench/bench.py --backend postgresql --only $(PG_BENCH)
+	$(PY) tests/bench/bench.py --backend postgresql --daemons 2 --only $(PG_BENCH)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -123,6 +123,7 @@ def test_stats_count_rows_per_kind_and_namespace(daemon: Daemon, namespace: str)
     assert stats.committed_writes >= stats.commits > 0
 
 
+@pytest.mark.sqlite_only("Backup copies the SQLite file (PostgreSQL: the test below)")
 def test_backup_chunks_are_in_order_with_a_checksum(daemon: Daemon) -> None:
     with grpc.insecure_channel(daemon.addr) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
@@ -135,6 +136,16 @@ def test_backup_chunks_are_in_order_with_a_checksum(daemon: Daemon) -> None:
                                           for i in range(len(chunks))]
     assert sum(len(c.data) for c in chunks) == chunks[0].total_size
     assert chunks[-1].sha256 and not any(c.sha256 for c in chunks[:-1])
+
+
+@pytest.mark.postgresql_only("Backup copies the SQLite file; PostgreSQL has its own tools")
+def test_backup_on_postgresql_points_to_its_own_tools(daemon: Daemon) -> None:
+    with grpc.insecure_channel(daemon.addr) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Backup(admin_pb2.BackupRequest()))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pg_dump" in str(info.value.details()) and "pg_basebackup" in str(info.value.details())
 
 
 def staging_folders(db: Path) -> list[Path]:

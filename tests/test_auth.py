@@ -19,7 +19,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import METHODS, Daemon, run_daemon_expecting_failure
+from conftest import METHODS, Daemon, database_for, run_daemon_expecting_failure
 from jarvis.memory.v1 import common_pb2
 from jarvis_memory import Client, PermissionDenied, Unauthenticated
 from jarvis_memory_server import errors
@@ -35,12 +35,12 @@ LOWER_ROLE = {"writer": "reader", "admin": "writer"}
 
 
 
-def cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(db: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "jarvis_memory_server", "token", *args,
                            "--db", str(db)], capture_output=True, text=True, timeout=60)
 
 
-def create_token(db: Path, role: str, *namespaces: str) -> str:
+def create_token(db: Path | str, role: str, *namespaces: str) -> str:
     args = ["create", "--role", role]
     for namespace in namespaces:
         args += ["--namespace", namespace]
@@ -55,7 +55,7 @@ def jwt(role: str, namespaces: list[str], *, expires_in: float = 3600, key: str 
 
 
 class Credentials:
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path | str) -> None:
         self.tokens = {role: create_token(db, role, NS) for role in ("reader", "writer", "admin")}
         self.other_namespace = create_token(db, "admin", OTHER_NS)
         self.revoked = create_token(db, "admin", NS)
@@ -64,8 +64,9 @@ class Credentials:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Credentials]]:
-    db = tmp_path_factory.mktemp("auth") / "jarvis.db"
+def secured(tmp_path_factory: pytest.TempPathFactory, backend: str,
+            request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, Credentials]]:
+    db = database_for(backend, tmp_path_factory.mktemp("auth"), request)
     credentials = Credentials(db)
     daemon = Daemon(db, "--auth-cache-ttl", "0", env={"JARVIS_MEMORY_JWT_SECRET": JWT_SECRET})
     daemon.start()
@@ -220,8 +221,8 @@ def test_the_sdk_sends_its_token(secured: tuple[Daemon, Credentials]) -> None:
     assert missing.value.reason == "CREDENTIAL_MISSING"
 
 
-def test_auth_switches_on_when_the_first_token_is_created(tmp_path: Path) -> None:
-    db = tmp_path / "jarvis.db"
+def test_auth_switches_on_when_the_first_token_is_created(db_target: Path | str) -> None:
+    db = db_target
     daemon = Daemon(db, "--auth-cache-ttl", "0").start()
     try:
         assert "auth off" in daemon.output
@@ -236,8 +237,8 @@ def test_auth_switches_on_when_the_first_token_is_created(tmp_path: Path) -> Non
         assert daemon.stop() == 0
 
 
-def test_token_command_line(tmp_path: Path) -> None:
-    db = tmp_path / "jarvis.db"
+def test_token_command_line(db_target: Path | str) -> None:
+    db = db_target
     token = create_token(db, "writer", "a", "b")
     assert token.startswith("jmt_")
     listing = cli(db, "list")

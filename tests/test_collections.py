@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conftest import Daemon
+from conftest import Daemon, database_for
 from jarvis.memory.v1 import collection_pb2, collection_pb2_grpc
 from jarvis_memory import AlreadyExists, Client, InvalidArgument, NotFound, PermissionDenied
 from jarvis_memory_server.service.auth import sign_jwt
@@ -179,43 +181,197 @@ def test_sql_injection_changes_nothing_but_the_intended_table(daemon: Daemon, na
 
 
 def snapshot(daemon: Daemon) -> dict[str, int]:
-    """Row counts of every table in the file (the collection's own table as "safe")."""
-    conn = apsw.Connection(str(daemon.db_path), flags=apsw.SQLITE_OPEN_READONLY)
+    """Row counts of every table of the database (the collection's own table as "safe")."""
     counts = {}
-    for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' "
-                                "AND name NOT LIKE 'sqlite_%'").fetchall():
-        counts[name] = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+    if isinstance(daemon.db_path, str):  # a PostgreSQL database
+        import psycopg
+
+        with psycopg.connect(daemon.db_path) as pg:
+            for (name,) in pg.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()").fetchall():
+                counts[name] = pg.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+    else:
+        conn = apsw.Connection(str(daemon.db_path), flags=apsw.SQLITE_OPEN_READONLY)
+        for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' "
+                                    "AND name NOT LIKE 'sqlite_%'").fetchall():
+            counts[name] = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
     tables = [n for n in counts if n.startswith("collection_")]
     counts["safe"] = sum(counts.pop(n) for n in tables)
     counts.pop("changes")  # the change log grows with every accepted write
     return counts
 
 
-def test_an_indexed_field_is_served_by_its_index(tmp_path: Path) -> None:
-    from jarvis_memory_server.service.collections import CollectionService, FieldDef, Filter
-    from jarvis_memory_server.store.sqlite import Database
+def test_text_orders_and_matches_by_code_point(jm: Client, namespace: str) -> None:
+    # As SQLite compares text (byte by byte in UTF-8), whatever the PostgreSQL locale.
+    words = ["b", "B", "a", "ab", "a_b", "a b", "a-b", "_", "\u00e9", "z", "a\u00e9", "A", "",
+             "a\U0001f600", "\uff41"]
+    jm.create_collection("words", fields=[("w", "string", {"indexed": True}),
+                                          ("n", "integer", {})], namespace=namespace)
+    jm.insert_rows("words", [{"w": w} for w in words] + [{"n": 1}], namespace=namespace)
 
-    db = Database(tmp_path / "plans.db")
+    def found(where: list[tuple[object, ...]], order: str = "w") -> list[str | None]:
+        return [r["w"] for r in jm.query_rows("words", where=where,  # type: ignore[arg-type]
+                                              order_by=[order], namespace=namespace)]
+
+    assert found([]) == [None, *sorted(words)]  # null first, as the smallest value
+    assert found([], "-w") == [*sorted(words, reverse=True), None]
+    assert found([("w", "prefix", "a")]) == sorted(w for w in words if w.startswith("a"))
+    assert found([("w", "gt", "a"), ("w", "lt", "b")]) == sorted(
+        w for w in words if "a" < w < "b")
+    assert found([("w", "in", ["A", "\u00e9"])]) == ["A", "\u00e9"]
+
+
+def test_long_field_names_each_get_their_index(jm: Client, namespace: str) -> None:
+    # 62 characters: the index names the table and the field, beyond PostgreSQL's 63 bytes.
+    a, b, c = ("f" * 60 + end for end in ("ab", "ac", "ad"))
+    jm.create_collection("long", fields=[(a, "string", {"unique": True}),
+                                         (b, "string", {"indexed": True})], namespace=namespace)
+    jm.add_field("long", (c, "integer", {"unique": True}), namespace=namespace)
+    jm.insert_rows("long", [{a: "x", b: "y", c: 1}], namespace=namespace)
+    for row in [{a: "z", c: 1}, {a: "x"}]:
+        with pytest.raises(AlreadyExists):
+            jm.insert_rows("long", [row], namespace=namespace)
+    jm.insert_rows("long", [{a: "z", b: "y", c: 2}], namespace=namespace)
+    assert [r[c] for r in jm.query_rows("long", where=[(b, "eq", "y")], order_by=[a],
+                                        namespace=namespace)] == [1, 2]
+
+
+def test_refused_writes_leave_the_batch_alone(daemon: Daemon, namespace: str) -> None:
+    """A unique violation fails its own write only: the batch it ran in is not rolled back.
+
+    (On PostgreSQL a failed statement aborts the whole transaction: the store checks first
+    or runs the statement in a savepoint.)
+    """
+    with daemon.client(namespace=namespace) as jm:
+
+        def log_so_far(mark: str) -> list[str]:
+            """The daemon's log up to a line logged now (the log is read in a thread)."""
+            with pytest.raises(NotFound):
+                jm.query_rows(mark)
+            daemon.wait_for_log(f"collection '{mark}' does not exist in namespace "
+                                f"'{re.escape(namespace)}'")
+            return list(daemon.log)
+
+        jm.create_collection("once", fields=[("k", "string", {"unique": True})])
+        jm.insert_rows("once", [{"k": "a"}, {"k": "b"}])
+        # (A statement that changed rows before failing does roll back its batch on SQLite.)
+        with pytest.raises(AlreadyExists):
+            jm.insert_rows("once", [{"k": "c"}, {"k": "a"}])
+        with pytest.raises(AlreadyExists):
+            jm.update_rows("once", set={"k": "c"})
+        before = len(log_so_far("before"))
+        for attempt in [
+            lambda: jm.insert_rows("once", [{"k": "a"}]),
+            lambda: jm.update_rows("once", set={"k": "a"}, where=[("k", "eq", "b")]),
+            lambda: jm.create_collection("once", fields=[("k", "string")]),
+        ]:
+            with pytest.raises(AlreadyExists):
+                attempt()
+        assert not [line for line in log_so_far("after")[before:] if "rolling back" in line]
+        assert sorted(r["k"] for r in jm.query_rows("once")) == ["a", "b"]
+
+
+def test_reads_go_on_while_collections_change(daemon: Daemon, namespace: str) -> None:
+    """Queries racing changes of their collection's table get rows or NOT_FOUND, at once.
+
+    (On PostgreSQL such a query waits for the change to commit, which the event loop may be
+    about to do: it must not wait on the loop.)
+    """
+    stop = threading.Event()
+    failures: list[Exception] = []
+
+    def read() -> None:
+        with daemon.client(namespace=namespace, timeout=10) as reader:
+            while not stop.is_set():
+                try:
+                    reader.query_rows("busy", where=[("a", "eq", "x")])
+                except NotFound:
+                    pass
+                except Exception as exc:  # reported below
+                    failures.append(exc)
+                    return
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        with daemon.client(namespace=namespace, timeout=10) as jm:
+            for i in range(15):
+                jm.create_collection("busy", fields=[("a", "string", {"unique": True})])
+                jm.insert_rows("busy", [{"a": "x"}])
+                jm.add_field("busy", (f"b{i}", "integer", {"indexed": True}))
+                jm.update_rows("busy", set={f"b{i}": i})
+                jm.drop_collection("busy")
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert failures == []
+
+
+@pytest.mark.postgresql_only("reads PostgreSQL's catalog")
+def test_postgresql_tables_have_the_field_types(daemon: Daemon, namespace: str) -> None:
+    import psycopg
+
+    with daemon.client(namespace=namespace) as jm:
+        jm.create_collection("typed", fields=[
+            ("s", "string", {"required": True, "unique": True}),
+            ("i", "integer", {"indexed": True}), ("r", "real", {}), ("b", "boolean", {}), ("j", "json", {}), ("t", "timestamp", {})])
+    with psycopg.connect(str(daemon.db_path)) as pg:
+        found = pg.execute('SELECT id FROM "collections" WHERE namespace = %s AND name = %s',
+                           (namespace, "typed")).fetchone()
+        assert found is not None
+        table = f"collection_{found[0]}"
+        columns = {row[0]: row[1:] for row in pg.execute(
+            "SELECT column_name, data_type, is_nullable, collation_name "
+            "FROM information_schema.columns WHERE table_name = %s", (table,))}
+        indexes = set(pg.execute(
+            "SELECT a.attname, i.indisunique FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = %s::regclass", (table,)).fetchall())
+    assert columns == {
+        "id": ("bigint", "NO", None), "s": ("text", "NO", "C"), "i": ("bigint", "YES", None),
+        "r": ("double precision", "YES", None), "b": ("smallint", "YES", None),
+        "j": ("text", "YES", "C"), "t": ("bigint", "YES", None)}
+    assert indexes == {("id", True), ("s", True), ("i", False)}
+
+
+def test_an_indexed_field_is_served_by_its_index(
+        tmp_path: Path, fresh_backend: str, request: pytest.FixtureRequest) -> None:
+    from jarvis_memory_server.service.collections import CollectionService, FieldDef, Filter
+    from jarvis_memory_server.store.backend import make_database
+
+    db = make_database(str(database_for(fresh_backend, tmp_path, request)))
     db.open()
     try:
         service = CollectionService(db)
         service.create("n", "c", [FieldDef("k", "string", indexed=True), FieldDef("v", "real")])
+        if db.kind == "postgresql":  # its planner scans a table it has no statistics of
+            for start in range(0, 5000, 1000):
+                service.insert("n", "c", [{"k": f"k{i}"} for i in range(start, start + 1000)])
+            db.reader.execute("ANALYZE")
         for flt in [Filter("k", "eq", "x"), Filter("k", "prefix", "x"), Filter("k", "in", ["a"]),
-                    Filter("id", "gt", 3)]:
+                    Filter("id", "gt", 4990)]:
             plan = service.explain("n", "c", [flt])
-            assert any(step.startswith("SEARCH") for step in plan), (flt, plan)
+            if db.kind == "sqlite":
+                assert any(step.startswith("SEARCH") for step in plan), (flt, plan)
+            else:
+                assert any(" using collection_" in step for step in plan), (flt, plan)
     finally:
         db.close()
 
 
-def test_dropping_needs_the_admin_role(tmp_path: Path) -> None:
+def test_dropping_needs_the_admin_role(
+        tmp_path: Path, fresh_backend: str, request: pytest.FixtureRequest) -> None:
     secret = "collections-secret"
 
     def token(role: str) -> str:
         return sign_jwt({"sub": role, "role": role, "namespaces": ["*"], "exp": 4102444800},
                         secret.encode())
 
-    d = Daemon(tmp_path / "jarvis.db", env={"JARVIS_MEMORY_JWT_SECRET": secret}).start()
+    d = Daemon(database_for(fresh_backend, tmp_path, request),
+               env={"JARVIS_MEMORY_JWT_SECRET": secret}).start()
     try:
         with d.client(token=token("writer")) as jm:
             jm.create_collection("tmp", fields=[("v", "string")])
@@ -227,8 +383,9 @@ def test_dropping_needs_the_admin_role(tmp_path: Path) -> None:
         assert d.stop() == 0
 
 
-def test_collections_survive_a_restart(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db").start()
+def test_collections_survive_a_restart(
+        tmp_path: Path, fresh_backend: str, request: pytest.FixtureRequest) -> None:
+    d = Daemon(database_for(fresh_backend, tmp_path, request)).start()
     with d.client() as jm:
         jm.create_collection("kept", fields=TRADES)
         jm.insert_rows("kept", [{"symbol": "ETH", "qty": 3}])

@@ -219,8 +219,8 @@ def test_bad_snapshots_are_rejected(daemon: Daemon) -> None:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_snapshot_retention_keeps_the_newest_n_per_kind(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db", "--snapshot-keep", "3").start()
+def test_snapshot_retention_keeps_the_newest_n_per_kind(db_target: Path | str) -> None:
+    d = Daemon(db_target, "--snapshot-keep", "3").start()
     try:
         with d.client() as jm:
             saved = [jm.save_snapshot({"n": i}).id for i in range(5)]
@@ -231,8 +231,8 @@ def test_snapshot_retention_keeps_the_newest_n_per_kind(tmp_path: Path) -> None:
         assert d.stop() == 0
 
 
-def test_snapshot_retention_drops_old_ones(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db", "--snapshot-max-age", "0.2").start()
+def test_snapshot_retention_drops_old_ones(db_target: Path | str) -> None:
+    d = Daemon(db_target, "--snapshot-max-age", "0.2").start()
     try:
         with d.client() as jm:
             jm.save_snapshot({"old": True})
@@ -319,8 +319,8 @@ def test_preference_listing_uses_the_key_index(plans_db: Database) -> None:
     assert plan and all(step.startswith("SEARCH") for step in plan), plan
 
 
-def test_everything_survives_a_restart(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db").start()
+def test_everything_survives_a_restart(db_target: Path | str) -> None:
+    d = Daemon(db_target).start()
     with d.client() as jm:
         e = jm.record_event(type="alert", severity="error", source="monitor", summary="down")
         jm.set_preference("k", [1, 2])

@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import START_TIMEOUT, Daemon
+import pytest
+
+from conftest import BACKENDS, START_TIMEOUT, Daemon, Postgres
 from jarvis_memory import Client
 
 NAMESPACES = ("default", "other")
@@ -126,7 +128,8 @@ def table_counts(path: Path) -> dict[str, int]:
         conn.close()
 
 
-def test_export_import_round_trip(tmp_path: Path) -> None:
+def filled_export(tmp_path: Path) -> tuple[dict[str, Any], str, int]:
+    """Fill an SQLite daemon's namespaces; return their reads, its export and its revision."""
     source = Daemon(tmp_path / "source.db").start()
     try:
         with source.client() as jm:
@@ -138,7 +141,12 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
         assert exported.returncode == 0, exported.stderr
     finally:
         assert source.stop() == 0
-    lines = exported.stdout.splitlines()
+    return before, exported.stdout, revision
+
+
+def test_export_import_round_trip(tmp_path: Path) -> None:
+    before, exported_text, revision = filled_export(tmp_path)
+    lines = exported_text.splitlines()
     header = json.loads(lines[0])
     assert header["format"] == "jarvis-memory-export" and header["version"] == 1
     assert header["namespaces"] == sorted(NAMESPACES)
@@ -154,10 +162,10 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     assert not any("api_tokens" in line or "secret" in line for line in lines)
 
     target = tmp_path / "target.db"
-    imported = cli("import", "--db", str(target), stdin=exported.stdout)
+    imported = cli("import", "--db", str(target), stdin=exported_text)
     assert imported.returncode == 0, imported.stderr
     counts = table_counts(target)
-    again = cli("import", "--db", str(target), stdin=exported.stdout)
+    again = cli("import", "--db", str(target), stdin=exported_text)
     assert again.returncode == 0, again.stderr
     assert "imported 0 rows" in again.stdout
     assert table_counts(target) == counts  # idempotent
@@ -221,3 +229,62 @@ def test_export_one_namespace_and_bad_input(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "preference" in refused.stderr and "differs" in refused.stderr
     assert table_counts(target) == counts
+
+
+SEARCHES = ("search", "vector", "search_messages", "search_messages_vector", "search_events")
+
+
+def hits(found: Any) -> list[int]:
+    """A search's hits by id (scores are each backend's own)."""
+    ids = []
+    for hit in found:
+        item = next(getattr(hit, kind) for kind in ("memory", "message", "event")
+                    if getattr(hit, kind, None) is not None)
+        ids.append(item.id)
+    return sorted(ids)
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="moves data through PostgreSQL")
+def test_sqlite_to_postgresql_to_sqlite_reads_the_same(tmp_path: Path,
+                                                       postgres: Postgres) -> None:
+    before, exported, _ = filled_export(tmp_path)
+    url = postgres.new_database()
+    imported = cli("import", "--db", url, stdin=exported)
+    assert imported.returncode == 0, imported.stderr
+    assert "secret" not in imported.stdout
+    again = cli("import", "--db", url, stdin=exported)
+    assert again.returncode == 0 and "imported 0 rows" in again.stdout, again.stderr
+
+    pg = Daemon(url).start()
+    try:
+        with pg.client() as jm:
+            on_pg = {ns: reads(jm, ns) for ns in NAMESPACES}
+            for ns in NAMESPACES:
+                for name, value in before[ns].items():
+                    if name in SEARCHES:
+                        assert hits(on_pg[ns][name]) == hits(value), name
+                    else:
+                        assert on_pg[ns][name] == value, name
+            m = jm.add_memory("New on PostgreSQL", category="fact", source="user_explicit")
+            assert m.id > max(x.id for x in before["default"]["memories"])
+        back = pg.run_cli("export")  # while the daemon runs
+        assert back.returncode == 0, back.stderr
+    finally:
+        assert pg.stop() == 0
+
+    target = tmp_path / "back.db"
+    returned = cli("import", "--db", str(target), stdin=back.stdout)
+    assert returned.returncode == 0, returned.stderr
+    copy = Daemon(target).start()
+    try:
+        with copy.client() as jm:
+            after = {ns: reads(jm, ns) for ns in NAMESPACES}
+            for ns in NAMESPACES:
+                for name, value in before[ns].items():
+                    if name == "memories" and ns == "default":
+                        value = [*value]  # plus the one written on PostgreSQL, newest first
+                        assert after[ns][name][1:] == value, name
+                    elif name not in ("get_memory", "search"):
+                        assert after[ns][name] == value, name
+    finally:
+        assert copy.stop() == 0

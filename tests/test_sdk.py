@@ -40,6 +40,7 @@ from jarvis_memory import (
     BackupResult,
     Change,
     Client,
+    FailedPrecondition,
     InvalidArgument,
     JarvisMemoryError,
     Memory,
@@ -574,6 +575,11 @@ def test_stats_and_backup(daemon: Daemon, tmp_path: Path, namespace: str) -> Non
         assert isinstance(stats, Stats) and stats.revision >= m.revision
         assert stats.rows("memories", namespace) == 1 and stats.rows("memories") >= 1
         assert stats.database_bytes > 0 and stats.uptime > timedelta(0)
+        if daemon.on_postgres:  # PostgreSQL is backed up with its own tools
+            with pytest.raises(FailedPrecondition, match="pg_dump"):
+                jm.backup(tmp_path / "sync.db")
+            assert not (tmp_path / "sync.db").exists()
+            return
         result = jm.backup(tmp_path / "sync.db", chunk_size=4096)
         assert_is_a_backup(result, tmp_path / "sync.db")
         assert result.revision >= m.revision

@@ -278,11 +278,21 @@ def test_bad_message_and_event_searches_are_invalid_argument(daemon: Daemon) -> 
 # -- index consistency ----------------------------------------------------------------------
 
 
+def check_search_indexes(d: Daemon) -> None:
+    """Check a stopped daemon's search indexes against their tables, on either backend."""
+    if d.on_postgres:
+        from test_pgsearch import check_indexes as check_postgres
+
+        check_postgres(str(d.db_path))
+    else:
+        check_indexes(Path(d.db_path))
+
+
 def test_index_follows_update_delete_and_restart(fresh_daemon: Daemon) -> None:
     with fresh_daemon.client() as jm:
-        kept = add(jm, "Parks the bike in the garage", "default")
+        kept = add(jm, "Parks the bike in the garage", "default", embedding=[1.0, 0.0])
         changed = add(jm, "Prefers aisle seats on planes", "default", subject="travel")
-        gone = add(jm, "Old phone number ends in 42", "default")
+        gone = add(jm, "Old phone number ends in 42", "default", embedding=[0.0, 1.0])
         jm.update_memory(changed.id, content="Prefers window seats on trains")
         jm.update_memory(kept.id, subject="bicycle")
         jm.delete_memory(gone.id)
@@ -290,15 +300,17 @@ def test_index_follows_update_delete_and_restart(fresh_daemon: Daemon) -> None:
         assert contents(jm.search_memories("window trains")) == ["Prefers window seats on trains"]
         assert contents(jm.search_memories("bicycle")) == [kept.content]
         assert jm.search_memories("phone number") == []
-        # Restating does not duplicate the indexed row.
-        add(jm, "parks the bike in the garage", "default")
+        add(jm, "parks the bike in the garage", "default")  # a restatement
         assert len(jm.search_memories("garage")) == 1
         session = jm.start_session("s1")
-        jm.append_message(session.id, role="user", content="Book a table for two at eight")
-        jm.record_event(type="alert", severity="warning", source="monitor",
-                        summary="Disk almost full", details={"mount": "/var", "node": "nas"})
+        jm.append_message(session.id, role="user", content="Book a table for two at eight",
+                          embedding=[0.5, 0.5])
+        event = jm.record_event(type="alert", severity="warning", source="monitor",
+                                summary="Disk almost full",
+                                details={"mount": "/var", "node": "nas"})
+        jm.resolve_event(event.id, resolved_by="ops")
     assert fresh_daemon.stop() == 0
-    check_indexes(fresh_daemon.db_path)
+    check_search_indexes(fresh_daemon)
     fresh_daemon.start()
     with fresh_daemon.client() as jm:
         assert contents(jm.search_memories("window")) == ["Prefers window seats on trains"]
@@ -307,6 +319,10 @@ def test_index_follows_update_delete_and_restart(fresh_daemon: Daemon) -> None:
         hits = jm.search_events("nas disk")
         assert [h.event.summary for h in hits] == ["Disk almost full"]
         assert "**Disk**" in hits[0].snippet
+        assert [h.memory.id for h in jm.search_memories(mode="vector", embedding=[1.0, 0.1])] == [
+            kept.id]
+        jm.end_session("s1")
+    check_search_indexes(fresh_daemon)
 
 
 def test_index_consistent_after_kill_9_mid_write(tmp_path: Path) -> None:

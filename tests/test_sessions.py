@@ -273,8 +273,8 @@ def test_twenty_clients_appending_to_one_session_lose_nothing(daemon: Daemon, na
         assert sequences == sorted(sequences)
 
 
-def test_sessions_survive_a_restart(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db").start()
+def test_sessions_survive_a_restart(db_target: Path | str) -> None:
+    d = Daemon(db_target).start()
     with d.client() as jm:
         s = jm.start_session(id="kept")
         jm.append_message("kept", role="user", content="remember me")
@@ -296,8 +296,8 @@ def test_sessions_survive_a_restart(tmp_path: Path) -> None:
         assert d.stop() == 0
 
 
-def test_the_daemon_ends_idle_sessions(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db", "--session-idle-timeout", "0.3").start()
+def test_the_daemon_ends_idle_sessions(db_target: Path | str) -> None:
+    d = Daemon(db_target, "--session-idle-timeout", "0.3").start()
     try:
         with d.client() as jm:
             s = jm.start_session(id="idle")

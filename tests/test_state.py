@@ -75,8 +75,8 @@ def test_twenty_clients_incrementing_a_counter_end_at_one_thousand(daemon: Daemo
     assert conflicts, "20 concurrent clients never conflicted: the test did not test CAS"
 
 
-def test_ttl_expiry_reads_as_absent_and_is_purged(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db", "--state-purge-interval", "0.05").start()
+def test_ttl_expiry_reads_as_absent_and_is_purged(db_target: Path | str) -> None:
+    d = Daemon(db_target, "--state-purge-interval", "0.05").start()
     try:
         with d.client() as jm:
             lasting = jm.put_state("lasting", "x", ttl=3600)
@@ -137,8 +137,8 @@ def test_bad_reads_are_rejected(daemon: Daemon) -> None:
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_state_survives_a_restart(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db").start()
+def test_state_survives_a_restart(db_target: Path | str) -> None:
+    d = Daemon(db_target).start()
     with d.client() as jm:
         jm.put_state("a", {"n": 1})
         entry = jm.put_state("a", {"n": 2})

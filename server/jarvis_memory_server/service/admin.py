@@ -12,12 +12,15 @@ import tempfile
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from jarvis_memory_server.errors import InvalidArgument, ResourceExhausted
 from jarvis_memory_server.service.common import ServiceBase
-from jarvis_memory_server.store.admin import BackupCopy, row_counts
-from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.store.admin import BackupCopy, backup_file, row_counts, storage_bytes
+from jarvis_memory_server.store.backend import Database
+
+if TYPE_CHECKING:
+    from jarvis_memory_server.store.sqlite import Database as SqliteDatabase
 
 log = logging.getLogger("jarvis_memory.admin")
 
@@ -106,6 +109,7 @@ class AdminService(ServiceBase):
         a folder that the next start-up removes. Raises InvalidArgument for a bad chunk size,
         ResourceExhausted when MAX_WAITING_BACKUPS already wait or the disk has no room.
         """
+        db = backup_file(self._db)
         if chunk_size < 0 or chunk_size > MAX_CHUNK:
             raise InvalidArgument("chunk_size", f"must be between 0 and {MAX_CHUNK}")
         size = chunk_size or DEFAULT_CHUNK
@@ -121,7 +125,7 @@ class AdminService(ServiceBase):
             self._waiting -= 1
         try:
             revision = self._db.revision
-            with await self._stage() as file:
+            with await self._stage(db) as file:
                 total = os.fstat(file.fileno()).st_size
                 digest = hashlib.sha256()
                 offset = 0
@@ -136,12 +140,12 @@ class AdminService(ServiceBase):
         finally:
             self._one_copy.release()
 
-    async def _stage(self) -> BinaryIO:
+    async def _stage(self, db: SqliteDatabase) -> BinaryIO:
         """Copy the database into a staging folder; return the copy opened, its folder gone."""
-        folder = pathlib.Path(tempfile.mkdtemp(prefix=staging_prefix(self._db.path),
-                                               dir=self._db.path.parent))
+        folder = pathlib.Path(tempfile.mkdtemp(prefix=staging_prefix(db.path),
+                                               dir=db.path.parent))
         try:
-            copy = BackupCopy(self._db, folder / "backup.db")
+            copy = BackupCopy(db, folder / "backup.db")
             done = asyncio.get_running_loop().run_in_executor(None, copy.run)
             try:
                 await asyncio.shield(done)
@@ -158,9 +162,8 @@ class AdminService(ServiceBase):
     def stats(self) -> Stats:
         """Count rows per kind and namespace; read file sizes and counters."""
         counts = row_counts(self._db)
-        wal = pathlib.Path(f"{self._db.path}-wal")
+        db_bytes, wal_bytes = storage_bytes(self._db)
         return Stats(
-            counts, self._db.path.stat().st_size, wal.stat().st_size if wal.exists() else 0,
-            time.monotonic() - self._started, self._db.writes.commits,
+            counts, db_bytes, wal_bytes, time.monotonic() - self._started, self._db.writes.commits,
             self._db.writes.committed_writes,
         )

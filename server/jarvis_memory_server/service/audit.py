@@ -16,7 +16,7 @@ from jarvis_memory_server.service.common import (
     page_size,
 )
 from jarvis_memory_server.store.audit import AuditStore, CycleRow, DecisionRow, ToolCallRow
-from jarvis_memory_server.store.sqlite import Database, now_us
+from jarvis_memory_server.store.backend import Database, now_us
 from jarvis_memory_server.store.writes import WriteTxn
 
 __all__ = ["FINAL_STATUSES", "AuditService", "CycleRow", "DecisionRow", "ToolCallRow"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from jarvis_memory_server.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from jarvis_memory_server.service.common import resolve_namespace
-from jarvis_memory_server.store.sqlite import Database, now_us
+from jarvis_memory_server.store.backend import Database, now_us
 from jarvis_memory_server.store.tokens import ROLES, TokenRow, TokenStore
 
 ROLE_RANK = {"reader": 1, "writer": 2, "admin": 3}

@@ -21,20 +21,19 @@ from jarvis_memory_server.service.common import (
     json_text,
     page_size,
 )
+from jarvis_memory_server.store.backend import Database, now_us
 from jarvis_memory_server.store.collections import (
     FIELD_NAME,
+    FIELD_TYPES,
     OPERATORS,
-    SQL_TYPES,
     CollectionStore,
     Column,
     DefRow,
-    compile_filters,
+    Where,
 )
-from jarvis_memory_server.store.sqlite import Database, now_us
 
 __all__ = ["CollectionService", "DefRow", "FieldDef", "Filter", "JsonText", "StoredRow"]
 
-FIELD_TYPES = tuple(SQL_TYPES)
 FILTER_OPERATORS = (*OPERATORS, "in", "prefix", "is_null")
 MAX_FIELDS = 200
 MAX_ROWS = 1000
@@ -94,12 +93,25 @@ class StoredRow(NamedTuple):
     cells: list[tuple[str, str, Any]]
 
 
+class _RowQuery(NamedTuple):
+    """A checked QueryRows request: what to read, and how to page it."""
+
+    definition: DefRow
+    fields: dict[str, FieldDef]
+    where: Where
+    order_by: list[tuple[str, bool]]
+    limit: int
+    offset: int
+    fingerprint: str
+
+
 class CollectionService(ServiceBase):
     """Defines collections and reads and writes their typed rows."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._store = CollectionStore(db)
+
 
     # -- definitions ------------------------------------------------------------------------
 
@@ -183,6 +195,13 @@ class CollectionService(ServiceBase):
         order_by: list[tuple[str, bool]], *, size: int = 0, token: str = "",
     ) -> tuple[list[StoredRow], str]:
         """Return one page of matching rows, as stored, and the next page's token."""
+        query = self._row_query(namespace, name, filters, order_by, size, token)
+        return self._page(query, self._read(query))
+
+    def _row_query(
+        self, namespace: str, name: str, filters: list[Filter],
+        order_by: list[tuple[str, bool]], size: int, token: str,
+    ) -> _RowQuery:
         limit = page_size(size)
         definition = self._definition(namespace, name)
         fields = {f.name: f for f in fields_of(definition)}
@@ -196,14 +215,26 @@ class CollectionService(ServiceBase):
         fingerprint = filter_fingerprint(namespace, {
             "collection": name, "filters": repr(validated), "order": order_by})
         offset = self._pages.decode_offset_cursor(token, fingerprint) if token else 0
-        columns = list(fields)
-        rows = self._store.query(definition, columns, compile_filters(validated), order_by,
-                                 limit + 1, offset)
-        types = [f.type for f in fields.values()]
+        return _RowQuery(definition, fields, self._store.where(validated), order_by, limit,
+                         offset, fingerprint)
+
+    def _read(self, query: _RowQuery) -> list[tuple[Any, ...]]:
+        rows = self._store.query(query.definition, list(query.fields), query.where,
+                                 query.order_by, query.limit + 1, query.offset)
+        if rows is None:  # dropped while the read waited
+            raise _not_found(query.definition.namespace, query.definition.name)
+        return rows
+
+    def _page(
+        self, query: _RowQuery, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[StoredRow], str]:
+        columns = list(query.fields)
+        types = [f.type for f in query.fields.values()]
         page = [StoredRow(row[0], list(zip(columns, types, row[1:], strict=True)))
-                for row in rows[:limit]]
-        next_token = (self._pages.encode_offset_cursor(offset + limit, fingerprint)
-                      if len(rows) > limit else "")
+                for row in rows[:query.limit]]
+        next_token = (
+            self._pages.encode_offset_cursor(query.offset + query.limit, query.fingerprint)
+            if len(rows) > query.limit else "")
         return page, next_token
 
     def update(
@@ -220,7 +251,7 @@ class CollectionService(ServiceBase):
             definition = self._definition(namespace, name, txn)
             fields = {f.name: f for f in fields_of(definition)}
             stored = _row_values(fields, values, source, insert=False)
-            where = compile_filters(_filters(fields, filters))
+            where = self._store.where(_filters(fields, filters))
             return self._store.update(txn, definition, stored, where, now_us())
 
     def delete(self, namespace: str, name: str, filters: list[Filter]) -> int:
@@ -228,22 +259,26 @@ class CollectionService(ServiceBase):
         with self._db.write() as txn:
             definition = self._definition(namespace, name, txn)
             fields = {f.name: f for f in fields_of(definition)}
-            where = compile_filters(_filters(fields, filters))
+            where = self._store.where(_filters(fields, filters))
             return self._store.delete(txn, definition, where, now_us())
 
     def explain(self, namespace: str, name: str, filters: list[Filter]) -> list[str]:
-        """Return SQLite's plan for the filters (the tests check index use)."""
+        """Return the database's plan for the filters (the tests check index use)."""
         definition = self._definition(namespace, name)
         fields = {f.name: f for f in fields_of(definition)}
-        return self._store.explain(definition, compile_filters(_filters(fields, filters)))
+        return self._store.explain(definition, self._store.where(_filters(fields, filters)))
 
     def _definition(self, namespace: str, name: str, txn: Any = None) -> DefRow:
         _check_name(name, "collection")
         definition = self._store.get_def(namespace, name, txn)
         if definition is None:
-            raise NotFound(f"collection {name!r} does not exist in namespace {namespace!r}",
-                           reason="COLLECTION_NOT_FOUND", namespace=namespace, name=name)
+            raise _not_found(namespace, name)
         return definition
+
+
+def _not_found(namespace: str, name: str) -> NotFound:
+    return NotFound(f"collection {name!r} does not exist in namespace {namespace!r}",
+                    reason="COLLECTION_NOT_FOUND", namespace=namespace, name=name)
 
 
 def fields_of(definition: DefRow) -> list[FieldDef]:

@@ -11,11 +11,12 @@ import json
 import math
 import re
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, Final, TypeVar
 
 from jarvis_memory_server.errors import DataLoss, InvalidArgument, NotFound
+from jarvis_memory_server.store.backend import Database
 from jarvis_memory_server.store.settings import read_setting
-from jarvis_memory_server.store.sqlite import Database
 
 Row = TypeVar("Row")
 
@@ -31,6 +32,11 @@ class ServiceBase:
     def revision(self) -> int:
         """The store's last committed revision (for response headers)."""
         return self._db.revision
+
+    @property
+    def read_executor(self) -> Executor | None:
+        """Where read handlers run when not on the event loop (see backend.Database)."""
+        return self._db.read_executor
 
     async def run_write(self, body: Callable[[], Row]) -> tuple[Row, int | None]:
         """Run a body that writes and wait for its commit (see GroupCommitter.run).

@@ -16,8 +16,8 @@ from jarvis_memory_server.service.common import (
     not_found,
     page_size,
 )
+from jarvis_memory_server.store.backend import Database, now_us
 from jarvis_memory_server.store.events import SOURCES, TYPES, EventRow, EventStore
-from jarvis_memory_server.store.sqlite import Database, now_us
 
 __all__ = ["SEVERITIES", "EventRow", "EventService", "NewEvent"]
 

@@ -23,6 +23,7 @@ from jarvis_memory_server.service.search import (
     claim_dimension,
     embedding_bytes,
 )
+from jarvis_memory_server.store.backend import Database, now_us, search_store
 from jarvis_memory_server.store.memories import (
     CATEGORIES,
     SOURCES,
@@ -30,8 +31,7 @@ from jarvis_memory_server.store.memories import (
     MemoryRow,
     MemoryStore,
 )
-from jarvis_memory_server.store.search import MEMORIES, SearchStore, dimension_of
-from jarvis_memory_server.store.sqlite import Database, now_us
+from jarvis_memory_server.store.search import MEMORIES, dimension_of
 from jarvis_memory_server.store.writes import WriteTxn
 
 MAX_CONTENT_BYTES = 65536
@@ -74,7 +74,7 @@ class MemoryService(ServiceBase):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._store = MemoryStore(db)
-        self._search = SearchStore(db)
+        self._search = search_store(db)
 
     # -- writes -----------------------------------------------------------------------------
 

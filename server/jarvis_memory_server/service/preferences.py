@@ -13,8 +13,8 @@ from jarvis_memory_server.service.common import (
     json_text,
     page_size,
 )
+from jarvis_memory_server.store.backend import Database, now_us
 from jarvis_memory_server.store.preferences import PreferenceRow, PreferenceStore
-from jarvis_memory_server.store.sqlite import Database, now_us
 
 __all__ = ["PreferenceRow", "PreferenceService"]
 

@@ -31,13 +31,12 @@ from typing import Any
 
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.common import ServiceBase
+from jarvis_memory_server.store.backend import Database, SearchStore, search_store
 from jarvis_memory_server.store.search import (
     MAX_CANDIDATES,
     SearchIndex,
-    SearchStore,
     dimension_of,
 )
-from jarvis_memory_server.store.sqlite import Database
 from jarvis_memory_server.store.writes import WriteTxn
 
 # Marks around each matched term in a snippet, and the ellipsis for text left out.
@@ -232,7 +231,7 @@ class SearchService(ServiceBase):
 
     def __init__(self, db: Database, *, workers: int = 4) -> None:
         super().__init__(db)
-        self._store = SearchStore(db)
+        self._store = search_store(db)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search")
         # The vector half of hybrid searches runs beside their keyword half. A pool of its own:
         # a search waiting on a task queued behind other searches in its own pool could wait

@@ -22,7 +22,8 @@ from jarvis_memory_server.service.common import (
     page_size,
 )
 from jarvis_memory_server.service.search import claim_dimension, embedding_bytes
-from jarvis_memory_server.store.search import MESSAGES, SearchStore, dimension_of
+from jarvis_memory_server.store.backend import Database, now_us, search_store
+from jarvis_memory_server.store.search import MESSAGES, dimension_of
 from jarvis_memory_server.store.sessions import (
     ROLES,
     STATES,
@@ -32,7 +33,6 @@ from jarvis_memory_server.store.sessions import (
     SessionRow,
     SessionStore,
 )
-from jarvis_memory_server.store.sqlite import Database, now_us
 from jarvis_memory_server.store.writes import WriteTxn
 
 __all__ = ["EventRow", "MessageRow", "NewMessage", "SessionRow", "SessionService"]
@@ -66,7 +66,7 @@ class SessionService(ServiceBase):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._store = SessionStore(db)
-        self._search = SearchStore(db)
+        self._search = search_store(db)
 
     # -- lifecycle --------------------------------------------------------------------------
 

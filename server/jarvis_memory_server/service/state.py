@@ -13,7 +13,7 @@ from jarvis_memory_server.service.common import (
     json_text,
     page_size,
 )
-from jarvis_memory_server.store.sqlite import Database, now_us
+from jarvis_memory_server.store.backend import Database, now_us
 from jarvis_memory_server.store.state import StateRow, StateStore
 
 __all__ = ["StateRow", "StateService"]

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from jarvis_memory_server.errors import InvalidArgument, OutOfRange, ResourceExhausted
 from jarvis_memory_server.service.common import ServiceBase
+from jarvis_memory_server.store.backend import Database
 from jarvis_memory_server.store.changes import ChangeStore
-from jarvis_memory_server.store.sqlite import Database
 from jarvis_memory_server.store.writes import ChangeRow
 
 # The kinds of resources whose changes the log records (Change.kind).

@@ -7,22 +7,48 @@ import threading
 
 import apsw
 
-from jarvis_memory_server.errors import ResourceExhausted
+from jarvis_memory_server.errors import FailedPrecondition, ResourceExhausted
+from jarvis_memory_server.store.backend import Database
 from jarvis_memory_server.store.failures import storage_errors, translate_error
-from jarvis_memory_server.store.sqlite import Database
+from jarvis_memory_server.store.sqlite import Database as SqliteDatabase
 
 # Tables counted by GetStats: kind -> the condition a row must meet to count.
 COUNTED = {
-    "memories": "1", "sessions": "1", "messages": "1", "session_events": "1", "events": "1",
-    "snapshots": "1", "preferences": "1", "state": "1", "decisions": "1", "collections": "1",
+    "memories": "TRUE", "sessions": "TRUE", "messages": "TRUE", "session_events": "TRUE",
+    "events": "TRUE", "snapshots": "TRUE", "preferences": "TRUE", "state": "TRUE",
+    "decisions": "TRUE", "collections": "TRUE",
     "tool_calls": "parent_id IS NULL", "planning_cycles": "parent_id IS NULL",
 }
+
+
+def backup_file(db: Database) -> SqliteDatabase:
+    """The SQLite database a backup copies; FailedPrecondition on PostgreSQL."""
+    if not isinstance(db, SqliteDatabase):
+        raise FailedPrecondition(
+            "Backup copies the daemon's SQLite file; this daemon serves a PostgreSQL database, "
+            "which is backed up with PostgreSQL's own tools: pg_dump for a logical copy, "
+            "pg_basebackup with WAL archiving for point-in-time recovery (README: Scaling out)",
+            reason="BACKUP_NOT_SUPPORTED")
+    return db
+
+
+def storage_bytes(db: Database) -> tuple[int, int]:
+    """(database bytes, WAL bytes): the file and its -wal on SQLite.
+
+    On PostgreSQL: the database's size, and 0 (its WAL belongs to the whole server).
+    """
+    if isinstance(db, SqliteDatabase):
+        wal = pathlib.Path(f"{db.path}-wal")
+        return db.path.stat().st_size, wal.stat().st_size if wal.exists() else 0
+    with storage_errors():
+        row = db.reader.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]), 0
 
 
 class BackupCopy:
     """``VACUUM INTO`` on a connection of its own, run in a worker thread; interruptible."""
 
-    def __init__(self, db: Database, target: pathlib.Path) -> None:
+    def __init__(self, db: SqliteDatabase, target: pathlib.Path) -> None:
         self._db = db
         self._target = target
         self._lock = threading.Lock()

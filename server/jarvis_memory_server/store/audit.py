@@ -10,9 +10,9 @@ from typing import Any, NamedTuple
 import apsw
 import peewee as pw
 
+from jarvis_memory_server.store.backend import Cursor, Database, compile_sql
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import Decision, PlanningCycle, ToolCall
-from jarvis_memory_server.store.sqlite import Database, compile_sql
 from jarvis_memory_server.store.writes import WriteTxn
 
 P = pw.SQL
@@ -286,7 +286,7 @@ class AuditStore:
         return self._db.query_plan(sql, params)
 
 
-def _scalar(cursor: apsw.Cursor, sql: str, params: dict[str, Any]) -> int:
+def _scalar(cursor: Cursor, sql: str, params: dict[str, Any]) -> int:
     row = cursor.execute(sql, params).fetchone()
     assert row is not None, sql
     return int(row[0])

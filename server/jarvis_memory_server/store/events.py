@@ -6,9 +6,9 @@ from typing import Any, NamedTuple
 
 import peewee as pw
 
+from jarvis_memory_server.store.backend import Database, compile_sql
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import Event
-from jarvis_memory_server.store.sqlite import Database, compile_sql
 from jarvis_memory_server.store.writes import WriteTxn
 
 # The values the schema allows (the services check requests against them).

@@ -27,10 +27,21 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 import apsw
+import psycopg
 
-from jarvis_memory_server.store import fulltext
-from jarvis_memory_server.store.collections import SQL_TYPES, quote, table
-from jarvis_memory_server.store.search import MEMORIES, MESSAGES, SearchStore, dimension_of
+from jarvis_memory_server.errors import JarvisError
+from jarvis_memory_server.store import fulltext, models
+from jarvis_memory_server.store.backend import Connection, SearchStore
+from jarvis_memory_server.store.collections import (
+    Column,
+    ids_continue_sql,
+    quote,
+    table,
+    table_statements,
+)
+from jarvis_memory_server.store.postgres import SCHEMA_TABLE, PgConnection
+from jarvis_memory_server.store.search import MEMORIES, MESSAGES, dimension_of
+from jarvis_memory_server.store.search import SearchStore as SqliteSearchStore
 from jarvis_memory_server.store.writes import WriteTxn
 
 FORMAT = "jarvis-memory-export"
@@ -67,8 +78,18 @@ class ImportDataError(Exception):
 _UNRENAMED = {(kind, new): old for (kind, old), new in RENAMED.items()}
 
 
-def _columns(conn: apsw.Connection, name: str) -> list[str]:
+def _columns(conn: Connection, name: str) -> list[str]:
+    if isinstance(conn, PgConnection):
+        return [str(r[0]) for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = ? ORDER BY ordinal_position", (name,))]
     return [str(r[1]) for r in conn.execute(f'PRAGMA table_info("{name}")')]
+
+
+def _schema_version(conn: Connection) -> int:
+    if isinstance(conn, PgConnection):
+        return int(conn.execute(f'SELECT max("version") FROM "{SCHEMA_TABLE}"').fetchone()[0])
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _vector(blob: bytes) -> list[float]:
@@ -120,7 +141,7 @@ def _cell_from_json(kind: str, value: Any) -> Any:
     return value
 
 
-def export_lines(conn: apsw.Connection, namespace: str | None) -> Iterator[str]:
+def export_lines(conn: Connection, namespace: str | None) -> Iterator[str]:
     """Yield the lines of an export (call inside one read transaction: a consistent snapshot)."""
     where = " WHERE namespace = :ns" if namespace is not None else ""
     params = {"ns": namespace}
@@ -128,8 +149,8 @@ def export_lines(conn: apsw.Connection, namespace: str | None) -> Iterator[str]:
     for name, *_ in TABLES.values():
         namespaces |= {str(r[0]) for r in conn.execute(
             f'SELECT DISTINCT namespace FROM "{name}"{where}', params)}
-    schema = int(conn.execute("PRAGMA user_version").fetchone()[0])  # type: ignore[index]
-    revision = int(conn.execute(  # type: ignore[index]
+    schema = _schema_version(conn)
+    revision = int(conn.execute(
         "SELECT coalesce(max(revision), 0) FROM changes").fetchone()[0])
     yield _ENCODER.encode({"format": FORMAT, "version": VERSION, "schema": schema,
                            "revision": revision, "namespaces": sorted(namespaces)})
@@ -160,7 +181,7 @@ def quote_any(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _collection_rows(conn: apsw.Connection, where: str, params: dict[str, Any]) -> Iterator[str]:
+def _collection_rows(conn: Connection, where: str, params: dict[str, Any]) -> Iterator[str]:
     defs: list[Any] = conn.execute(
         f"SELECT id, namespace, name, fields FROM collections{where} ORDER BY id", params
     ).fetchall()
@@ -175,10 +196,12 @@ def _collection_rows(conn: apsw.Connection, where: str, params: dict[str, Any]) 
                                    "id": row[0], "values": values})
 
 
-def write_export(conn: apsw.Connection, out: TextIO, namespace: str | None) -> int:
+def write_export(conn: Connection, out: TextIO, namespace: str | None) -> int:
     """Write an export of ``conn``'s database to ``out`` in one read transaction; return rows."""
     count = -1
-    conn.execute("BEGIN")
+    # One snapshot for every table (PostgreSQL's default would take one per statement).
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                 if isinstance(conn, PgConnection) else "BEGIN")
     try:
         for line in export_lines(conn, namespace):
             out.write(line + "\n")
@@ -232,7 +255,7 @@ def parse_lines(lines: Iterable[str], schema: int) -> tuple[dict[str, Any], Line
 class Importer:
     """Replays parsed lines on the writer connection, inside the caller's transaction."""
 
-    def __init__(self, conn: apsw.Connection, search: SearchStore) -> None:
+    def __init__(self, conn: Connection, search: SearchStore) -> None:
         self.conn = conn
         self.cursor = conn.cursor()
         self.search = search
@@ -249,14 +272,25 @@ class Importer:
                 self._one(txn, line)
             except ImportDataError as exc:
                 raise ImportDataError(f"line {number}: {exc}") from None
-            except (apsw.ConstraintError, apsw.SQLError, ValueError, TypeError,
-                    KeyError, struct.error, OverflowError) as exc:
+            except (apsw.ConstraintError, apsw.SQLError, psycopg.Error, JarvisError, ValueError,
+                    TypeError, KeyError, struct.error, OverflowError) as exc:
                 raise ImportDataError(f"line {number}: {line.get('kind')} {line.get('id', '')} "
                                    f"cannot be imported: {exc}") from None
-        fulltext.index_pending(self.cursor)
-        SearchStore.check(self.conn)
+        if isinstance(self.conn, PgConnection):
+            # Rows came with their ids: new ones must follow them, not restart at 1.
+            for model in models.ALL_MODELS:
+                if isinstance(model._meta.primary_key, models.AutoIncrementField):
+                    name = model._meta.table_name
+                    self.cursor.execute(
+                        f"SELECT setval(pg_get_serial_sequence('\"{name}\"', 'id'), "
+                        f'(SELECT coalesce(max("id"), 0) + 1 FROM "{name}"), false)')
+            for (def_id,) in self.cursor.execute("SELECT id FROM collections").fetchall():
+                self.cursor.execute(ids_continue_sql("postgresql", int(def_id)) or "")
+        else:
+            fulltext.index_pending(self.cursor)  # type: ignore[arg-type] # SQLite's cursor
+            SqliteSearchStore.check(self.conn)  # type: ignore[arg-type]
         target = max(self.highest, int(header.get("revision") or 0))
-        current = int(self.conn.execute(  # type: ignore[index]
+        current = int(self.conn.execute(
             "SELECT coalesce(max(revision), 0) FROM changes").fetchone()[0])
         if target > current:  # a marker no watcher sees (no namespace is empty)
             self.cursor.execute(
@@ -346,17 +380,11 @@ class Importer:
         return None if found is None else _vector(found[0])
 
     def _create_table(self, def_id: int, fields_json: str) -> None:
-        fields = json.loads(fields_json)
-        definitions = ['"id" INTEGER PRIMARY KEY AUTOINCREMENT'] + [
-            f"{quote(f['name'])} {SQL_TYPES[f['type']]}" + (" NOT NULL" if f.get("required")
-                                                              else "")
-            for f in fields]
-        self.cursor.execute(f"CREATE TABLE {table(def_id)} ({', '.join(definitions)})")
-        for f in fields:
-            if f.get("unique") or f.get("indexed"):
-                index = "UNIQUE INDEX" if f.get("unique") else "INDEX"
-                self.cursor.execute(f'CREATE {index} "collection_{def_id}_{f["name"]}" '
-                                    f"ON {table(def_id)} ({quote(f['name'])})")
+        columns = [Column(f["name"], f["type"], bool(f.get("required")), bool(f.get("indexed")),
+                          bool(f.get("unique"))) for f in json.loads(fields_json)]
+        kind = "postgresql" if isinstance(self.conn, PgConnection) else "sqlite"
+        for statement in table_statements(kind, def_id, columns):
+            self.cursor.execute(statement)
 
     def _row(self, line: dict[str, Any]) -> None:
         found = self.cursor.execute(

@@ -8,9 +8,9 @@ import apsw
 import peewee as pw
 
 from jarvis_memory_server.errors import AlreadyExists
+from jarvis_memory_server.store.backend import Database, compile_sql
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import Memory
-from jarvis_memory_server.store.sqlite import Database, compile_sql
 from jarvis_memory_server.store.writes import WriteTxn
 
 # The values the schema allows (the services check requests against them).

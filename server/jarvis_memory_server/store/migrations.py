@@ -1,9 +1,9 @@
 """Schema migrations, applied at start-up, each in its own transaction.
 
 The schema version is SQLite's ``PRAGMA user_version``: transactional, and readable before any
-table exists. Each migration is frozen SQL; tests/test_migrations.py fails when a migrated
-database differs from what the Peewee models in models.py describe, so a model change cannot
-land without its migration.
+table exists (PostgreSQL: the table jarvis_memory_schema, see postgres.py). Each migration is
+frozen SQL; tests/test_migrations.py fails when a migrated database differs from what the
+Peewee models in models.py describe, so a model change cannot land without its migration.
 """
 
 from __future__ import annotations
@@ -23,11 +23,17 @@ log = logging.getLogger("jarvis_memory.migrations")
 
 @dataclass(frozen=True)
 class Migration:
-    """One step of the schema: version N is reached by running ``statements`` on version N-1."""
+    """One step of the schema: version N is reached by running ``statements`` on version N-1.
+
+    On PostgreSQL a new database gets the schema of the models at LATEST_VERSION at once
+    (postgres.py); a database made at an older version runs the ``postgres`` statements of
+    each newer migration (every migration after version 11 needs them).
+    """
 
     version: int
     name: str
     statements: tuple[str, ...]
+    postgres: tuple[str, ...] = ()
 
 
 def _text_index(table: str, columns: tuple[str, ...]) -> tuple[str, ...]:

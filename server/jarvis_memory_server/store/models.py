@@ -10,10 +10,24 @@ from __future__ import annotations
 from typing import ClassVar
 
 import peewee as pw
-from playhouse.sqlite_ext import AutoIncrementField
 
-# The models are bound to a real database at start-up (sqlite.Database.open).
+# The models are bound to a real database at start-up (Database.open of sqlite or postgres).
 database_proxy = pw.DatabaseProxy()
+
+
+class AutoIncrementField(pw.AutoField):
+    """An id never reused, even after the newest row is deleted.
+
+    So that an id seen in the change feed always names one row: AUTOINCREMENT on SQLite, a
+    sequence on PostgreSQL.
+    """
+
+    def ddl(self, ctx: pw.Context) -> pw.NodeList:
+        """The column's DDL; AUTOINCREMENT on SQLite."""
+        nodes = super().ddl(ctx)
+        if ctx.state.field_types.get("AUTO") == "INTEGER":  # SQLite (PostgreSQL: BIGSERIAL)
+            return pw.NodeList((nodes, pw.SQL("AUTOINCREMENT")))
+        return nodes
 
 
 class BaseModel(pw.Model):
@@ -50,8 +64,6 @@ class Memory(BaseModel):
     CATEGORIES: ClassVar[tuple[str, ...]] = ("preference", "fact", "pattern")
     SOURCES: ClassVar[tuple[str, ...]] = ("user_explicit", "agent_inferred")
 
-    # AUTOINCREMENT: an id is never reused, even after the newest memory is deleted, so that
-    # an id seen in the change feed always names one memory. (A PostgreSQL port uses a sequence.)
     id = AutoIncrementField()
     namespace = pw.TextField()
     content = pw.TextField()

@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import apsw
 
+from jarvis_memory_server.store.backend import Connection, Cursor
+from jarvis_memory_server.store.backend import Database as BackendDatabase
 from jarvis_memory_server.store.events import EventRow
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.fulltext import (
@@ -178,15 +180,60 @@ def padded(vector: bytes) -> bytes:
     return vector + bytes(4 * (padded_dimension(dimension) - dimension))
 
 
-class SearchStore:
-    """Queries of the full-text indexes and the embeddings."""
+DB = TypeVar("DB", bound=BackendDatabase)
 
-    def __init__(self, db: Database) -> None:
+
+class SearchStoreBase(Generic[DB]):
+    """What the search stores of both backends (this module's, pgsearch.py's) share."""
+
+    def __init__(self, db: DB) -> None:
         self._db = db
         self._sql: dict[tuple[Any, ...], str] = {}
         # Document frequencies and averages change slowly; (value, when computed) by key.
         self._statistics: dict[tuple[str, str], tuple[Any, float]] = {}
         self._statistics_lock = threading.Lock()
+
+    def _statistic(self, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
+        """An index statistic from the cache, or computed (and cached for STATISTICS_TTL_S)."""
+        now = time.monotonic()
+        with self._statistics_lock:
+            cached = self._statistics.get(key)
+        if cached is not None and now - cached[1] < STATISTICS_TTL_S:
+            return cached[0]
+        with storage_errors():
+            value = compute()
+        with self._statistics_lock:
+            if len(self._statistics) > 100_000:
+                self._statistics.clear()
+            self._statistics[key] = (value, now)
+        return value
+
+    def dimension(self, conn: Connection | Cursor, namespace: str) -> int | None:
+        """The namespace's embedding dimension; None before its first embedding."""
+        row = conn.execute(
+            "SELECT dimension FROM embedding_spaces WHERE namespace = :namespace",
+            {"namespace": namespace},
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def read_dimension(self, namespace: str) -> int | None:
+        """dimension() on the calling thread's reader."""
+        with storage_errors():
+            return self.dimension(self._db.thread_reader(), namespace)
+
+    @staticmethod
+    def _insert_dimension(cursor: Cursor, namespace: str, dimension: int) -> None:
+        cursor.execute(
+            "INSERT INTO embedding_spaces (namespace, dimension) VALUES (:namespace, :dimension)",
+            {"namespace": namespace, "dimension": dimension},
+        )
+
+
+class SearchStore(SearchStoreBase[Database]):
+    """Queries of the full-text indexes and the embeddings."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
         self._tokenizers = threading.local()
 
     # -- text ------------------------------------------------------------------------------
@@ -245,20 +292,6 @@ class SearchStore:
         statistics: tuple[int, float] = self._statistic((index.table, namespace), read)
         return statistics
 
-    def _statistic(self, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
-        """An index statistic from the cache, or computed (and cached for STATISTICS_TTL_S)."""
-        now = time.monotonic()
-        with self._statistics_lock:
-            cached = self._statistics.get(key)
-        if cached is not None and now - cached[1] < STATISTICS_TTL_S:
-            return cached[0]
-        with storage_errors():
-            value = compute()
-        with self._statistics_lock:
-            if len(self._statistics) > 100_000:
-                self._statistics.clear()
-            self._statistics[key] = (value, now)
-        return value
 
     def keyword(
         self,
@@ -340,26 +373,12 @@ class SearchStore:
 
     # -- vectors ---------------------------------------------------------------------------
 
-    def dimension(self, conn: apsw.Connection | apsw.Cursor, namespace: str) -> int | None:
-        """The namespace's embedding dimension; None before its first embedding."""
-        row = conn.execute(
-            "SELECT dimension FROM embedding_spaces WHERE namespace = :namespace",
-            {"namespace": namespace},
-        ).fetchone()
-        return None if row is None else int(row[0])
 
-    def read_dimension(self, namespace: str) -> int | None:
-        """dimension() on the calling thread's reader."""
-        with storage_errors():
-            return self.dimension(self._db.thread_reader(), namespace)
 
     def fix_dimension(self, txn: WriteTxn, namespace: str, dimension: int) -> None:
         """Record a namespace's first embedding dimension; create its sign indexes if new."""
         cursor = txn.cursor
-        cursor.execute(
-            "INSERT INTO embedding_spaces (namespace, dimension) VALUES (:namespace, :dimension)",
-            {"namespace": namespace, "dimension": dimension},
-        )
+        self._insert_dimension(cursor, namespace, dimension)
         for index in (MEMORIES, MESSAGES):
             table = sign_table(index, dimension)
             cursor.execute(

@@ -8,9 +8,9 @@ import apsw
 import peewee as pw
 
 from jarvis_memory_server.errors import AlreadyExists
+from jarvis_memory_server.store.backend import Cursor, Database, compile_sql
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import Message, Session, SessionEvent
-from jarvis_memory_server.store.sqlite import Database, compile_sql
 from jarvis_memory_server.store.writes import WriteTxn
 
 # The values the schema allows (the services check requests against them).
@@ -195,7 +195,7 @@ _IDLE_SESSIONS = compile_sql(
     .limit(P(":limit"))
 )
 
-def _scalar(cursor: apsw.Cursor, sql: str, params: dict[str, Any]) -> int:
+def _scalar(cursor: Cursor, sql: str, params: dict[str, Any]) -> int:
     """Run a statement that returns one integer (RETURNING id, count...)."""
     row = cursor.execute(sql, params).fetchone()
     assert row is not None, sql

@@ -6,9 +6,9 @@ from typing import Any
 
 import peewee as pw
 
+from jarvis_memory_server.store.backend import Database, compile_sql
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import Setting
-from jarvis_memory_server.store.sqlite import Database, compile_sql
 
 _READ = compile_sql(Setting.select(Setting.value).where(Setting.key == pw.SQL(":key")))
 

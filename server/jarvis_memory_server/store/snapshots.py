@@ -6,9 +6,9 @@ from typing import Any, NamedTuple
 
 import peewee as pw
 
+from jarvis_memory_server.store.backend import Database, compile_sql
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import Snapshot
-from jarvis_memory_server.store.sqlite import Database, compile_sql
 from jarvis_memory_server.store.writes import WriteTxn
 
 P = pw.SQL
@@ -54,7 +54,7 @@ _BEYOND_KEEP = compile_sql(
     Snapshot.select(Snapshot.id)
     .where(_OF_KIND)
     .order_by(Snapshot.taken_at.desc(), Snapshot.id.desc())
-    .limit(P("-1"))
+    .limit(P("9223372036854775807"))  # no limit, in SQL both backends take (OFFSET needs one)
     .offset(P(":keep"))
 )
 _OLDER_THAN = compile_sql(

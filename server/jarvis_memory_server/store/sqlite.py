@@ -28,8 +28,9 @@ from playhouse.apsw_ext import APSWDatabase
 
 from jarvis_memory_server.errors import StartupError, Unavailable
 from jarvis_memory_server.store import failures, fulltext, migrations, models
+from jarvis_memory_server.store.backend import Cursor, ThreadReaders
 from jarvis_memory_server.store.fulltext import FTS_SUFFIX
-from jarvis_memory_server.store.writes import GroupCommitter, WriteTxn
+from jarvis_memory_server.store.writes import GroupCommitter, WriteTxn, commit
 
 log = logging.getLogger("jarvis_memory.store")
 
@@ -63,13 +64,12 @@ def load_extensions(conn: apsw.Connection) -> None:
     conn.enable_load_extension(False)
 
 
-def now_us() -> int:
-    """Return the current time in microseconds since the Unix epoch (UTC)."""
-    return time.time_ns() // 1000
-
-
 class Database:
     """The daemon's SQLite database: opened, migrated and owned by the event loop thread."""
+
+    kind = "sqlite"
+    begin_may_wait = False  # BEGIN IMMEDIATE waits at most --busy-timeout-ms (250 ms)
+    read_executor = None  # reads run on the loop: a few µs each, no round trip
 
     def __init__(
         self,
@@ -96,9 +96,7 @@ class Database:
         self.peewee = APSWDatabase(None)
         self._conn: apsw.Connection | None = None
         self._reader: apsw.Connection | None = None
-        self._thread_local = threading.local()
-        self._thread_readers: list[apsw.Connection] = []
-        self._thread_readers_lock = threading.Lock()
+        self._thread_readers = ThreadReaders(self._connect_reader, apsw.Connection.close)
         self.writes = GroupCommitter(self)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -202,10 +200,7 @@ class Database:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        with self._thread_readers_lock:
-            for reader in self._thread_readers:
-                reader.close()
-            self._thread_readers.clear()
+        self._thread_readers.close()
         if self._conn is not None:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -214,6 +209,11 @@ class Database:
             self._conn = None
         if not self.peewee.is_closed():
             self.peewee.close()
+
+    @property
+    def describe(self) -> str:
+        """The file's path (for logs and messages)."""
+        return str(self.path)
 
     @property
     def is_open(self) -> bool:
@@ -240,14 +240,9 @@ class Database:
         Opened on first use in each thread and closed with the database. (APSW releases the
         GIL while SQLite works, so a long search in a worker thread leaves the loop serving.)
         """
-        reader: apsw.Connection | None = getattr(self._thread_local, "reader", None)
-        if reader is None:
-            if self._conn is None:
-                raise Unavailable("the database is closed")
-            reader = self._thread_local.reader = self._connect_reader()
-            with self._thread_readers_lock:
-                self._thread_readers.append(reader)
-        return reader
+        if self._conn is None:
+            raise Unavailable("the database is closed")
+        return self._thread_readers.get()
 
     def query_plan(self, sql: str, params: dict[str, Any]) -> list[str]:
         """Return SQLite's plan of a query, one step per line (the tests check index use)."""
@@ -257,6 +252,19 @@ class Database:
         return int(migrations.scalar(self.conn, 'SELECT max("revision") FROM "changes"') or 0)
 
     # -- transactions ----------------------------------------------------------------------
+
+    def begin(self, cursor: Cursor) -> int:
+        """Open a batch: take the write lock now, so that its statements never wait for it."""
+        cursor.execute("BEGIN IMMEDIATE")
+        return self.writes.revision
+
+    def commit_batch(self, txn: WriteTxn, to_index: set[str]) -> None:
+        """Index the batch's new rows for full-text search (store/fulltext.py), then COMMIT."""
+        commit(txn.cursor, to_index)
+
+    def batch_usable(self) -> bool:
+        """Always: a failed SQLite statement undoes itself and leaves the transaction open."""
+        return True
 
     @property
     def revision(self) -> int:
@@ -607,20 +615,3 @@ class SpaceGuard:
             else:
                 log.warning("refusing writes that add data: %s", message)
         self.refusing = reason
-
-
-# Renders SQL for compile_sql at import time, before the real database is opened.
-_DIALECT = APSWDatabase(None)
-
-
-def compile_sql(query: pw.Query) -> str:
-    """Render a Peewee query once into SQL with named parameters, for reuse on the APSW cursor.
-
-    Parameters are written in the query as ``pw.SQL(":name")``; the query must not carry any
-    literal values, so the SQL binds from one dict per call. Peewee builds a query in
-    100-200 µs; executing the compiled SQL costs a few µs.
-    """
-    sql, params = _DIALECT.get_sql_context().sql(query).query()
-    if params:
-        raise ValueError(f"compile_sql: query has literal parameters {params!r}: {sql}")
-    return str(sql)

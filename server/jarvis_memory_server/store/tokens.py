@@ -8,9 +8,9 @@ import apsw
 import peewee as pw
 
 from jarvis_memory_server.errors import AlreadyExists
+from jarvis_memory_server.store.backend import Database, compile_sql
 from jarvis_memory_server.store.failures import storage_errors
 from jarvis_memory_server.store.models import ApiToken
-from jarvis_memory_server.store.sqlite import Database, compile_sql
 
 # The roles the schema allows (the services check requests against them).
 ROLES = ApiToken.ROLES

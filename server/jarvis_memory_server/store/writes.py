@@ -34,7 +34,7 @@ from jarvis_memory_server.store.failures import storage_errors, translate_error
 from jarvis_memory_server.store.fulltext import FTS_SUFFIX, PENDING_SUFFIX, index_pending
 
 if TYPE_CHECKING:
-    from jarvis_memory_server.store.sqlite import Database
+    from jarvis_memory_server.store.backend import Cursor, Database
 
 log = logging.getLogger("jarvis_memory.store")
 
@@ -80,10 +80,11 @@ class WriteTxn:
     The changes are published to watchers once the batch commits.
     """
 
-    __slots__ = ("changes", "cursor", "revision")
+    __slots__ = ("base", "changes", "cursor", "revision")
 
-    def __init__(self, cursor: apsw.Cursor, revision: int) -> None:
+    def __init__(self, cursor: Cursor, revision: int) -> None:
         self.cursor = cursor
+        self.base = revision  # the last revision committed before this batch
         self.revision = revision
         self.changes: list[ChangeRow] = []
 
@@ -126,10 +127,18 @@ def is_index_table(table: str) -> bool:
     return FTS_SUFFIX in table or "_vector_signs_" in table
 
 
-def commit(cursor: apsw.Cursor, to_index: set[str]) -> None:
-    """Finish a transaction: index the tables' new rows (store/fulltext.py), then COMMIT."""
-    index_pending(cursor, sorted(to_index))
+def commit(cursor: Cursor, to_index: set[str]) -> None:
+    """Finish an SQLite transaction: index the tables' new rows (store/fulltext.py), COMMIT."""
+    index_pending(cursor, sorted(to_index))  # type: ignore[arg-type] # SQLite's cursor
     cursor.execute("COMMIT")
+
+
+# Changes of every namespace after a revision: what other daemons committed (follow()).
+_CHANGES_AFTER = (
+    'SELECT "revision", "namespace", "kind", "key", "operation", "created_at", "resource" '
+    'FROM "changes" WHERE "revision" > :after ORDER BY "revision" LIMIT :limit'
+)
+FOLLOW_PAGE = 1000
 
 
 @dataclass
@@ -188,6 +197,7 @@ class GroupCommitter:
     committed_writes: int = 0
     _batch: _Batch | None = None
     _committing: asyncio.Future[None] | None = None  # set while the commit thread runs
+    _opening: asyncio.Future[None] | None = None  # set while the commit thread opens a batch
     _thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="commit")
     )
@@ -217,9 +227,23 @@ class GroupCommitter:
         return self._committing is not None
 
     async def writable(self) -> None:
-        """Wait until the writer connection is free (no COMMIT running in the commit thread)."""
-        while self._committing is not None:
-            await asyncio.shield(self._committing)
+        """Wait until the writer connection is free (no COMMIT running in the commit thread).
+
+        Where opening a batch may wait (PostgreSQL: for the write lock another daemon holds),
+        the batch is opened here, in the commit thread, so that the loop goes on serving.
+        """
+        while self._committing is not None or self._opening is not None:
+            await asyncio.shield(self._committing or self._opening)  # type: ignore[arg-type]
+        if self._batch is not None or not self.db.begin_may_wait:
+            return
+        loop = asyncio.get_running_loop()
+        opening = self._opening = loop.create_future()
+        try:
+            cursor, base = await loop.run_in_executor(self._thread, self._open)
+            self._open_batch(cursor, base)
+        finally:
+            self._opening = None
+            opening.set_result(None)
 
     async def run(self, body: Callable[[], T]) -> tuple[T, int | None]:
         """Run a synchronous body that writes (through write()) and wait for its commit.
@@ -270,20 +294,27 @@ class GroupCommitter:
             with storage_errors():
                 yield txn
         except BaseException as exc:
-            if not (isinstance(exc, JarvisError) and self.changed_rows == changes_before):
+            if not (isinstance(exc, JarvisError) and self.changed_rows == changes_before
+                    and self.db.batch_usable()):
                 self._abort(batch, exc)
             elif batch.committed is None:
                 self._commit_inline()
             raise
         if batch.committed is None:
             self._commit_inline()
-        elif txn.revision != start:
+        elif txn.revision != start or self.changed_rows != changes_before:
+            # (Rows changed with no change recorded: a compaction, which must wait too.)
             _pending.set(PendingCommit(batch.committed, txn.revision))
 
-    def _begin(self) -> _Batch:
+    def _open(self) -> tuple[Cursor, int]:
         cursor = self.db.conn.cursor()
         with storage_errors():
-            cursor.execute("BEGIN IMMEDIATE")
+            return cursor, self.db.begin(cursor)
+
+    def _begin(self) -> _Batch:
+        return self._open_batch(*self._open())
+
+    def _open_batch(self, cursor: Cursor, base: int) -> _Batch:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -292,7 +323,7 @@ class GroupCommitter:
             committed = loop.create_future()
             # Writes handled later in this loop iteration join the batch before it commits.
             loop.call_soon(self._start_commit, loop)
-        self._batch = _Batch(WriteTxn(cursor, self.revision), committed)
+        self._batch = _Batch(WriteTxn(cursor, base), committed)
         if committed is not None:
             self._batch.opened_at = loop.time()
         return self._batch
@@ -306,13 +337,13 @@ class GroupCommitter:
             # Other requests are being handled: let them join before paying for a commit.
             loop.call_soon(self._start_commit, loop)
             return
-        if batch.writes == 1:
+        if batch.writes <= 1:
             # A lone write: the daemon is not busy, and a thread hand-off would only add latency.
             self._commit_inline()
             return
         self._batch = None
         self._committing = loop.create_future()
-        done = loop.run_in_executor(self._thread, commit, batch.txn.cursor, batch.to_index)
+        done = loop.run_in_executor(self._thread, self.db.commit_batch, batch.txn, batch.to_index)
         done.add_done_callback(lambda outcome: self._finish_commit(batch, outcome))
 
     def _finish_commit(self, batch: _Batch, outcome: asyncio.Future[Any]) -> None:
@@ -330,8 +361,8 @@ class GroupCommitter:
         if batch is None:
             return
         try:
-            commit(batch.txn.cursor, batch.to_index)
-        except apsw.Error as exc:
+            self.db.commit_batch(batch.txn, batch.to_index)
+        except (apsw.Error, JarvisError) as exc:
             self._failed(batch, exc)
             if batch.committed is None:
                 raise
@@ -339,13 +370,38 @@ class GroupCommitter:
         self._committed(batch)
 
     def _committed(self, batch: _Batch) -> None:
-        self.revision = batch.txn.revision
         self.commits += 1
         self.committed_writes += batch.writes
-        if self.on_commit is not None and batch.txn.changes:
-            self.on_commit(batch.txn.changes)
+        if batch.txn.base != self.revision:
+            # Other daemons committed changes before this batch (PostgreSQL): publish theirs
+            # and ours in revision order, from the log.
+            self.follow()
+        elif batch.txn.changes:
+            self.revision = batch.txn.revision
+            if self.on_commit is not None:
+                self.on_commit(batch.txn.changes)
         if batch.committed is not None:
             batch.committed.set_result(None)
+
+    def follow(self) -> None:
+        """Publish the changes committed after the last one this daemon knows, in order.
+
+        On PostgreSQL other daemons commit too, and each commit's notification (or a batch of
+        this daemon that found a newer revision) brings this daemon up to date: revisions
+        are given out under one lock and committed in order (postgres.py), so everything up
+        to the newest visible revision is there, with no gap.
+        """
+        while True:
+            with storage_errors():
+                rows = [ChangeRow._make(r) for r in self.db.reader.execute(
+                    _CHANGES_AFTER, {"after": self.revision, "limit": FOLLOW_PAGE})]
+            if not rows:
+                return
+            self.revision = rows[-1].revision
+            if self.on_commit is not None:
+                self.on_commit(rows)
+            if len(rows) < FOLLOW_PAGE:
+                return
 
     def _failed(self, batch: _Batch, error: BaseException) -> None:
         log.error("commit of a batch of %d writes failed, rolled back: %r", batch.writes, error)

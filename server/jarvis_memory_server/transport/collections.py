@@ -107,7 +107,7 @@ def fill_row(
 ) -> collection_pb2.Row:
     """Write a stored row into a Row message: id, collection, fields and the older values.
 
-    Each cell is (field name, field type name such as "integer", the value as SQLite holds it):
+    Each cell is (field name, field type name such as "integer", the value as stored):
     str for string, int for integer, float (or int) for real, 0/1 for boolean, JSON text for
     json (returned as it is), microseconds since the epoch for timestamp, None for null.
     """

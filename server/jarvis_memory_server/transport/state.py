@@ -11,7 +11,7 @@ from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.common import ABSENT, MAX_TIME_US, resolve_namespace
 from jarvis_memory_server.service.state import StateRow, StateService
-from jarvis_memory_server.store.sqlite import now_us
+from jarvis_memory_server.store.backend import now_us
 from jarvis_memory_server.transport.convert import (
     duration_micros,
     json_input,
