@@ -31,6 +31,7 @@ import jarvis.memory.v1
 from jarvis.memory.v1 import (
     audit_pb2_grpc,
     collection_pb2_grpc,
+    context_pb2_grpc,
     event_pb2_grpc,
     memory_pb2_grpc,
     preference_pb2_grpc,
@@ -415,6 +416,7 @@ class Stubs:
         self.state = state_pb2_grpc.StateServiceStub(channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(channel)
         self.collection = collection_pb2_grpc.CollectionServiceStub(channel)
+        self.context = context_pb2_grpc.ContextServiceStub(channel)
         self.watch = watch_pb2_grpc.WatchServiceStub(channel)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, cast
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -27,6 +27,7 @@ from jarvis.memory.v1 import (
     admin_pb2,
     audit_pb2,
     collection_pb2,
+    context_pb2,
     event_pb2,
     memory_pb2,
     preference_pb2,
@@ -45,6 +46,10 @@ from jarvis_memory.types import (
     Change,
     ChangeKind,
     Collection,
+    Context,
+    ContextItem,
+    ContextSection,
+    ContextSectionName,
     Decision,
     Event,
     EventHit,
@@ -1137,6 +1142,35 @@ def search_events_request(
 # -- admin ----------------------------------------------------------------------------------
 
 
+def assemble_context_request(
+    namespace: str, query: object, session_id: object, max_tokens: object, sections: object,
+    state_keys: object, embedding: object,
+) -> context_pb2.AssembleContextRequest:
+    """Build an AssembleContextRequest (None: the daemon's default or every section)."""
+    return context_pb2.AssembleContextRequest(
+        namespace=namespace, query=check.text(query, "query"),
+        session_id=check.optional_text(session_id, "session_id") or "",
+        max_tokens=0 if max_tokens is None else check.int32(max_tokens, "max_tokens"),
+        sections=[check.enum_value(context_pb2.ContextSection, "CONTEXT_SECTION_", s,
+                                   f"sections[{i}]")
+                  for i, s in enumerate(check.sequence(sections or (), "sections"))],
+        state_keys=check.strings(state_keys or (), "state_keys"),
+        embedding=check.floats(embedding, "embedding"),
+    )
+
+
+def to_context(response: context_pb2.AssembleContextResponse) -> Context:
+    """AssembleContextResponse -> Context."""
+    return Context(
+        text=response.text, tokens=response.tokens, truncated=response.truncated,
+        revision=response.header.revision,
+        sections=[ContextSection(
+            name=cast(ContextSectionName, part.name), omitted=part.omitted,
+            items=[ContextItem(i.key, i.text, i.tokens, i.score) for i in part.items])
+            for part in response.sections],
+    )
+
+
 def to_stats(response: admin_pb2.GetStatsResponse) -> Stats:
     """GetStatsResponse -> Stats."""
     return Stats(
@@ -1323,5 +1357,6 @@ UPDATE_ROWS = _rpc(_C, "CollectionService", "UpdateRows", lambda r: int(r.update
 DELETE_ROWS = _rpc(_C, "CollectionService", "DeleteRows", lambda r: int(r.deleted))
 WATCH = _rpc(watch_pb2, "WatchService", "Watch", _changes)
 GET_STATS = _rpc(admin_pb2, "AdminService", "GetStats", to_stats)
+ASSEMBLE_CONTEXT = _rpc(context_pb2, "ContextService", "AssembleContext", to_context)
 BACKUP = _rpc(admin_pb2, "AdminService", "Backup", lambda chunk: chunk)
 

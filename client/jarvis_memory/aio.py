@@ -38,6 +38,8 @@ from jarvis_memory.types import (
     Change,
     ChangeKind,
     Collection,
+    Context,
+    ContextSectionName,
     Decision,
     EndTrigger,
     Event,
@@ -745,6 +747,27 @@ class AsyncClient(api.ClientBase):
                 await asyncio.sleep(pause)
             finally:
                 stream.cancel()
+
+    # -- context ------------------------------------------------------------------------------
+
+    async def assemble_context(
+        self, query: str = "", *, session_id: str | None = None, max_tokens: int | None = None,
+        sections: Sequence[ContextSectionName] | None = None,
+        state_keys: Sequence[str] | None = None, embedding: Sequence[float] | None = None,
+        namespace: str | None = None,
+    ) -> Context:
+        """Return what the assistant should know now, within ``max_tokens`` (default 1500).
+
+        Sections: the preferences, the current memories that best match ``query`` (hybrid
+        when an ``embedding`` is given), ``session_id``'s recent messages, the unresolved
+        events and the ``state_keys`` entries; ``sections`` picks some. ``text`` never
+        exceeds the budget (tokens estimated as UTF-8 bytes / 4 a line); a tight budget drops
+        state first, then events, older messages, weaker memories, preferences last. Raises
+        NotFound for an unknown session, InvalidArgument for a budget outside 16-100000.
+        """
+        request = api.assemble_context_request(
+            self._ns(namespace), query, session_id, max_tokens, sections, state_keys, embedding)
+        return await self._unary(api.ASSEMBLE_CONTEXT, request)
 
     # -- administration (admin role, all namespaces) ----------------------------------------
 

@@ -21,6 +21,7 @@ Severity = Literal["info", "warning", "error", "critical"]
 EventSourceName = Literal["monitor", "user", "agent", "system"]
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 SearchMode = Literal["keyword", "vector", "hybrid"]
+ContextSectionName = Literal["preferences", "memories", "messages", "events", "state"]
 FieldType = Literal["string", "integer", "real", "boolean", "json", "timestamp"]
 FilterOp = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "prefix", "is_null"]
 ChangeKind = Literal["memory", "session", "message", "session_event", "event", "snapshot",
@@ -303,6 +304,46 @@ class EventHit:
     event: Event
     score: float
     snippet: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextItem:
+    """One line of an assembled context.
+
+    ``key`` names it (an id or a key); ``score`` is a memory's search score (0 otherwise).
+    """
+
+    key: str
+    text: str
+    tokens: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSection:
+    """A section of an assembled context and the items it holds.
+
+    ``omitted`` counts the candidates left out for the budget.
+    """
+
+    name: ContextSectionName
+    items: list[ContextItem]
+    omitted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What assemble_context returns.
+
+    ``text`` never exceeds the budget; ``tokens`` is its estimate; ``sections`` come in text
+    order; ``truncated`` says whether anything was left out or cut.
+    """
+
+    text: str
+    tokens: int
+    sections: list[ContextSection]
+    truncated: bool
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from jarvis.memory.v1 import (
     admin_pb2,
     audit_pb2,
     collection_pb2,
+    context_pb2,
     event_pb2,
     memory_pb2,
     preference_pb2,
@@ -43,6 +44,7 @@ from jarvis_memory_server.service.admin import AdminService, remove_stale_stagin
 from jarvis_memory_server.service.audit import AuditService
 from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.collections import CollectionService
+from jarvis_memory_server.service.context import ContextService
 from jarvis_memory_server.service.events import EventService
 from jarvis_memory_server.service.memories import MemoryService
 from jarvis_memory_server.service.preferences import PreferenceService
@@ -58,6 +60,7 @@ from jarvis_memory_server.store.writes import pending_commit
 from jarvis_memory_server.transport.admin import AdminServicer
 from jarvis_memory_server.transport.audit import AuditServicer
 from jarvis_memory_server.transport.collections import CollectionServicer
+from jarvis_memory_server.transport.context import ContextServicer
 from jarvis_memory_server.transport.events import EventServicer
 from jarvis_memory_server.transport.memories import MemoryServicer
 from jarvis_memory_server.transport.preferences import PreferenceServicer
@@ -75,7 +78,7 @@ SERVICE_NAMES = tuple(
     service.full_name
     for module in (
         memory_pb2, session_pb2, event_pb2, snapshot_pb2, preference_pb2, state_pb2, audit_pb2,
-        collection_pb2, admin_pb2, watch_pb2,
+        collection_pb2, context_pb2, admin_pb2, watch_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 )
@@ -196,15 +199,19 @@ class Daemon:
                 ("grpc.so_reuseport", 0),
             ]
         )
+        events, preferences = EventService(self.db), PreferenceService(self.db)
+        contexts = ContextService(self.db, search=self.search, preferences=preferences,
+                                  sessions=self.sessions, events=events, state=self.state)
         for servicer in (
             MemoryServicer(MemoryService(self.db), self.search, self.auth),
             SessionServicer(self.sessions, self.search, self.auth),
-            EventServicer(EventService(self.db), self.search, self.auth),
+            EventServicer(events, self.search, self.auth),
             SnapshotServicer(self.snapshots, self.auth),
-            PreferenceServicer(PreferenceService(self.db), self.auth),
+            PreferenceServicer(preferences, self.auth),
             StateServicer(self.state, self.auth),
             AuditServicer(AuditService(self.db), self.auth),
             CollectionServicer(CollectionService(self.db), self.auth),
+            ContextServicer(contexts, self.auth),
             AdminServicer(AdminService(self.db), self.auth),
         ):
             register(servicer, server)

@@ -8,6 +8,8 @@ Measures requests/s and p50/p99 latency at 1 and 64 calls in flight for:
   after its row gives the peak size of the WAL file during the run (peak_wal_mib in the JSON);
 - get_memory: random ids among the 100k memories of a preloaded namespace;
 - list_memories: the first page of 50 of that 100k-memory namespace;
+- assemble_context: a 1500-token AssembleContext over that namespace (keyword queries made of
+  its words);
 - append_message: one message per call, appended to one session;
 - list_messages: a page of 50 (at a random offset) of a session holding 10k messages;
 - record_event: one event per call;
@@ -85,6 +87,8 @@ from jarvis.memory.v1 import (
     audit_pb2_grpc,
     collection_pb2,
     collection_pb2_grpc,
+    context_pb2,
+    context_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     memory_pb2,
@@ -104,9 +108,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import SearchCorpus
 
 SCENARIOS = ("health_check", "add_memory", "add_memories_500", "get_memory", "list_memories",
-             "append_message", "list_messages", "record_event", "list_events", "set_preference",
-             "put_state", "put_state_cas", "tool_call", "insert_rows_1", "insert_rows_500",
-             "watch_fanout", "search", "backup_1gb")
+             "assemble_context", "append_message", "list_messages", "record_event", "list_events",
+             "set_preference", "put_state", "put_state_cas", "tool_call", "insert_rows_1",
+             "insert_rows_500", "watch_fanout", "search", "backup_1gb")
 DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "backup_1gb")
 EVENTS = 100_000
 SESSION_MESSAGES = 10_000
@@ -641,6 +645,7 @@ async def run(args: argparse.Namespace, addrs: list[str], daemon_pid: int | None
         states = [state_pb2_grpc.StateServiceStub(c) for c in channels]
         audits = [audit_pb2_grpc.AuditServiceStub(c) for c in channels]
         collections = [collection_pb2_grpc.CollectionServiceStub(c) for c in channels]
+        contexts = [context_pb2_grpc.ContextServiceStub(c) for c in channels]
         if args.token:  # send the credential on every call, as an authenticated client does
             metadata = (("authorization", f"Bearer {args.token}"),)
             for stub in (*memory, *sessions, *events, *preferences, *states, *audits,
@@ -649,7 +654,7 @@ async def run(args: argparse.Namespace, addrs: list[str], daemon_pid: int | None
                     setattr(stub, name, functools.partial(value, metadata=metadata))
         health = [health_pb2_grpc.HealthStub(c) for c in channels]
         ids: list[int] = []
-        if {"get_memory", "list_memories"} & set(args.only):
+        if {"get_memory", "list_memories", "assemble_context"} & set(args.only):
             t0 = time.perf_counter()
             ids = await preload(memory[0], ns_100k, sentences)
             print(f"preloaded {len(ids)} memories into {ns_100k} "
@@ -742,6 +747,10 @@ async def run(args: argparse.Namespace, addrs: list[str], daemon_pid: int | None
         gets = [memory_pb2.GetMemoryRequest(namespace=ns_100k, id=rng.choice(ids))
                 for _ in range(10_000 if ids else 0)]
         first_page = memory_pb2.ListMemoriesRequest(namespace=ns_100k, page_size=50)
+        # A 1500-token context over the 100k memories: preferences, the best matches.
+        context_requests = [context_pb2.AssembleContextRequest(
+            namespace=ns_100k, query=f"what does {who.lower()} think of {what}", max_tokens=1500)
+            for who in WHO for what in WHAT]
         seconds = args.warmup + args.duration
         results: list[dict[str, Any]] = []
         wal_stop, peak_wal_bytes = asyncio.Event(), {}
@@ -771,6 +780,9 @@ async def run(args: argparse.Namespace, addrs: list[str], daemon_pid: int | None
                     elif scenario == "list_memories":
                         methods = [m.ListMemories for m in memory[:n_channels]]
                         requests = itertools.repeat(first_page)
+                    elif scenario == "assemble_context":
+                        methods = [c.AssembleContext for c in contexts[:n_channels]]
+                        requests = itertools.cycle(context_requests)
                     elif scenario == "append_message":
                         pool = Pool(append_one, int((health_rps or 5000) * seconds * 1.2)
                                     + in_flight)

@@ -219,6 +219,13 @@ class SessionService(ServiceBase):
         return self._pages.finish_page(
             rows, limit, fingerprint, lambda r: {"at": 0, "id": r.sequence})
 
+    def recent_messages(self, namespace: str, session_id: str, count: int) -> list[MessageRow]:
+        """The session's last ``count`` messages, newest first. Raises NotFound."""
+        session = self.get(namespace, session_id)
+        rows = self._store.page_messages(session.id, max(0, session.message_count - count),
+                                         count)
+        return rows[::-1]
+
     def list_events(
         self, namespace: str, *, session_id: str | None = None, day: str | None = None,
         size: int = 0, token: str = "",
