@@ -63,12 +63,14 @@ fuzz: setup
 
 ## bench: throughput and latency against a real daemon on SQLite (bench-results.json), then the
 ## single-call and batch scenarios on PostgreSQL with one and two daemons sharing the database
-## (bench-results-postgresql-1.json, -2.json)
+## (bench-results-postgresql-1.json, -2.json), then remember and recall through jarvis-memory-mcp
+## over stdio at 1k and 100k memories (bench-results-mcp.json)
 PG_BENCH := health_check,add_memory,add_memories_500,get_memory,list_memories,append_message,set_preference,put_state,put_state_cas,insert_rows_1,insert_rows_500
 bench: setup
 	$(PY) tests/bench/bench.py
 	$(PY) tests/bench/bench.py --backend postgresql --only $(PG_BENCH)
 	$(PY) tests/bench/bench.py --backend postgresql --daemons 2 --only $(PG_BENCH)
+	$(PY) tests/bench/mcp_bench.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
