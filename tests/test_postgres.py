@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ def own_server() -> Iterator[Postgres]:
     server = Postgres(folder)
     yield server
     server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_server_going_away_is_unavailable_and_the_daemon_recovers_by_itself(
