@@ -1,8 +1,8 @@
 """jarvis-memory-mcp, the MCP server over the SDK, driven by the MCP SDK's own client.
 
-Every test runs against real processes: a daemon on SQLite (``Daemon(tmp_path / ...)``
-directly: the server only talks to the SDK, so the backend does not matter here) and the MCP
-server spawned over stdio or started with --http on a port of its choosing.
+Every test runs against real processes: a daemon (the shared ``daemon`` fixture runs each
+test on both backends; the tests that stop a daemon or turn auth on start their own on
+SQLite) and the MCP server spawned over stdio or started with --http on a port of its choosing.
 """
 
 from __future__ import annotations
@@ -49,14 +49,6 @@ READ_ONLY = {"recall", "get_context", "list_memories", "get_preferences"}
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
     anyio.run(test)
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One SQLite daemon for the module (tests keep apart by namespace)."""
-    d = Daemon(tmp_path_factory.mktemp("mcp") / "jarvis.db").start()
-    yield d
-    assert d.stop() == 0, d.output
 
 
 @asynccontextmanager

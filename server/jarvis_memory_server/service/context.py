@@ -10,7 +10,7 @@ messages, weaker memories, preferences last.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from jarvis_memory_server.errors import InvalidArgument, NotFound
@@ -118,19 +118,18 @@ class ContextService(ServiceBase):
         if len(state_keys) > MAX_STATE_KEYS:
             raise InvalidArgument("state_keys", f"holds {len(state_keys)} keys; at most "
                                   f"{MAX_STATE_KEYS}")
-        wanted = [name for name in SECTIONS if not sections or name in sections]
-        readers: dict[str, Callable[[], list[_Candidate]]] = {
-            "preferences": lambda: self._preference_lines(namespace),
-            "messages": lambda: self._message_lines(namespace, session_id),
-            "events": lambda: self._event_lines(namespace),
-            "state": lambda: self._state_lines(namespace, state_keys),
-        }
+        wanted = {name for name in SECTIONS if not sections or name in sections}
         candidates: dict[str, list[_Candidate]] = {}
-        for name in wanted:
-            if name == "memories":
-                candidates[name] = await self._memory_lines(namespace, query, embedding)
-            elif name != "messages" or session_id:
-                candidates[name] = readers[name]()
+        if "preferences" in wanted:
+            candidates["preferences"] = self._preference_lines(namespace)
+        if "memories" in wanted:
+            candidates["memories"] = await self._memory_lines(namespace, query, embedding)
+        if "messages" in wanted and session_id:
+            candidates["messages"] = self._message_lines(namespace, session_id)
+        if "events" in wanted:
+            candidates["events"] = self._event_lines(namespace)
+        if "state" in wanted:
+            candidates["state"] = self._state_lines(namespace, state_keys)
         return _fill(candidates, budget)
 
     # -- the sections' candidates, in the order the budget takes them ----------------------
@@ -207,10 +206,8 @@ def _fill(candidates: dict[str, list[_Candidate]], budget: int) -> Context:
         if name == "messages":
             part.items.reverse()  # chosen newest first, read oldest first
         truncated |= part.omitted > 0
-        if part.items:
+        if part.items or part.omitted:  # (nothing fitted: the caller learns what was left out)
             parts.append(part)
-        elif part.omitted:
-            parts.append(part)  # nothing fitted: the caller still learns what was left out
     text = "\n".join(
         f"## {HEADINGS[p.name]}\n" + "\n".join(f"- {i.text}" for i in p.items)
         for p in parts if p.items)
