@@ -191,6 +191,18 @@ def test_a_filter_finds_old_rows_behind_a_word_in_very_many_rows(
     assert len(unfiltered) == 100 and not set(kept) & {h.memory.id for h in unfiltered}
 
 
+def test_word_frequencies_follow_a_bulk_load_at_once(jm: Client, namespace: str) -> None:
+    rare = add(jm, "The quokka borrowed an umbrella", namespace).id
+    add(jm, "An umbrella by the door", namespace)
+    # Both words are rare now: both are searched, and both rows match.
+    assert len(jm.search_memories("umbrella quokka", namespace=namespace)) == 2
+    add_umbrella_crowd(jm, namespace)
+    # Seconds later "umbrella" is in more rows than a query may score: only the rare word is
+    # searched (a frequency remembered from before the load would score every umbrella row).
+    hits = jm.search_memories("umbrella quokka", namespace=namespace)
+    assert [h.memory.id for h in hits] == [rare]
+
+
 def test_filters_combine_with_search(jm: Client, namespace: str) -> None:
     old = add(jm, "Coffee fact from long ago", namespace, category="fact")
     pref = add(jm, "Coffee preference: oat milk", namespace, category="preference",

@@ -7,8 +7,9 @@ Keyword ranking, in order:
    is then built from quoted strings only, so no user text is ever read as an operator.
 2. Stop words ("the", "does", ...) are dropped unless the query holds nothing else.
 3. The words are OR-ed, rarest first, while the rows they match stay within a budget
-   (MATCH_BUDGET): scoring costs 1-2 µs a matching row, and a word found in most rows adds
-   little to BM25 anyway. When even the rarest word is over budget, only the newest
+   (MATCH_BUDGET): scoring costs 1-6 µs a matching row, and a word found in most rows adds
+   little to BM25 anyway (one in more than half of them is left out once rarer words match
+   enough rows, COMMON_SHARE). When even the rarest word is over budget, only the newest
    MATCH_BUDGET matching rows of the namespace are ranked, so that the time any query takes
    is bounded by the rows its words match. The index's terms carry their namespace
    (store/fulltext.py): every count here, and every row read, is the namespace's own.
@@ -53,6 +54,11 @@ MAX_DIMENSION = 4096
 
 # Rows a keyword query may score (see the module docstring, step 3).
 MATCH_BUDGET = 3_000
+# A word in more than this share of a namespace's rows picks no candidates once rarer words
+# match enough rows (classic BM25 weighs it below zero); it still counts in their scores.
+# Results do not change (the rarer words' rows fill the candidates and outrank the rows that
+# hold only it); the rows scored do: every row, for a word in all of them.
+COMMON_SHARE = 0.5
 # Candidates reranked per hit asked for (at least MIN_CANDIDATES).
 CANDIDATES_PER_HIT = 3
 MIN_CANDIDATES = 30
@@ -274,6 +280,7 @@ class SearchService(ServiceBase):
 
     def search(self, index: SearchIndex, request: SearchRequest) -> list[Hit]:
         """Run a validated search; return hits best first (rows as tuples of the index)."""
+        self._store.follow_growth(index)
         if request.mode == "keyword":
             return self._keyword(index, request, request.limit)
         if request.mode == "vector":
@@ -288,12 +295,17 @@ class SearchService(ServiceBase):
     def _keyword(self, index: SearchIndex, request: SearchRequest, limit: int) -> list[Hit]:
         terms = parse_query(request.query, self._store.tokenize)
         frequencies = {t: self._frequency(index, request.namespace, t) for t in terms}
+        # Every statistic is the namespace's own: other tenants' rows never shift its scores.
+        rows, average = self._store.namespace_statistics(index, request.namespace)
+        wanted = max(limit * CANDIDATES_PER_HIT, MIN_CANDIDATES)
         chosen: list[Term] = []
         matched = 0
         for term in sorted(terms, key=lambda t: frequencies[t]):
             count = frequencies[term]
             if count == 0 or (chosen and matched + count > MATCH_BUDGET):
                 continue
+            if matched >= wanted and count > rows * COMMON_SHARE:
+                continue  # the rarer words already match enough rows to pick candidates
             chosen.append(term)
             matched += count
         if not chosen:
@@ -301,14 +313,11 @@ class SearchService(ServiceBase):
         # Even the rarest word is everywhere: rank the newest matching rows only.
         newest = MATCH_BUDGET if matched > MATCH_BUDGET else None
         match = " OR ".join(t.expression for t in chosen)
-        wanted = max(limit * CANDIDATES_PER_HIT, MIN_CANDIDATES)
         candidates = self._store.keyword(
             index, request.namespace, match, request.filters, newest=newest, limit=wanted
         )
         if not candidates:
             return []
-        # Every statistic is the namespace's own: other tenants' rows never shift its scores.
-        rows, average = self._store.namespace_statistics(index, request.namespace)
         idf = [inverse_frequency(rows, frequencies[t]) for t in terms]
         ranked = []
         for row, _ in candidates:

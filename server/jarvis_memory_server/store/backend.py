@@ -210,6 +210,10 @@ class SearchStore(Protocol):
         """(start byte, end byte, stemmed token) of each word, as the indexes split text."""
         ...
 
+    def follow_growth(self, index: SearchIndex) -> None:
+        """Drop an index's cached statistics once its table grew past what they knew."""
+        ...
+
     def doc_frequency(self, index: SearchIndex, namespace: str, token: str, prefix: bool) -> int:
         """How many of a namespace's rows hold the token (or a token it prefixes)."""
         ...

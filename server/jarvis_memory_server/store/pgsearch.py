@@ -353,7 +353,7 @@ class SearchStore(SearchStoreBase[Database]):
                 sql, {"query": query, "namespace": namespace}).fetchone()
             return int(found[0])
 
-        return int(self._statistic((terms, namespace + "\x1f" + query), count))
+        return int(self._statistic(index, (namespace, query), count))
 
     def namespace_statistics(self, index: SearchIndex, namespace: str) -> tuple[int, float]:
         """A namespace's rows in an index, and their mean length in words (cached a while).
@@ -370,7 +370,7 @@ class SearchStore(SearchStoreBase[Database]):
             ).fetchone()
             return int(found[0]), float(found[1] or 0.0)
 
-        statistics: tuple[int, float] = self._statistic((index.table, namespace), read)
+        statistics: tuple[int, float] = self._statistic(index, namespace, read)
         return statistics
 
 
@@ -554,7 +554,7 @@ class SearchStore(SearchStoreBase[Database]):
                 {"namespace": namespace}).fetchone()
             return int(found[0])
 
-        return int(self._statistic((table, namespace), count))
+        return int(self._statistic(index, ("vectors", namespace), count))
 
     def nearest_candidates(
         self, index: SearchIndex, namespace: str, vector: bytes, k: int

@@ -43,8 +43,12 @@ MAX_CANDIDATES = 4096
 LENGTH_SAMPLE = 1000
 
 # Document frequencies and averages change slowly; caching them saves a doclist read per term
-# and query.
+# and query. They are read again after STATISTICS_TTL_S, or once their table has more than
+# STATISTICS_DRIFT_ROWS rows newer than when they were read: a cached frequency is then never
+# more than that many rows short, so a bulk load cannot make a common word look rare (and
+# a search score every row that holds it).
 STATISTICS_TTL_S = 30.0
+STATISTICS_DRIFT_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -189,23 +193,41 @@ class SearchStoreBase(Generic[DB]):
     def __init__(self, db: DB) -> None:
         self._db = db
         self._sql: dict[tuple[Any, ...], str] = {}
-        # Document frequencies and averages change slowly; (value, when computed) by key.
-        self._statistics: dict[tuple[str, str], tuple[Any, float]] = {}
+        # Index statistics by table, then by key: (value, when computed).
+        self._statistics: dict[str, dict[Any, tuple[Any, float]]] = {}
+        # The newest row id of each table when its cached statistics began.
+        self._newest_ids: dict[str, int] = {}
         self._statistics_lock = threading.Lock()
 
-    def _statistic(self, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
-        """An index statistic from the cache, or computed (and cached for STATISTICS_TTL_S)."""
+    def follow_growth(self, index: SearchIndex) -> None:
+        """Drop an index's cached statistics once STATISTICS_DRIFT_ROWS rows were added since.
+
+        Called before each search: one read of the newest id, a few µs.
+        """
+        with storage_errors():
+            found: Any = self._db.thread_reader().execute(
+                f"SELECT max(id) FROM {index.table}").fetchone()
+        newest = int(found[0] or 0)
+        with self._statistics_lock:
+            since = self._newest_ids.setdefault(index.table, newest)
+            if not 0 <= newest - since <= STATISTICS_DRIFT_ROWS:
+                self._newest_ids[index.table] = newest
+                self._statistics.pop(index.table, None)
+
+    def _statistic(self, index: SearchIndex, key: Any, compute: Callable[[], Any]) -> Any:
+        """A statistic of an index from the cache, or computed (and cached a while)."""
         now = time.monotonic()
         with self._statistics_lock:
-            cached = self._statistics.get(key)
+            cached = self._statistics.get(index.table, {}).get(key)
         if cached is not None and now - cached[1] < STATISTICS_TTL_S:
             return cached[0]
         with storage_errors():
             value = compute()
         with self._statistics_lock:
-            if len(self._statistics) > 100_000:
-                self._statistics.clear()
-            self._statistics[key] = (value, now)
+            table = self._statistics.setdefault(index.table, {})
+            if len(table) > 100_000:
+                table.clear()
+            table[key] = (value, now)
         return value
 
     def dimension(self, conn: Connection | Cursor, namespace: str) -> int | None:
@@ -267,7 +289,7 @@ class SearchStore(SearchStoreBase[Database]):
             found: Any = self._db.thread_reader().execute(sql, {"term": term}).fetchone()
             return int(found[0])
 
-        return int(self._statistic((index.fts, term + ("*" if prefix else "")), count))
+        return int(self._statistic(index, term + ("*" if prefix else ""), count))
 
     def namespace_statistics(self, index: SearchIndex, namespace: str) -> tuple[int, float]:
         """A namespace's rows in an index, and their mean length in tokens (cached a while).
@@ -289,7 +311,7 @@ class SearchStore(SearchStoreBase[Database]):
             ]
             return int(found[0]), (sum(sizes) / len(sizes) if sizes else 0.0)
 
-        statistics: tuple[int, float] = self._statistic((index.table, namespace), read)
+        statistics: tuple[int, float] = self._statistic(index, namespace, read)
         return statistics
 
 
