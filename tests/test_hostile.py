@@ -116,7 +116,42 @@ def in_t(t: timestamp_pb2.Timestamp) -> collection_pb2.Filter:
 # "Method:path" -> (the stub method's name on Stubs, a request with the bad time, the field the
 # error names). Every request Timestamp/Duration must be here or in OUTPUT_ONLY.
 TimeCase = tuple[str, Callable[[Any], Any], str]
+MEMORY = {"namespace": NS, "content": "x", "category": 1, "source": 1}
+LIFECYCLE_TIMES = ("valid_from", "valid_to", "expires_at", "ttl")
+
+
+def _memory_cases() -> dict[str, TimeCase]:
+    """The lifecycle times of AddMemory, AddMemories and UpdateMemory; as_of; forget filters."""
+    cases: dict[str, TimeCase] = {}
+    for name in LIFECYCLE_TIMES:
+        cases[f"AddMemory:{name}"] = ("memory.AddMemory", lambda t, name=name: memory_pb2.
+                                      AddMemoryRequest(**MEMORY, **{name: t}), name)
+        cases[f"AddMemories:memories.{name}"] = (
+            "memory.AddMemories", lambda t, name=name: memory_pb2.AddMemoriesRequest(
+                namespace=NS, memories=[memory_pb2.NewMemory(
+                    content="x", category=1, source=1, **{name: t})]), f"memories[0].{name}")
+    for name in ("valid_from", "valid_to", "expires_at"):
+        cases[f"UpdateMemory:memory.{name}"] = (
+            "memory.UpdateMemory", lambda t, name=name: memory_pb2.UpdateMemoryRequest(
+                namespace=NS, memory=memory_pb2.Memory(id=1, **{name: t}),
+                update_mask={"paths": [name]}), f"memory.{name}")
+    cases["UpdateMemory:ttl"] = ("memory.UpdateMemory", lambda t: memory_pb2.UpdateMemoryRequest(
+        namespace=NS, memory=memory_pb2.Memory(id=1), update_mask={"paths": ["ttl"]}, ttl=t),
+        "ttl")
+    cases["ListMemories:as_of"] = ("memory.ListMemories", lambda t: memory_pb2.
+                                   ListMemoriesRequest(namespace=NS, as_of=t), "as_of")
+    cases["SearchMemories:as_of"] = ("memory.SearchMemories", lambda t: memory_pb2.
+                                     SearchMemoriesRequest(namespace=NS, query="x", as_of=t),
+                                     "as_of")
+    for name in ("created_after", "created_before"):
+        cases[f"ForgetMemories:{name}"] = (
+            "memory.ForgetMemories", lambda t, name=name: memory_pb2.ForgetMemoriesRequest(
+                namespace=NS, **{name: t}), name)
+    return cases
+
+
 TIME_CASES: dict[str, TimeCase] = {
+    **_memory_cases(),
     "ListMemories:created_after": ("memory.ListMemories", lambda t: memory_pb2.ListMemoriesRequest(
         namespace=NS, created_after=t), "created_after"),
     "ListMemories:created_before": ("memory.ListMemories", lambda t: memory_pb2.ListMemoriesRequest(
@@ -181,7 +216,7 @@ TIME_CASES: dict[str, TimeCase] = {
 }
 # Times inside resources a request carries whose values the daemon sets itself (ignored).
 OUTPUT_ONLY = {"UpdateMemory:memory.created_at", "UpdateMemory:memory.updated_at",
-               "UpdateMemory:memory.last_accessed_at"}
+               "UpdateMemory:memory.last_accessed_at", "UpdateMemory:memory.superseded_at"}
 BAD_TIMES = [(2**62, 0), (-(2**62), 0), (0, -1), (0, 10**9), (253_402_300_800, 0),
              (-62_135_596_801, 0)]
 BAD_DURATIONS = [(2**62, 0), (-(2**62), 0), (1, -1), (-1, 1), (0, 10**9),
@@ -207,7 +242,7 @@ def test_times_out_of_range_are_invalid_argument_naming_the_field(
     stub_path, build, field = TIME_CASES[case]
     service, method = stub_path.split(".")
     call = getattr(getattr(stubs, service), method)
-    is_duration = case.endswith(":ttl")
+    is_duration = case.endswith("ttl")
     for seconds, nanos in BAD_DURATIONS if is_duration else BAD_TIMES:
         value = (duration_pb2.Duration if is_duration else timestamp_pb2.Timestamp)(
             seconds=seconds, nanos=nanos)

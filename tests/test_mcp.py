@@ -272,6 +272,28 @@ def test_bad_arguments_are_tool_errors(daemon: Daemon, namespace: str, tmp_path:
     run(test)
 
 
+def test_remember_can_replace_an_out_of_date_memory(daemon: Daemon, namespace: str,
+                                                   tmp_path: Path) -> None:
+    async def test() -> None:
+        async with stdio_session(tmp_path / "mcp.log", "--target", daemon.addr,
+                                 "--namespace", namespace) as session:
+            old = (await ok(session, "remember", content="Works at Acme"))["memory"]
+            new = (await ok(session, "remember", content="Works at Globex",
+                            replaces=[old["id"]]))["memory"]
+            hits = (await ok(session, "recall", query="works"))["hits"]
+            assert [h["memory"]["id"] for h in hits] == [new["id"]]  # the old one is not recalled
+            assert "already superseded" in await error(session, "remember", content="Works at X",
+                                                       replaces=[old["id"]])
+            assert "does not exist" in await error(session, "remember", content="Works at Y",
+                                                   replaces=[10**12])
+
+    run(test)
+    with daemon.client(namespace=namespace) as jm:
+        (replaced,) = [m for m in jm.list_memories(include_superseded=True)
+                       if m.content == "Works at Acme"]
+        assert replaced.superseded_by is not None
+
+
 def test_daemon_down_then_back(tmp_path: Path, namespace: str) -> None:
     """A stopped daemon is a tool error; once it is back, the same MCP server works again."""
     first = Daemon(tmp_path / "jarvis.db").start()

@@ -74,3 +74,33 @@ def test_a_newer_schema_and_a_foreign_database_are_refused(postgres: Postgres) -
         conn.execute("CREATE TABLE invoices (id bigint primary key)")
     result = run_daemon_expecting_failure(foreign)
     assert result.returncode == 2 and "not a jarvis-memory database" in result.stderr
+
+
+def test_a_schema_11_database_gets_the_lifecycle_at_start_up(postgres: Postgres) -> None:
+    """Migration 12 on PostgreSQL: the memory lifecycle's columns, indexes and history."""
+    url = postgres.new_database()
+    d = Daemon(url).start()
+    with d.client(namespace="upgrade") as jm:
+        kept = jm.add_memory("Keeps bees", category="fact", source="user_explicit")
+    assert d.stop() == 0
+    with psycopg.connect(url, autocommit=True) as conn:  # back to what schema 11 had
+        conn.execute('DROP TABLE "memory_history"')
+        conn.execute('DROP INDEX "memories_expires_at"')
+        conn.execute('DROP INDEX "memories_dated_namespace"')
+        for column in ("superseded_by", "superseded_at", "supersedes", "valid_from", "valid_to",
+                       "expires_at", "created_by"):
+            conn.execute(f'ALTER TABLE "memories" DROP COLUMN "{column}"')
+        conn.execute('UPDATE "jarvis_memory_schema" SET "version" = 11')
+    d = Daemon(url).start()
+    try:
+        with d.client(namespace="upgrade") as jm:
+            assert jm.get_memory(kept.id).content == "Keeps bees"
+            new = jm.add_memory("Keeps bees and hens", category="fact", source="user_explicit",
+                                supersedes=[kept.id])
+            assert jm.get_memory(kept.id).superseded_by == new.id
+            assert [v.operation for v in jm.get_memory_history(kept.id)] == [
+                "create", "supersede"]
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute('SELECT "version" FROM "jarvis_memory_schema"').fetchone() == (12,)
+    finally:
+        assert d.stop() == 0

@@ -13,12 +13,13 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import ModuleType
-from typing import Any, Generic, TypedDict, TypeVar, cast
+from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 import grpc
 from google.protobuf import descriptor_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.message_factory import GetMessageClass
@@ -58,9 +59,11 @@ from jarvis_memory.types import (
     Field,
     FieldType,
     FilterOp,
+    ForgetReport,
     Memory,
     MemoryHit,
-    MemorySourceName,
+    MemorySourceArg,
+    MemoryVersion,
     Message,
     MessageHit,
     Page,
@@ -194,7 +197,6 @@ def _name(enum: Any, prefix: str) -> Callable[[int], str]:
 
 
 category_value = _enum(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_", "category")
-source_value = _enum(memory_pb2.MemorySource, "MEMORY_SOURCE_", "source")
 trigger_value = _enum(session_pb2.SessionEndTrigger, "SESSION_END_TRIGGER_", "trigger")
 role_value = _enum(session_pb2.MessageRole, "MESSAGE_ROLE_", "role")
 state_value = _enum(session_pb2.SessionState, "SESSION_STATE_", "state")
@@ -204,6 +206,17 @@ severity_value = _enum(event_pb2.EventSeverity, "EVENT_SEVERITY_", "severity")
 event_source_value = _enum(event_pb2.EventSource, "EVENT_SOURCE_", "source")
 run_status_value = _enum(audit_pb2.RunStatus, "RUN_STATUS_", "status")
 mode_value = _enum(search_pb2.SearchMode, "SEARCH_MODE_", "mode")
+
+# Source names accepted besides the proto's (upper-case, as enum_value compares them).
+_SOURCE_ALIASES = {"JARVIS_INFERRED": "agent_inferred"}
+
+
+def source_value(value: object, field: str = "source") -> Any:
+    """Memory source name or number -> enum number; "jarvis_inferred" means "agent_inferred"."""
+    if isinstance(value, str):
+        value = _SOURCE_ALIASES.get(value.upper().removeprefix("MEMORY_SOURCE_"), value)
+    return check.enum_value(memory_pb2.MemorySource, "MEMORY_SOURCE_", value, field)
+
 
 _category = _name(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_")
 _source = _name(memory_pb2.MemorySource, "MEMORY_SOURCE_")
@@ -215,10 +228,29 @@ _severity = _name(event_pb2.EventSeverity, "EVENT_SEVERITY_")
 _event_source = _name(event_pb2.EventSource, "EVENT_SOURCE_")
 _run_status = _name(audit_pb2.RunStatus, "RUN_STATUS_")
 _field_type = _name(collection_pb2.FieldType, "FIELD_TYPE_")
+_memory_operation = _name(memory_pb2.MemoryOperation, "MEMORY_OPERATION_")
 
 
 def _optional_time(message: Any, field: str) -> datetime | None:
     return check.to_datetime(getattr(message, field)) if message.HasField(field) else None
+
+
+def _duration(value: object, field: str) -> Duration:
+    """A timedelta (or seconds) -> Duration."""
+    duration = Duration()
+    try:
+        duration.FromTimedelta(check.seconds(value, field))
+    except (ValueError, OverflowError):
+        raise check.bad(field, f"{value} is out of range") from None
+    return duration
+
+
+def _ids(value: object, field: str) -> list[int]:
+    """None or a sequence of ids (integers)."""
+    if value is None:
+        return []
+    return [check.integer(item, f"{field}[{i}]")
+            for i, item in enumerate(check.sequence(value, field))]
 
 
 # -- memories -------------------------------------------------------------------------------
@@ -241,7 +273,25 @@ def to_memory(message: memory_pb2.Memory, deduplicated: bool = False) -> Memory:
         last_accessed_at=_optional_time(message, "last_accessed_at"),
         restated_count=message.restated_count,
         revision=message.revision,
+        superseded_by=message.superseded_by or None,
+        superseded_at=_optional_time(message, "superseded_at"),
+        supersedes=list(message.supersedes),
+        valid_from=_optional_time(message, "valid_from"),
+        valid_to=_optional_time(message, "valid_to"),
+        expires_at=_optional_time(message, "expires_at"),
         deduplicated=deduplicated,
+    )
+
+
+def to_memory_version(message: memory_pb2.MemoryVersion) -> MemoryVersion:
+    """MemoryVersion message -> MemoryVersion."""
+    return MemoryVersion(
+        memory=to_memory(message.memory),
+        revision=message.revision,
+        time=check.to_datetime(message.time),
+        operation=_memory_operation(message.operation),
+        changed_fields=list(message.changed_fields),
+        credential=message.credential or None,
     )
 
 
@@ -251,17 +301,24 @@ class MemoryFields(TypedDict, total=False):
     subject: str
     attributes: Mapping[str, Any] | None
     embedding: Sequence[float] | None  # computed by the caller, for vector search
+    supersedes: Sequence[int]  # ids of current memories this one replaces
+    valid_from: datetime | None  # when the fact began to hold in the world
+    valid_to: datetime | None  # when it stops holding
+    ttl: timedelta | None  # expire this long after the write (not with expires_at)
+    expires_at: datetime | None  # expire then (not with ttl)
 
 
 class MemoryFilters(TypedDict, total=False):
     """Filters of list_memories / iter_memories / search_memories (combined with AND)."""
 
     category: Category | None
-    source: MemorySourceName | None
+    source: MemorySourceArg | None
     subject: str | None
     stale: bool | None
     created_after: datetime | None
     created_before: datetime | None
+    include_superseded: bool  # also superseded memories and those not valid now
+    as_of: datetime | None  # the memories as known and valid at that time
 
 
 class MemoryChanges(TypedDict, total=False):
@@ -269,15 +326,27 @@ class MemoryChanges(TypedDict, total=False):
 
     content: str
     category: Category
-    source: MemorySourceName
+    source: MemorySourceArg
     subject: str
     attributes: Mapping[str, Any] | None  # None removes them
     stale: bool
     embedding: Sequence[float] | None  # None or [] removes it
+    valid_from: datetime | None  # None clears it, as for the three below
+    valid_to: datetime | None
+    expires_at: datetime | None
+    ttl: timedelta | None  # expire this long after the update
+    supersedes: Sequence[int]  # not a field: ids this memory replaces (may come alone)
 
 
 def _keys(typed_dict: type[Any]) -> list[str]:
     return list(typed_dict.__annotations__)
+
+
+# The lifecycle fields of a memory that are timestamps (in NewMemory, AddMemoryRequest and
+# Memory alike), and all its lifecycle message fields.
+_TIMES: tuple[Literal["valid_from", "valid_to", "expires_at"], ...] = (
+    "valid_from", "valid_to", "expires_at")
+_LIFECYCLE: tuple[Literal["valid_from", "valid_to", "expires_at", "ttl"], ...] = (*_TIMES, "ttl")
 
 
 def new_memory(
@@ -287,17 +356,24 @@ def new_memory(
     """Build the NewMemory of an add call (``where`` prefixes argument names in errors)."""
     check.known_keys(fields, ["content", "category", "source", *_keys(MemoryFields)],
                      "add_memory", where)
-    return memory_pb2.NewMemory(
+    memory = memory_pb2.NewMemory(
         content=check.text(content, where + "content"),
         category=check.enum_value(memory_pb2.MemoryCategory, "MEMORY_CATEGORY_", category,
                                   where + "category"),
-        source=check.enum_value(memory_pb2.MemorySource, "MEMORY_SOURCE_", source,
-                                where + "source"),
+        source=source_value(source, where + "source"),
         subject=check.text(fields.get("subject", ""), where + "subject"),
         attributes_json=check.optional_json(fields.get("attributes"), where + "attributes",
                                             object_only=True),
         embedding=check.floats(fields.get("embedding"), where + "embedding"),
+        supersedes=_ids(fields.get("supersedes"), where + "supersedes"),
     )
+    for name in _TIMES:
+        if (value := fields.get(name)) is not None:
+            getattr(memory, name).CopyFrom(check.timestamp(value, where + name))
+    if (ttl := fields.get("ttl")) is not None:
+        memory.ttl.CopyFrom(_duration(ttl, where + "ttl"))
+    return memory
+
 
 
 def add_memory_request(
@@ -305,10 +381,15 @@ def add_memory_request(
 ) -> memory_pb2.AddMemoryRequest:
     """Build an AddMemoryRequest."""
     m = new_memory(content, category, source, fields)
-    return memory_pb2.AddMemoryRequest(
+    request = memory_pb2.AddMemoryRequest(
         namespace=namespace, content=m.content, category=m.category, source=m.source,
         subject=m.subject, attributes_json=m.attributes_json, embedding=m.embedding,
+        supersedes=m.supersedes,
     )
+    for name in _LIFECYCLE:
+        if m.HasField(name):
+            getattr(request, name).CopyFrom(getattr(m, name))
+    return request
 
 
 def add_memories_request(
@@ -368,6 +449,10 @@ def _memory_filters(
         request.created_after.CopyFrom(check.timestamp(after, "created_after"))
     if (before := filters.get("created_before")) is not None:
         request.created_before.CopyFrom(check.timestamp(before, "created_before"))
+    if (include := filters.get("include_superseded")) is not None:
+        request.include_superseded = check.boolean(include, "include_superseded")
+    if (as_of := filters.get("as_of")) is not None:
+        request.as_of.CopyFrom(check.timestamp(as_of, "as_of"))
     return request
 
 
@@ -390,10 +475,18 @@ def update_memory_request(
                                                      object_only=True)
     if "stale" in changes:
         memory.stale = check.boolean(changes["stale"], "stale")
-    return memory_pb2.UpdateMemoryRequest(
-        namespace=namespace, memory=memory, update_mask=FieldMask(paths=list(changes)),
+    for name in _TIMES:  # given as None: in the mask, unset, which clears it
+        if (value := changes.get(name)) is not None:
+            getattr(memory, name).CopyFrom(check.timestamp(value, name))
+    request = memory_pb2.UpdateMemoryRequest(
+        namespace=namespace, memory=memory,
+        update_mask=FieldMask(paths=[path for path in changes if path != "supersedes"]),
         embedding=check.floats(changes.get("embedding"), "embedding"),
+        supersedes=_ids(changes.get("supersedes"), "supersedes"),
     )
+    if (ttl := changes.get("ttl")) is not None:
+        request.ttl.CopyFrom(_duration(ttl, "ttl"))
+    return request
 
 
 def _added(response: memory_pb2.AddMemoryResponse) -> Memory:
@@ -406,6 +499,56 @@ def _added_many(response: memory_pb2.AddMemoriesResponse) -> list[Memory]:
 
 def _nothing(response: Any) -> None:
     return None
+
+
+def memory_history_request(
+    namespace: str, memory_id: object, page_size: object, page_token: object
+) -> memory_pb2.GetMemoryHistoryRequest:
+    """Build a GetMemoryHistoryRequest."""
+    request = _page(memory_pb2.GetMemoryHistoryRequest, namespace, page_size, page_token)
+    request.id = check.integer(memory_id, "memory_id")
+    return request
+
+
+# The optional fields of ForgetMemoriesRequest: set means filtered.
+_FORGET_FILTERS: tuple[Literal["subject", "stale", "created_after", "created_before"], ...] = (
+    "subject", "stale", "created_after", "created_before")
+
+
+def forget_memories_request(
+    namespace: str, ids: object, category: object, source: object, subject: object,
+    stale: object, created_after: object, created_before: object, dry_run: object,
+) -> memory_pb2.ForgetMemoriesRequest:
+    """Build a ForgetMemoriesRequest; with no filter at all it is InvalidArgument."""
+    request = memory_pb2.ForgetMemoriesRequest(
+        namespace=namespace, ids=_ids(ids, "ids"), dry_run=check.boolean(dry_run, "dry_run"))
+    if category is not None:
+        request.category = category_value(category)
+    if source is not None:
+        request.source = source_value(source)
+    if subject is not None:
+        request.subject = check.text(subject, "subject")
+    if stale is not None:
+        request.stale = check.boolean(stale, "stale")
+    if created_after is not None:
+        request.created_after.CopyFrom(check.timestamp(created_after, "created_after"))
+    if created_before is not None:
+        request.created_before.CopyFrom(check.timestamp(created_before, "created_before"))
+    if not (request.ids or request.category or request.source
+            or any(request.HasField(f) for f in _FORGET_FILTERS)):
+        raise check.bad("filters", "forget_memories needs at least one filter (ids, category, "
+                        "source, subject, stale, created_after or created_before)")
+    return request
+
+
+
+def to_forget_report(response: memory_pb2.ForgetMemoriesResponse, dry_run: bool) -> ForgetReport:
+    """ForgetMemoriesResponse (and whether it was a dry run) -> ForgetReport."""
+    return ForgetReport(count=response.count, ids=list(response.ids), dry_run=dry_run)
+
+
+def _itself(response: R) -> R:
+    return response
 
 
 # -- sessions -------------------------------------------------------------------------------
@@ -1089,13 +1232,14 @@ def watch_request(
 
 def search_memories_request(
     namespace: str, query: object, limit: object, mode: object, embedding: object,
-    filters: MemoryFilters,
+    filters: MemoryFilters, recency_weight: object = 0.0,
 ) -> memory_pb2.SearchMemoriesRequest:
     """Build a SearchMemoriesRequest (the filters are list_memories')."""
     request = memory_pb2.SearchMemoriesRequest(
         namespace=namespace, query=check.text(query, "query"),
         limit=check.int32(limit, "limit"), mode=mode_value(mode),
         embedding=check.floats(embedding, "embedding"),
+        recency_weight=check.number(recency_weight, "recency_weight"),
     )
     return _memory_filters(request, filters, "search_memories")
 
@@ -1299,6 +1443,11 @@ UPDATE_MEMORY = _rpc(_M, "MemoryService", "UpdateMemory", _one("memory", to_memo
 DELETE_MEMORY = _rpc(_M, "MemoryService", "DeleteMemory", _nothing)
 SEARCH_MEMORIES = _rpc(_M, "MemoryService", "SearchMemories",
                        _hits(MemoryHit, "memory", to_memory))
+GET_MEMORY_HISTORY = _rpc(_M, "MemoryService", "GetMemoryHistory",
+                          _pages("versions", to_memory_version))
+# The report needs the request's dry_run too: forget_memories converts with to_forget_report.
+FORGET_MEMORIES: Rpc[memory_pb2.ForgetMemoriesResponse] = _rpc(
+    _M, "MemoryService", "ForgetMemories", _itself)
 START_SESSION = _rpc(_S, "SessionService", "StartSession", _one("session", to_session))
 END_SESSION = _rpc(_S, "SessionService", "EndSession", _one("session", to_session))
 GET_SESSION = _rpc(_S, "SessionService", "GetSession", _one("session", to_session))

@@ -46,9 +46,11 @@ from jarvis_memory.types import (
     EventHit,
     EventSourceName,
     EventType,
+    ForgetReport,
     Memory,
     MemoryHit,
-    MemorySourceName,
+    MemorySourceArg,
+    MemoryVersion,
     Message,
     MessageHit,
     Page,
@@ -133,16 +135,24 @@ class AsyncClient(api.ClientBase):
 
     async def add_memory(
         self, content: str, *, category: Category | None = None,
-        source: MemorySourceName | None = None, namespace: str | None = None,
+        source: MemorySourceArg | None = None, namespace: str | None = None,
         **fields: Unpack[api.MemoryFields],
     ) -> Memory:
         """Store a memory, or return the existing one with the same normalised content.
 
         ``category`` and ``source`` are required (None is InvalidArgument, as is any argument
-        of the wrong type, before anything is sent). The result's ``deduplicated`` is True
-        when the memory already existed (and its ``restated_count`` grew: an add is not
-        retried). Raises InvalidArgument for empty or oversized content, unknown categories or
-        sources, attributes that are not a JSON object.
+        of the wrong type, before anything is sent); source "jarvis_inferred" means
+        "agent_inferred". The result's ``deduplicated`` is True when the memory already
+        existed (and its ``restated_count`` grew: an add is not retried). Raises
+        InvalidArgument for empty or oversized content, unknown categories or sources,
+        attributes that are not a JSON object.
+
+        ``supersedes`` lists ids of current memories this one replaces, in the same write:
+        they get ``superseded_by`` and a ``valid_to`` of now (NotFound for an unknown id,
+        FailedPrecondition for one already superseded). ``valid_from`` and ``valid_to`` say
+        when the fact holds in the world. ``ttl`` (a timedelta) or ``expires_at`` (not both)
+        make the memory expire: it then reads as absent and the daemon purges it. Restating
+        existing content sets the lifecycle fields given and makes it current again.
         """
         request = api.add_memory_request(self._ns(namespace), content, category, source, fields)
         return await self._unary(api.ADD_MEMORY, request)
@@ -168,7 +178,13 @@ class AsyncClient(api.ClientBase):
         self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None,
         **filters: Unpack[api.MemoryFilters],
     ) -> Page[Memory]:
-        """Return one page of memories, newest first; ``.next_page_token`` fetches the next."""
+        """Return one page of memories, newest first; ``.next_page_token`` fetches the next.
+
+        Only current memories come back (neither superseded nor outside their validity)
+        unless ``include_superseded``; ``as_of`` returns those known and valid at that time
+        (as they are now: get_memory_history has their earlier versions). Expired memories
+        never come back.
+        """
         request = api.list_memories_request(self._ns(namespace), page_size, page_token, filters)
         return await self._unary(api.LIST_MEMORIES, request)
 
@@ -183,7 +199,12 @@ class AsyncClient(api.ClientBase):
     async def update_memory(
         self, memory_id: int, *, namespace: str | None = None, **changes: Unpack[api.MemoryChanges]
     ) -> Memory:
-        """Change the given fields of a memory and return it. Raises NotFound, AlreadyExists."""
+        """Change the given fields of a memory and return it. Raises NotFound, AlreadyExists.
+
+        ``valid_from``, ``valid_to``, ``expires_at`` or ``ttl`` given as None clear it;
+        ``supersedes`` (alone or with other changes) makes this memory replace those ids, as
+        in add_memory.
+        """
         request = api.update_memory_request(self._ns(namespace), memory_id, changes)
         return await self._unary(api.UPDATE_MEMORY, request)
 
@@ -192,6 +213,40 @@ class AsyncClient(api.ClientBase):
         request = memory_pb2.DeleteMemoryRequest(
             namespace=self._ns(namespace), id=check.integer(memory_id, "memory_id"))
         await self._unary(api.DELETE_MEMORY, request)
+
+    async def get_memory_history(
+        self, memory_id: int, *, namespace: str | None = None
+    ) -> list[MemoryVersion]:
+        """Return every version of a memory, oldest first, with the change that made each.
+
+        The versions of an expired memory stay readable; those of a deleted or forgotten one
+        do not (NotFound).
+        """
+        request = api.memory_history_request(self._ns(namespace), memory_id, 0, "")
+        versions: list[MemoryVersion] = []
+        async for version in self._walk(api.GET_MEMORY_HISTORY, request):
+            versions.append(version)
+        return versions
+
+    async def forget_memories(
+        self, *, ids: Sequence[int] | None = None, category: Category | None = None,
+        source: MemorySourceArg | None = None, subject: str | None = None,
+        stale: bool | None = None, created_after: datetime | None = None,
+        created_before: datetime | None = None, dry_run: bool = False,
+        namespace: str | None = None,
+    ) -> ForgetReport:
+        """Erase for good every memory matching all the filters given, superseded or not.
+
+        At least one filter is required (InvalidArgument otherwise, before anything is sent).
+        The memories go with their embeddings, search entries, history and earlier changes;
+        each is one delete in the change feed. With ``dry_run`` nothing changes and the
+        report says what would go. Not retried (a write).
+        """
+        request = api.forget_memories_request(
+            self._ns(namespace), ids, category, source, subject, stale, created_after,
+            created_before, dry_run)
+        response = await self._unary(api.FORGET_MEMORIES, request)
+        return api.to_forget_report(response, request.dry_run)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -351,18 +406,20 @@ class AsyncClient(api.ClientBase):
 
     async def search_memories(
         self, query: str = "", *, limit: int = 10, mode: SearchMode = "keyword",
-        embedding: Sequence[float] | None = None, namespace: str | None = None,
-        **filters: Unpack[api.MemoryFilters],
+        embedding: Sequence[float] | None = None, recency_weight: float = 0.0,
+        namespace: str | None = None, **filters: Unpack[api.MemoryFilters],
     ) -> list[MemoryHit]:
         """Return the memories most relevant to ``query``, best first (at most 100).
 
         ``mode`` is "keyword" (BM25 over the words of ``query``), "vector" (cosine similarity
-        to ``embedding``) or "hybrid" (both, fused by reciprocal rank). The filters are
-        list_memories'. Any text is a valid query. Raises InvalidArgument for a missing query
-        or embedding, or an embedding whose dimension differs from the namespace's.
+        to ``embedding``) or "hybrid" (both, fused by reciprocal rank). ``recency_weight``
+        (0 to 1) blends how recently each memory was recorded or restated into the order.
+        The filters are list_memories'. Any text is a valid query. Raises InvalidArgument for
+        a missing query or embedding, or an embedding whose dimension differs from the
+        namespace's.
         """
         request = api.search_memories_request(
-            self._ns(namespace), query, limit, mode, embedding, filters)
+            self._ns(namespace), query, limit, mode, embedding, filters, recency_weight)
         return await self._unary(api.SEARCH_MEMORIES, request)
 
     async def search_messages(

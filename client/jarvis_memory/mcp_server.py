@@ -84,6 +84,9 @@ class MemoryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     restated_count: int
+    superseded_by: int | None = Field(
+        default=None, description="the memory that replaced this one; none while current")
+    expires_at: datetime | None = None
 
 
 class RememberOut(BaseModel):
@@ -177,7 +180,8 @@ def _memory_out(memory: Memory) -> MemoryOut:
         id=memory.id, content=content, content_truncated=truncated, category=memory.category,
         source=memory.source, subject=memory.subject, stale=memory.stale,
         created_at=memory.created_at, updated_at=memory.updated_at,
-        restated_count=memory.restated_count,
+        restated_count=memory.restated_count, superseded_by=memory.superseded_by,
+        expires_at=memory.expires_at,
     )
 
 
@@ -301,10 +305,14 @@ def build_server(
         source: Annotated[SourceName, Field(
             description="user_explicit (default: the user said so) or agent_inferred "
                         "(you concluded it)")] = "user_explicit",
+        replaces: Annotated[list[int], Field(
+            max_length=100, description="ids of memories this one makes out of date (e.g. "
+            "the old job when the user changed jobs): they stop being recalled, and their "
+            "history is kept")] = [],  # noqa: B006 - pydantic copies defaults
     ) -> Annotated[CallToolResult, RememberOut]:
         """Store a memory. Storing the same content again restates it instead of duplicating."""
         memory = await daemon.call(ctx, lambda jm: jm.add_memory(
-            content, category=category, source=source, subject=subject))
+            content, category=category, source=source, subject=subject, supersedes=replaces))
         out = RememberOut(memory=_memory_out(memory), deduplicated=memory.deduplicated)
         verb = "Already remembered (restated)" if memory.deduplicated else "Remembered"
         return _result(f"{verb}: {_memory_line(out.memory)}", out)

@@ -12,6 +12,9 @@ T = TypeVar("T")
 # "MEMORY_CATEGORY_FACT", are accepted at run time too). A test checks them against proto/.
 Category = Literal["preference", "fact", "pattern"]
 MemorySourceName = Literal["user_explicit", "agent_inferred"]
+# What a source argument takes: the names above, or "jarvis_inferred", an alias of
+# "agent_inferred" (results always say "agent_inferred").
+MemorySourceArg = Literal["user_explicit", "agent_inferred", "jarvis_inferred"]
 Role = Literal["user", "assistant", "system", "tool"]
 EndTrigger = Literal["timeout", "explicit", "client_closed"]
 SessionStateName = Literal["active", "ended"]
@@ -48,6 +51,11 @@ class Memory:
 
     ``category`` is "preference", "fact" or "pattern"; ``source`` is "user_explicit" or
     "agent_inferred". ``deduplicated`` is True when an add call found this memory already stored.
+
+    ``superseded_by`` is the id of the memory that replaced this one (None while it is
+    current), since ``superseded_at``; ``supersedes`` lists the ids this one replaced, in the
+    order they were replaced. ``valid_from`` and ``valid_to`` bound when the fact holds in the
+    world (None: unbounded); ``expires_at`` is when the memory expires (None: never).
     """
 
     id: int
@@ -64,7 +72,40 @@ class Memory:
     last_accessed_at: datetime | None
     restated_count: int
     revision: int
+    superseded_by: int | None
+    superseded_at: datetime | None
+    supersedes: list[int]
+    valid_from: datetime | None
+    valid_to: datetime | None
+    expires_at: datetime | None
     deduplicated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryVersion:
+    """One version of a memory (get_memory_history) and the change that made it.
+
+    ``operation`` is "create", "update", "restate", "supersede" or "expire";
+    ``changed_fields`` names the fields the change set (Memory's names; empty for "create"
+    and "expire"); ``credential`` names the credential that made it when auth is on (None
+    otherwise, and for changes the daemon made itself, such as an expiry).
+    """
+
+    memory: Memory
+    revision: int
+    time: datetime
+    operation: str
+    changed_fields: list[str]
+    credential: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetReport:
+    """What forget_memories erased, or would erase with ``dry_run``: ids in ascending order."""
+
+    count: int
+    ids: list[int]
+    dry_run: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ class Config:
     snapshot_keep: int = 1000
     snapshot_max_age_s: float = 0.0
     state_purge_interval_s: float = 10.0
+    memory_purge_interval_s: float = 1.0
     watch_buffer: int = 10_000
     watch_coalesce_s: float = 0.02
     search_threads: int = 4
@@ -177,6 +178,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(env JARVIS_MEMORY_SNAPSHOT_MAX_AGE; default %(default)s)",
     )
     parser.add_argument(
+        "--memory-purge-interval", dest="memory_purge_interval_s", type=_positive,
+        default=_env("MEMORY_PURGE_INTERVAL", "1"),
+        help="seconds between purges of expired memories (they read as absent at once; a "
+        "purge is one delete in the change feed per memory) "
+        "(env JARVIS_MEMORY_MEMORY_PURGE_INTERVAL; default %(default)s)",
+    )
+    parser.add_argument(
         "--state-purge-interval", dest="state_purge_interval_s", type=_positive,
         default=_env("STATE_PURGE_INTERVAL", "10"),
         help="seconds between purges of expired state entries (they read as absent at once) "
@@ -287,6 +295,7 @@ def from_args(args: argparse.Namespace) -> Config:
         snapshot_keep=max(0, args.snapshot_keep),
         snapshot_max_age_s=max(0.0, args.snapshot_max_age_s),
         state_purge_interval_s=args.state_purge_interval_s,
+        memory_purge_interval_s=args.memory_purge_interval_s,
         watch_buffer=max(1, args.watch_buffer),
         watch_coalesce_s=max(0.0, args.watch_coalesce_ms / 1000),
         search_threads=max(1, args.search_threads),

@@ -46,7 +46,7 @@ from jarvis_memory_server.service.auth import Authenticator
 from jarvis_memory_server.service.collections import CollectionService
 from jarvis_memory_server.service.context import ContextService
 from jarvis_memory_server.service.events import EventService
-from jarvis_memory_server.service.memories import MemoryService
+from jarvis_memory_server.service.memories import ERASE_BATCH, MemoryService
 from jarvis_memory_server.service.preferences import PreferenceService
 from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.service.sessions import IDLE_SWEEP_BATCH, SessionService
@@ -102,6 +102,7 @@ class Daemon:
         self.checkpointer: Checkpointer | None = None
         self.sessions = SessionService(self.db)
         self.state = StateService(self.db)
+        self.memories = MemoryService(self.db)
         self.search = SearchService(self.db, workers=config.search_threads)
         self.watch = WatchService(
             self.db, buffer=config.watch_buffer, retention=config.change_retention,
@@ -161,6 +162,10 @@ class Daemon:
                 "purged %d expired state entries",
             )))
             self._tasks.append(asyncio.create_task(self._sweep(
+                self.config.memory_purge_interval_s, ERASE_BATCH, self.memories.purge_expired,
+                "purged %d expired memories",
+            )))
+            self._tasks.append(asyncio.create_task(self._sweep(
                 self.config.compact_interval_s, COMPACT_BATCH, self.watch.compact,
                 "compacted %d changes out of the change log",
             )))
@@ -200,10 +205,11 @@ class Daemon:
             ]
         )
         events, preferences = EventService(self.db), PreferenceService(self.db)
-        contexts = ContextService(self.db, search=self.search, preferences=preferences,
+        contexts = ContextService(self.db, search=self.search, memories=self.memories,
+                                  preferences=preferences,
                                   sessions=self.sessions, events=events, state=self.state)
         for servicer in (
-            MemoryServicer(MemoryService(self.db), self.search, self.auth),
+            MemoryServicer(self.memories, self.search, self.auth),
             SessionServicer(self.sessions, self.search, self.auth),
             EventServicer(events, self.search, self.auth),
             SnapshotServicer(self.snapshots, self.auth),

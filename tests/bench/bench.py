@@ -493,11 +493,12 @@ async def search_bench(args: argparse.Namespace, memory: list[Any], corpus: Sear
 EVAL_PATH = Path(__file__).resolve().parents[1] / "search_eval" / "memories.json"
 
 
-async def relevance(memory: Any) -> dict[str, Any]:
+async def relevance(memory: Any, recency_weight: float = 0.0) -> dict[str, Any]:
     """Recall@1/5/10 of keyword search on the hand-written evaluation (tests/search_eval).
 
     Recall@k: the share of a query's relevant memories found in its top k, averaged over the
     queries of each kind ("lexical": shares words with them; "paraphrase": says it otherwise).
+    With ``recency_weight``, searches blend in recency (every memory is as recent here).
     """
     data = json.loads(EVAL_PATH.read_text())
     namespace = f"bench-eval-{secrets.token_hex(4)}"
@@ -511,7 +512,8 @@ async def relevance(memory: Any) -> dict[str, Any]:
     recall: dict[str, dict[int, list[float]]] = {}
     for query in data["queries"]:
         found = await memory.SearchMemories(memory_pb2.SearchMemoriesRequest(
-            namespace=namespace, query=query["query"], limit=10))
+            namespace=namespace, query=query["query"], limit=10,
+            recency_weight=recency_weight))
         ranked = [h.memory.id for h in found.hits]
         relevant = {ids[key] for key in query["relevant"]}
         for kind in (query["kind"], "all"):
@@ -520,13 +522,14 @@ async def relevance(memory: Any) -> dict[str, Any]:
                     len(relevant & set(ranked[:k])) / len(relevant))
     summary = {kind: {f"recall@{k}": round(statistics.mean(v), 3) for k, v in by_k.items()}
                for kind, by_k in recall.items()}
-    print(f"\nkeyword relevance on {len(data['queries'])} hand-written queries over "
-          f"{len(data['memories'])} memories:")
+    print(f"\nkeyword relevance (recency_weight {recency_weight:g}) on "
+          f"{len(data['queries'])} hand-written queries over {len(data['memories'])} memories:")
     for kind, figures in summary.items():
         counted = sum(1 for q in data["queries"] if kind in (q["kind"], "all"))
         print(f"  {kind:<11} ({counted:>2} queries) " + "  ".join(
             f"{name} {value:.3f}" for name, value in figures.items()), flush=True)
-    return {"scenario": "search_relevance", **summary}
+    suffix = f"_recency_{recency_weight:g}" if recency_weight else ""
+    return {"scenario": "search_relevance" + suffix, **summary}
 
 
 GIGABYTE_DOC = 100 * 1024
@@ -861,6 +864,7 @@ async def run(args: argparse.Namespace, addrs: list[str], daemon_pid: int | None
             if args.search_corpus is not None:
                 results += await search_bench(args, memory, args.search_corpus, daemon_pid)
             results.append(await relevance(memory[0]))
+            results.append(await relevance(memory[0], recency_weight=0.5))
         if "backup_1gb" in args.only:
             results += await backup_under_load(args, channels, memory, add_one, daemon_pid)
         return results

@@ -22,6 +22,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from jarvis_memory_server.errors import InvalidArgument, PermissionDenied, Unauthenticated
@@ -33,6 +34,10 @@ ROLE_RANK = {"reader": 1, "writer": 2, "admin": 3}
 ACCESS_RANK = {"read": 1, "write": 2, "admin": 3}
 TOKEN_PREFIX = "jmt_"
 _JWT_CACHE_SIZE = 4096
+
+# The subject of the credential of the call being served (None with auth off): set by the
+# transport for each call, kept by writes that record who changed what (memory history).
+CALLER: ContextVar[str | None] = ContextVar("jarvis_memory_caller", default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from jarvis_memory_server.errors import InvalidArgument, NotFound
 from jarvis_memory_server.service.common import ServiceBase
 from jarvis_memory_server.service.events import EventFilter, EventService
-from jarvis_memory_server.service.memories import MemoryRow, memory_filters
+from jarvis_memory_server.service.memories import MemoryRow, MemoryService, memory_filters
 from jarvis_memory_server.service.preferences import PreferenceService
 from jarvis_memory_server.service.search import SearchService
 from jarvis_memory_server.service.sessions import SessionService
@@ -91,11 +91,13 @@ class ContextService(ServiceBase):
     """Reads the other services' data, read-only, into a context."""
 
     def __init__(
-        self, db: Database, *, search: SearchService, preferences: PreferenceService,
-        sessions: SessionService, events: EventService, state: StateService,
+        self, db: Database, *, search: SearchService, memories: MemoryService,
+        preferences: PreferenceService, sessions: SessionService, events: EventService,
+        state: StateService,
     ) -> None:
         super().__init__(db)
         self._search = search
+        self._memories = memories
         self._preferences = preferences
         self._sessions = sessions
         self._events = events
@@ -145,7 +147,9 @@ class ContextService(ServiceBase):
             return []
         mode = ("hybrid" if query.strip() else "vector") if embedding else "keyword"
         request = self._search.request(
-            namespace, query, mode=mode, embedding=embedding, filters=memory_filters(stale=False),
+            namespace, query, mode=mode, embedding=embedding,
+            # What is true now: current memories only (not stale, superseded or expired).
+            filters=self._memories.read_filters(namespace, memory_filters(stale=False)),
             limit=CANDIDATES["memories"])
         hits = await self._search.run(MEMORIES, request)
         lines = []

@@ -27,12 +27,12 @@ import math
 from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jarvis_memory_server.errors import InvalidArgument
 from jarvis_memory_server.service.common import ServiceBase
-from jarvis_memory_server.store.backend import Database, SearchStore, search_store
+from jarvis_memory_server.store.backend import Database, SearchStore, now_us, search_store
 from jarvis_memory_server.store.search import (
     MAX_CANDIDATES,
     SearchIndex,
@@ -72,6 +72,8 @@ BM25_K1 = 1.2
 BM25_B = 0.75
 # Reciprocal rank fusion constant (the value of Cormack et al., 2009).
 RRF_K = 60
+# Recency ranking: a memory's recency halves every 30 days since it was recorded or restated.
+RECENCY_HALF_LIFE_US = 30 * 86_400 * 1_000_000
 # Sign-index candidates per hit asked for, before exact ranking (at least MIN_VECTOR_CANDIDATES).
 # A vec0 KNN over sign bits costs about 0.1 ms per candidate asked for on 100k vectors; 100
 # candidates held the exact top 10 in the bench's clustered 384-dimension data (50: 0.82).
@@ -163,6 +165,7 @@ class SearchRequest:
     vector: bytes | None  # float32 values; None in KEYWORD mode without an embedding
     filters: dict[str, Any]
     limit: int
+    recency_weight: float = 0.0
 
 
 def search_limit(value: int) -> int:
@@ -263,8 +266,12 @@ class SearchService(ServiceBase):
         embedding: Sequence[float],
         filters: dict[str, Any],
         limit: int,
+        recency_weight: float = 0.0,
     ) -> SearchRequest:
         """Validate a search. Raises InvalidArgument naming the field at fault."""
+        if not 0.0 <= recency_weight <= 1.0:  # NaN fails too
+            raise InvalidArgument(
+                "recency_weight", f"must be between 0 and 1 (got {recency_weight})")
         if mode not in MODES:
             raise InvalidArgument("mode", f"must be one of {', '.join(MODES)}")
         if len(query) > MAX_QUERY_CHARS:
@@ -276,11 +283,19 @@ class SearchService(ServiceBase):
         vector = embedding_bytes(embedding, "embedding")
         if mode in ("vector", "hybrid") and vector is None:
             raise InvalidArgument("embedding", f"is required in {mode.upper()} mode")
-        return SearchRequest(namespace, query, mode, vector, filters, search_limit(limit))
+        return SearchRequest(namespace, query, mode, vector, filters, search_limit(limit),
+                             recency_weight)
 
     def search(self, index: SearchIndex, request: SearchRequest) -> list[Hit]:
         """Run a validated search; return hits best first (rows as tuples of the index)."""
         self._store.follow_growth(index)
+        if request.recency_weight and index.recency_column is not None:
+            # Rank more hits than asked by relevance, so that recent ones from further down
+            # can rise; then blend in recency and cut.
+            wider = replace(request, recency_weight=0.0,
+                            limit=min(request.limit * CANDIDATES_PER_HIT, MAX_LIMIT * 3))
+            return by_recency(self.search(index, wider), index.recency_column,
+                              request.recency_weight, now_us())[:request.limit]
         if request.mode == "keyword":
             return self._keyword(index, request, request.limit)
         if request.mode == "vector":
@@ -495,6 +510,20 @@ def make_snippet(
     if last < len(tokens) - 1:
         out.append(SNIPPET_ELLIPSIS)
     return "".join(out)
+
+
+def by_recency(hits: list[Hit], column: int, weight: float, now: int) -> list[Hit]:
+    """Blend recency into the scores: score * (1 - weight + weight * recency).
+
+    recency = 0.5 ** (age / RECENCY_HALF_LIFE_US), the age measured from the row's ``column``.
+    """
+    blended = []
+    for hit in hits:
+        age = max(0, now - int(hit.row[column]))
+        recency = 0.5 ** (age / RECENCY_HALF_LIFE_US)
+        blended.append(Hit(hit.row, hit.score * (1.0 - weight + weight * recency), hit.snippet))
+    blended.sort(key=lambda h: (-h.score, -h.row[0]))
+    return blended
 
 
 def fuse(rankings: list[list[Hit]], limit: int) -> list[Hit]:

@@ -148,6 +148,10 @@ class Database(Protocol):
         """Whether the open batch can go on after a statement of it failed."""
         ...
 
+    def erasing(self) -> contextlib.AbstractContextManager[None]:
+        """Within it, deleted content is overwritten on the writer connection (forgetting)."""
+        ...
+
 
 C = TypeVar("C")
 

@@ -102,6 +102,15 @@ def _namespaced_text_index(table: str, columns: tuple[str, ...]) -> tuple[str, .
     )
 
 
+# Migration 12's partial indexes, the same on both backends.
+_LIFECYCLE_INDEXES = (
+    'CREATE INDEX "memories_expires_at" ON "memories" ("expires_at") '
+    'WHERE ("expires_at" IS NOT NULL)',
+    'CREATE INDEX "memories_dated_namespace" ON "memories" ("namespace") WHERE '
+    '(((("superseded_by" IS NOT NULL) OR ("valid_from" IS NOT NULL)) OR '
+    '("valid_to" IS NOT NULL)) OR ("expires_at" IS NOT NULL))',
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -340,6 +349,47 @@ MIGRATIONS: tuple[Migration, ...] = (
             # one. It goes with the file into backups; tokens stay valid after a restore.
             "INSERT INTO \"settings\" (\"key\", \"value\") "
             "VALUES ('page_token_key', randomblob(32))",
+        ),
+    ),
+    Migration(
+        12,
+        "the memory lifecycle: supersession, validity, expiry, history; real erasure",
+        (
+            'ALTER TABLE "memories" ADD COLUMN "superseded_by" INTEGER',
+            'ALTER TABLE "memories" ADD COLUMN "superseded_at" INTEGER',
+            'ALTER TABLE "memories" ADD COLUMN "supersedes" TEXT',
+            'ALTER TABLE "memories" ADD COLUMN "valid_from" INTEGER',
+            'ALTER TABLE "memories" ADD COLUMN "valid_to" INTEGER',
+            'ALTER TABLE "memories" ADD COLUMN "expires_at" INTEGER',
+            'ALTER TABLE "memories" ADD COLUMN "created_by" TEXT',
+            *_LIFECYCLE_INDEXES,
+            'CREATE TABLE "memory_history" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, '
+            '"namespace" TEXT NOT NULL, "memory_id" INTEGER NOT NULL, "version" TEXT NOT NULL, '
+            '"operation" TEXT NOT NULL CHECK (operation IN (\'update\', \'restate\', '
+            '\'supersede\', \'expire\')), "changed_fields" TEXT NOT NULL, "credential" TEXT, '
+            '"revision" INTEGER NOT NULL, "changed_at" INTEGER NOT NULL)',
+            'CREATE INDEX "memory_history_memory_id_id" ON "memory_history" ("memory_id", "id")',
+            # Deleting a row removes its terms from the index's pages at once, instead of
+            # adding a delete marker that leaves them readable until a merge (forgetting).
+            *(f"INSERT INTO {fts}({fts}, rank) VALUES ('secure-delete', 1)"
+              for fts in ("memories_fts", "messages_fts", "events_fts")),
+        ),
+        postgres=(
+            'ALTER TABLE "memories" ADD COLUMN "superseded_by" BIGINT',
+            'ALTER TABLE "memories" ADD COLUMN "superseded_at" BIGINT',
+            'ALTER TABLE "memories" ADD COLUMN "supersedes" TEXT COLLATE \"C\"',
+            'ALTER TABLE "memories" ADD COLUMN "valid_from" BIGINT',
+            'ALTER TABLE "memories" ADD COLUMN "valid_to" BIGINT',
+            'ALTER TABLE "memories" ADD COLUMN "expires_at" BIGINT',
+            'ALTER TABLE "memories" ADD COLUMN "created_by" TEXT COLLATE \"C\"',
+            *_LIFECYCLE_INDEXES,
+            'CREATE TABLE "memory_history" ("id" BIGSERIAL NOT NULL PRIMARY KEY, '
+            '"namespace" TEXT COLLATE "C" NOT NULL, "memory_id" BIGINT NOT NULL, '
+            '"version" TEXT COLLATE "C" NOT NULL, "operation" TEXT COLLATE "C" NOT NULL CHECK '
+            '(operation IN (\'update\', \'restate\', \'supersede\', \'expire\')), '
+            '"changed_fields" TEXT COLLATE "C" NOT NULL, "credential" TEXT COLLATE "C", '
+            '"revision" BIGINT NOT NULL, "changed_at" BIGINT NOT NULL)',
+            'CREATE INDEX "memory_history_memory_id_id" ON "memory_history" ("memory_id", "id")',
         ),
     ),
 )

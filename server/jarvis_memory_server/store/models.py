@@ -78,6 +78,15 @@ class Memory(BaseModel):
     last_accessed_at = pw.BigIntegerField(null=True)
     restated_count = pw.IntegerField(default=0)
     revision = pw.BigIntegerField()
+    # The lifecycle (migration 12): all NULL for a memory that is simply current, so a plain
+    # insert writes nothing more, and the partial indexes below skip it.
+    superseded_by = pw.BigIntegerField(null=True)
+    superseded_at = pw.BigIntegerField(null=True)
+    supersedes = pw.TextField(null=True)  # JSON array of the ids this memory replaced
+    valid_from = pw.BigIntegerField(null=True)
+    valid_to = pw.BigIntegerField(null=True)
+    expires_at = pw.BigIntegerField(null=True)
+    created_by = pw.TextField(null=True)  # the credential's name, when auth is on
 
     class Meta:
         table_name = "memories"
@@ -100,6 +109,44 @@ Memory.add_index(
         Memory.namespace, Memory.created_at, name="memories_stale_namespace_created_at"
     ).where(Memory.stale == True)  # noqa: E712 - a SQL expression, not a comparison
 )
+# The expiry sweep's queue, across namespaces.
+Memory.add_index(
+    Memory.index(Memory.expires_at, name="memories_expires_at").where(
+        Memory.expires_at.is_null(False))
+)
+# Whether a namespace has any memory that is not simply current: reads filter by the
+# lifecycle only then (service/memories.py), so plain namespaces pay nothing for it.
+Memory.add_index(
+    Memory.index(Memory.namespace, name="memories_dated_namespace").where(
+        Memory.superseded_by.is_null(False) | Memory.valid_from.is_null(False)
+        | Memory.valid_to.is_null(False) | Memory.expires_at.is_null(False))
+)
+
+
+class MemoryHistory(BaseModel):
+    """A version of a memory that a change replaced, and that change.
+
+    ``version`` is the replaced memory (its row as a JSON array, as the change log stores
+    rows); the other columns describe the change that replaced it. No foreign key: the
+    versions of an expired memory outlive it (forgetting or deleting it removes them).
+    """
+
+    OPERATIONS: ClassVar[tuple[str, ...]] = ("update", "restate", "supersede", "expire")
+
+    id = AutoIncrementField()
+    namespace = pw.TextField()
+    memory_id = pw.BigIntegerField()
+    version = pw.TextField()
+    operation = pw.TextField(
+        constraints=[pw.Check("operation IN ('update', 'restate', 'supersede', 'expire')")])
+    changed_fields = pw.TextField()  # JSON array of Memory field names
+    credential = pw.TextField(null=True)
+    revision = pw.BigIntegerField()
+    changed_at = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "memory_history"
+        indexes = ((("memory_id", "id"), False),)
 
 
 class Session(BaseModel):
@@ -456,7 +503,7 @@ class Setting(BaseModel):
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (
-    Change, Memory, Session, Message, SessionEvent, ApiToken, Event, Snapshot, Preference,
-    StateEntry, ToolCall, PlanningCycle, Decision, CollectionDef, EmbeddingSpace,
+    Change, Memory, MemoryHistory, Session, Message, SessionEvent, ApiToken, Event, Snapshot,
+    Preference, StateEntry, ToolCall, PlanningCycle, Decision, CollectionDef, EmbeddingSpace,
     MemoryEmbedding, MessageEmbedding, Setting,
 )

@@ -18,6 +18,7 @@ listener thread wakes their loop to publish the new changes to their watchers (w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -557,6 +558,15 @@ class PostgresDatabase:
     def batch_usable(self) -> bool:
         """Whether no statement of the open batch failed (one that did aborts it)."""
         return self.conn.status() == TransactionStatus.INTRANS
+
+    @contextlib.contextmanager
+    def erasing(self) -> Iterator[None]:
+        """Nothing to switch here.
+
+        Deleted rows stay in their pages until (auto)VACUUM reclaims them, which is
+        PostgreSQL's to schedule (see the README on forgetting).
+        """
+        yield
 
     def _count_rows(self, count: int) -> None:
         self.writes.changed_rows += count

@@ -31,7 +31,7 @@ from jarvis_memory_server.store.fulltext import (
     pending_table,
     qualified,
 )
-from jarvis_memory_server.store.memories import MemoryRow
+from jarvis_memory_server.store.memories import LIFECYCLE_FILTERS, MemoryRow
 from jarvis_memory_server.store.sessions import MessageRow
 from jarvis_memory_server.store.sqlite import Database
 from jarvis_memory_server.store.writes import WriteTxn
@@ -66,6 +66,8 @@ class SearchIndex:
     embedding_key: str | None
     # Ids of a namespace's rows (:namespace), newest first where an index gives that order.
     namespace_rows: str
+    # Where in a row the time recency ranking measures from (None: no recency ranking).
+    recency_column: int | None = None
 
     @property
     def fts(self) -> str:
@@ -93,10 +95,12 @@ MEMORIES = SearchIndex(
         "stale": "t.stale = :stale",
         "created_after": "t.created_at >= :created_after",
         "created_before": "t.created_at < :created_before",
+        **LIFECYCLE_FILTERS,
     },
     embeddings="memory_embeddings",
     embedding_key="memory_id",
     namespace_rows="SELECT id FROM memories WHERE namespace = :namespace ORDER BY created_at DESC",
+    recency_column=MemoryRow._fields.index("updated_at"),
 )
 
 MESSAGES = SearchIndex(

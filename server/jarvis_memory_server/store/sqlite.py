@@ -91,6 +91,7 @@ class Database:
         # Set by the Checkpointer when the WAL outgrew max_wal_size under writes: the next
         # batch first checkpoints and rewinds it on the writer connection.
         self.rewind_wanted = False
+        self._secure_delete = False  # on for a batch that erases (erasing())
         # Without a Checkpointer (the CLI's tools, bench preloads), write() bounds the WAL.
         self.checkpointer_running = False
         self.peewee = APSWDatabase(None)
@@ -255,6 +256,9 @@ class Database:
 
     def begin(self, cursor: Cursor) -> int:
         """Open a batch: take the write lock now, so that its statements never wait for it."""
+        if self._secure_delete:  # the erasing batch before this one has ended
+            cursor.execute("PRAGMA secure_delete = 0")
+            self._secure_delete = False
         cursor.execute("BEGIN IMMEDIATE")
         return self.writes.revision
 
@@ -265,6 +269,19 @@ class Database:
     def batch_usable(self) -> bool:
         """Always: a failed SQLite statement undoes itself and leaves the transaction open."""
         return True
+
+    @contextlib.contextmanager
+    def erasing(self) -> Iterator[None]:
+        """Overwrite deleted content with zeros until the batch ends (on the writer).
+
+        Until it ends, not only meanwhile: FTS5 writes its index changes out later in the
+        batch, up to its commit. Only for erasures: always on, it made batched inserts a
+        quarter slower (the pages full-text indexing frees as it merges were zeroed too).
+        """
+        if not self._secure_delete:
+            self.conn.execute("PRAGMA secure_delete = 1")
+            self._secure_delete = True
+        yield
 
     @property
     def revision(self) -> int:

@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 
 from jarvis.memory.v1 import common_pb2
 from jarvis_memory_server import errors
-from jarvis_memory_server.service.auth import Authenticator
+from jarvis_memory_server.service.auth import CALLER, Authenticator
 from jarvis_memory_server.service.common import DEFAULT_NAMESPACE, ServiceBase
 from jarvis_memory_server.store.writes import pending_commit
 
@@ -129,6 +129,7 @@ def check_credentials(servicer: Servicer, method: str, request: Any, context: An
             authorization = value
             break
     principal = auth.authenticate(authorization)
+    CALLER.set(principal.subject)  # the history of what this call changes keeps it
     if isinstance(request, Undecodable):
         return  # its namespace is unknown: the wrapper refuses it as INVALID_ARGUMENT next
     # A request without a namespace field spans every namespace: it needs a credential for "*".
@@ -159,6 +160,28 @@ def rich_status(code: grpc.StatusCode, message: str, reason: str, metadata: dict
     )
 
 
+def _guarded(
+    handler: Any, writes: bool,
+    run: Callable[[S, Request, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Wrapped[S, Request, Response]:
+    """The wrapper every unary handler gets: auth, undecodable requests, the error table."""
+    method = handler.__name__
+
+    @functools.wraps(handler)
+    async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            check_credentials(self, method, request, context)
+            if isinstance(request, Undecodable):
+                raise request.error
+            return await run(self, request, context)
+        except Exception as exc:
+            await abort(context, method, exc)
+            raise  # pragma: no cover - abort raises
+
+    wrapper.writes = writes  # type: ignore[attr-defined]
+    return wrapper
+
+
 @overload
 def read_rpc(handler: Wrapped[S, Request, Response]) -> Wrapped[S, Request, Response]: ...
 @overload
@@ -170,32 +193,22 @@ def read_rpc(handler: Any) -> Any:
     A synchronous one runs on the event loop, where reads cost microseconds (SQLite), or in
     the database's read executor where each read waits for a server (PostgreSQL).
     """
-    method = handler.__name__
     synchronous = not inspect.iscoroutinefunction(handler)
 
-    @functools.wraps(handler)
-    async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
-        try:
-            check_credentials(self, method, request, context)
-            if isinstance(request, Undecodable):
-                raise request.error
-            executor = self.read_executor
-            if synchronous and executor is not None:
-                response: Response = await asyncio.get_running_loop().run_in_executor(
-                    executor, handler, self, request, context)
-            else:
-                result = handler(self, request, context)
-                response = await result if inspect.isawaitable(result) else result
-            if pending_commit() is not None:  # a write here would be answered uncommitted
-                raise RuntimeError(f"{method} is a read_rpc but wrote")
-            response.header.revision = self.revision  # type: ignore[attr-defined]
-            return response
-        except Exception as exc:
-            await abort(context, method, exc)
-            raise  # pragma: no cover - abort raises
+    async def run(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        executor = self.read_executor
+        if synchronous and executor is not None:
+            response: Response = await asyncio.get_running_loop().run_in_executor(
+                executor, handler, self, request, context)
+        else:
+            result = handler(self, request, context)
+            response = await result if inspect.isawaitable(result) else result
+        if pending_commit() is not None:  # a write here would be answered uncommitted
+            raise RuntimeError(f"{handler.__name__} is a read_rpc but wrote")
+        response.header.revision = self.revision  # type: ignore[attr-defined]
+        return response
 
-    wrapper.writes = False  # type: ignore[attr-defined]
-    return wrapper
+    return _guarded(handler, False, run)
 
 
 def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Response]:
@@ -205,25 +218,28 @@ def write_rpc(handler: Handler[S, Request, Response]) -> Wrapped[S, Request, Res
     holding its writes succeeded; its response header then carries its last revision. When
     another write's failure rolled its batch back, it runs again (GroupCommitter.run).
     """
-    method = handler.__name__
+    async def run(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        response, revision = await self.run_write(lambda: handler(self, request, context))
+        # No revision: nothing changed (only possible for a no-op write).
+        response.header.revision = (  # type: ignore[attr-defined]
+            self.revision if revision is None else revision)
+        return response
 
-    @functools.wraps(handler)
-    async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
-        try:
-            check_credentials(self, method, request, context)
-            if isinstance(request, Undecodable):
-                raise request.error
-            response, revision = await self.run_write(lambda: handler(self, request, context))
-            # No revision: nothing changed (only possible for a no-op write).
-            response.header.revision = (  # type: ignore[attr-defined]
-                self.revision if revision is None else revision)
-            return response
-        except Exception as exc:
-            await abort(context, method, exc)
-            raise  # pragma: no cover - abort raises
+    return _guarded(handler, True, run)
 
-    wrapper.writes = True  # type: ignore[attr-defined]
-    return wrapper
+
+def steps_rpc(handler: Wrapped[S, Request, Response]) -> Wrapped[S, Request, Response]:
+    """Wrap a coroutine handler that writes in several steps (``await self.run_write``).
+
+    Each step is committed before the next runs, so other writers go between them; the
+    response header carries the revision the daemon had reached when the last step ended.
+    """
+    async def run(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        response = await handler(self, request, context)
+        response.header.revision = self.revision  # type: ignore[attr-defined]
+        return response
+
+    return _guarded(handler, True, run)
 
 
 def stream_rpc(

@@ -14,7 +14,7 @@ MODE = EnumNames(search_pb2.SearchMode, "SEARCH_MODE_")
 
 
 def search_request(
-    search: SearchService, request: Any, filters: dict[str, Any]
+    search: SearchService, request: Any, filters: dict[str, Any], recency_weight: float = 0.0,
 ) -> SearchRequest:
     """Validate a Search*Request (namespace, query, limit, and mode + embedding if it has them)."""
     has_vectors = hasattr(request, "embedding")
@@ -25,6 +25,7 @@ def search_request(
         embedding=request.embedding if has_vectors else (),
         filters=filters,
         limit=request.limit,
+        recency_weight=recency_weight,
     )
 
 

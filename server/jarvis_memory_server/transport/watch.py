@@ -96,6 +96,9 @@ def fill_change(message: watch_pb2.Change, change: ChangeRow) -> None:
         if not all(name in values for name in resource.row._fields):
             return  # an older record of another shape: no typed resource
         values = [values[name] for name in resource.row._fields]
+    elif len(values) < len(resource.row._fields):  # logged before the row type grew
+        values += [None] * (len(resource.row._fields) - len(values))
+        message.resource.update(dict(zip(resource.row._fields, values, strict=True)))
     elif change.kind == "row":
         message.resource.update({"id": values[1], **{name: v for name, _, v in values[2]}})
     else:

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
@@ -29,7 +30,7 @@ from jarvis.memory.v1 import common_pb2 as jarvis_dot_memory_dot_v1_dot_common__
 from jarvis.memory.v1 import search_pb2 as jarvis_dot_memory_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djarvis/memory/v1/memory.proto\x12\x10jarvis.memory.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\x1a\x1djarvis/memory/v1/search.proto\"\xd8\x03\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x06 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12+\n\nattributes\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61ttributes_json\x18\x0f \x01(\t\x12\r\n\x05stale\x18\t \x01(\x08\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_accessed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erestated_count\x18\r \x01(\x03\x12\x10\n\x08revision\x18\x0e \x01(\x03\"\x84\x02\n\x10\x41\x64\x64MemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x04 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61ttributes_json\x18\x08 \x01(\t\x12\x11\n\tembedding\x18\x07 \x03(\x02\"\x85\x01\n\x11\x41\x64\x64MemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\"\xea\x01\n\tNewMemory\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x03 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61ttributes_json\x18\x07 \x01(\t\x12\x11\n\tembedding\x18\x06 \x03(\x02\"V\n\x12\x41\x64\x64MemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x08memories\x18\x02 \x03(\x0b\x32\x1b.jarvis.memory.v1.NewMemory\"{\n\x13\x41\x64\x64MemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x32\n\x07results\x18\x02 \x03(\x0b\x32!.jarvis.memory.v1.AddMemoryResult\"Q\n\x0f\x41\x64\x64MemoryResult\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"1\n\x10GetMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"o\n\x11GetMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"\xda\x02\n\x13ListMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x04 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x05 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_subjectB\x08\n\x06_stale\"\x8d\x01\n\x14ListMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12*\n\x08memories\x18\x02 \x03(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x96\x01\n\x13UpdateMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x11\n\tembedding\x18\x04 \x03(\x02\"r\n\x14UpdateMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"4\n\x13\x44\x65leteMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"H\n\x14\x44\x65leteMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\"\x92\x03\n\x15SearchMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.jarvis.memory.v1.SearchMode\x12\x11\n\tembedding\x18\x05 \x03(\x02\x12\x32\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x07 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\t \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_subjectB\x08\n\x06_stale\"u\n\x16SearchMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12)\n\x04hits\x18\x02 \x03(\x0b\x32\x1b.jarvis.memory.v1.MemoryHit\"U\n\tMemoryHit\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07snippet\x18\x03 \x01(\t*\x88\x01\n\x0eMemoryCategory\x12\x1f\n\x1bMEMORY_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMEMORY_CATEGORY_PREFERENCE\x10\x01\x12\x18\n\x14MEMORY_CATEGORY_FACT\x10\x02\x12\x1b\n\x17MEMORY_CATEGORY_PATTERN\x10\x03*p\n\x0cMemorySource\x12\x1d\n\x19MEMORY_SOURCE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMEMORY_SOURCE_USER_EXPLICIT\x10\x01\x12 \n\x1cMEMORY_SOURCE_AGENT_INFERRED\x10\x02\x32\xcc\x05\n\rMemoryService\x12Z\n\tAddMemory\x12\".jarvis.memory.v1.AddMemoryRequest\x1a#.jarvis.memory.v1.AddMemoryResponse\"\x04\xc0\xf3\x18\x02\x12`\n\x0b\x41\x64\x64Memories\x12$.jarvis.memory.v1.AddMemoriesRequest\x1a%.jarvis.memory.v1.AddMemoriesResponse\"\x04\xc0\xf3\x18\x02\x12]\n\tGetMemory\x12\".jarvis.memory.v1.GetMemoryRequest\x1a#.jarvis.memory.v1.GetMemoryResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12\x66\n\x0cListMemories\x12%.jarvis.memory.v1.ListMemoriesRequest\x1a&.jarvis.memory.v1.ListMemoriesResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12\x63\n\x0cUpdateMemory\x12%.jarvis.memory.v1.UpdateMemoryRequest\x1a&.jarvis.memory.v1.UpdateMemoryResponse\"\x04\xc0\xf3\x18\x02\x12\x63\n\x0c\x44\x65leteMemory\x12%.jarvis.memory.v1.DeleteMemoryRequest\x1a&.jarvis.memory.v1.DeleteMemoryResponse\"\x04\xc0\xf3\x18\x02\x12l\n\x0eSearchMemories\x12\'.jarvis.memory.v1.SearchMemoriesRequest\x1a(.jarvis.memory.v1.SearchMemoriesResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djarvis/memory/v1/memory.proto\x12\x10jarvis.memory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1djarvis/memory/v1/common.proto\x1a\x1djarvis/memory/v1/search.proto\"\xc4\x05\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x06 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12+\n\nattributes\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61ttributes_json\x18\x0f \x01(\t\x12\r\n\x05stale\x18\t \x01(\x08\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_accessed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erestated_count\x18\r \x01(\x03\x12\x10\n\x08revision\x18\x0e \x01(\x03\x12\x15\n\rsuperseded_by\x18\x10 \x01(\x03\x12\x31\n\rsuperseded_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsupersedes\x18\x12 \x03(\x03\x12.\n\nvalid_from\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08valid_to\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x03\n\x10\x41\x64\x64MemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x04 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61ttributes_json\x18\x08 \x01(\t\x12\x11\n\tembedding\x18\x07 \x03(\x02\x12\x12\n\nsupersedes\x18\t \x03(\x03\x12.\n\nvalid_from\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08valid_to\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x11\x41\x64\x64MemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\"\xb4\x03\n\tNewMemory\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x03 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61ttributes_json\x18\x07 \x01(\t\x12\x11\n\tembedding\x18\x06 \x03(\x02\x12\x12\n\nsupersedes\x18\x08 \x03(\x03\x12.\n\nvalid_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08valid_to\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nexpires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x12\x41\x64\x64MemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x08memories\x18\x02 \x03(\x0b\x32\x1b.jarvis.memory.v1.NewMemory\"{\n\x13\x41\x64\x64MemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x32\n\x07results\x18\x02 \x03(\x0b\x32!.jarvis.memory.v1.AddMemoryResult\"Q\n\x0f\x41\x64\x64MemoryResult\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"1\n\x10GetMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"o\n\x11GetMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"\xa1\x03\n\x13ListMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x32\n\x08\x63\x61tegory\x18\x04 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x05 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12include_superseded\x18\n \x01(\x08\x12)\n\x05\x61s_of\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_subjectB\x08\n\x06_stale\"\x8d\x01\n\x14ListMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12*\n\x08memories\x18\x02 \x03(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xd2\x01\n\x13UpdateMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nsupersedes\x18\x06 \x03(\x03\"r\n\x14UpdateMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12(\n\x06memory\x18\x02 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\"4\n\x13\x44\x65leteMemoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\"H\n\x14\x44\x65leteMemoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\"\xf1\x03\n\x15SearchMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.jarvis.memory.v1.SearchMode\x12\x11\n\tembedding\x18\x05 \x03(\x02\x12\x32\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x07 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\t \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12include_superseded\x18\x0c \x01(\x08\x12)\n\x05\x61s_of\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erecency_weight\x18\x0e \x01(\x01\x42\n\n\x08_subjectB\x08\n\x06_stale\"u\n\x16SearchMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12)\n\x04hits\x18\x02 \x03(\x0b\x32\x1b.jarvis.memory.v1.MemoryHit\"U\n\tMemoryHit\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07snippet\x18\x03 \x01(\t\"_\n\x17GetMemoryHistoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x98\x01\n\x18GetMemoryHistoryResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\x31\n\x08versions\x18\x02 \x03(\x0b\x32\x1f.jarvis.memory.v1.MemoryVersion\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xd7\x01\n\rMemoryVersion\x12(\n\x06memory\x18\x01 \x01(\x0b\x32\x18.jarvis.memory.v1.Memory\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\toperation\x18\x04 \x01(\x0e\x32!.jarvis.memory.v1.MemoryOperation\x12\x16\n\x0e\x63hanged_fields\x18\x05 \x03(\t\x12\x12\n\ncredential\x18\x06 \x01(\t\"\xd3\x02\n\x15\x46orgetMemoriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x03\x12\x32\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32 .jarvis.memory.v1.MemoryCategory\x12.\n\x06source\x18\x04 \x01(\x0e\x32\x1e.jarvis.memory.v1.MemorySource\x12\x14\n\x07subject\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05stale\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x31\n\rcreated_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\x42\n\n\x08_subjectB\x08\n\x06_stale\"f\n\x16\x46orgetMemoriesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .jarvis.memory.v1.ResponseHeader\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0b\n\x03ids\x18\x03 \x03(\x03*\x88\x01\n\x0eMemoryCategory\x12\x1f\n\x1bMEMORY_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMEMORY_CATEGORY_PREFERENCE\x10\x01\x12\x18\n\x14MEMORY_CATEGORY_FACT\x10\x02\x12\x1b\n\x17MEMORY_CATEGORY_PATTERN\x10\x03*p\n\x0cMemorySource\x12\x1d\n\x19MEMORY_SOURCE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMEMORY_SOURCE_USER_EXPLICIT\x10\x01\x12 \n\x1cMEMORY_SOURCE_AGENT_INFERRED\x10\x02*\xc8\x01\n\x0fMemoryOperation\x12 \n\x1cMEMORY_OPERATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17MEMORY_OPERATION_CREATE\x10\x01\x12\x1b\n\x17MEMORY_OPERATION_UPDATE\x10\x02\x12\x1c\n\x18MEMORY_OPERATION_RESTATE\x10\x03\x12\x1e\n\x1aMEMORY_OPERATION_SUPERSEDE\x10\x04\x12\x1b\n\x17MEMORY_OPERATION_EXPIRE\x10\x05\x32\xab\x07\n\rMemoryService\x12Z\n\tAddMemory\x12\".jarvis.memory.v1.AddMemoryRequest\x1a#.jarvis.memory.v1.AddMemoryResponse\"\x04\xc0\xf3\x18\x02\x12`\n\x0b\x41\x64\x64Memories\x12$.jarvis.memory.v1.AddMemoriesRequest\x1a%.jarvis.memory.v1.AddMemoriesResponse\"\x04\xc0\xf3\x18\x02\x12]\n\tGetMemory\x12\".jarvis.memory.v1.GetMemoryRequest\x1a#.jarvis.memory.v1.GetMemoryResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12\x66\n\x0cListMemories\x12%.jarvis.memory.v1.ListMemoriesRequest\x1a&.jarvis.memory.v1.ListMemoriesResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12\x63\n\x0cUpdateMemory\x12%.jarvis.memory.v1.UpdateMemoryRequest\x1a&.jarvis.memory.v1.UpdateMemoryResponse\"\x04\xc0\xf3\x18\x02\x12\x63\n\x0c\x44\x65leteMemory\x12%.jarvis.memory.v1.DeleteMemoryRequest\x1a&.jarvis.memory.v1.DeleteMemoryResponse\"\x04\xc0\xf3\x18\x02\x12r\n\x10GetMemoryHistory\x12).jarvis.memory.v1.GetMemoryHistoryRequest\x1a*.jarvis.memory.v1.GetMemoryHistoryResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x12i\n\x0e\x46orgetMemories\x12\'.jarvis.memory.v1.ForgetMemoriesRequest\x1a(.jarvis.memory.v1.ForgetMemoriesResponse\"\x04\xc0\xf3\x18\x02\x12l\n\x0eSearchMemories\x12\'.jarvis.memory.v1.SearchMemoriesRequest\x1a(.jarvis.memory.v1.SearchMemoriesResponse\"\x07\x90\x02\x01\xc0\xf3\x18\x01\x42IZGgithub.com/jarvis-memory/jarvis-memory/gen/go/jarvis/memory/v1;memoryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,48 +50,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMORYSERVICE'].methods_by_name['UpdateMemory']._serialized_options = b'\300\363\030\002'
   _globals['_MEMORYSERVICE'].methods_by_name['DeleteMemory']._loaded_options = None
   _globals['_MEMORYSERVICE'].methods_by_name['DeleteMemory']._serialized_options = b'\300\363\030\002'
+  _globals['_MEMORYSERVICE'].methods_by_name['GetMemoryHistory']._loaded_options = None
+  _globals['_MEMORYSERVICE'].methods_by_name['GetMemoryHistory']._serialized_options = b'\220\002\001\300\363\030\001'
+  _globals['_MEMORYSERVICE'].methods_by_name['ForgetMemories']._loaded_options = None
+  _globals['_MEMORYSERVICE'].methods_by_name['ForgetMemories']._serialized_options = b'\300\363\030\002'
   _globals['_MEMORYSERVICE'].methods_by_name['SearchMemories']._loaded_options = None
   _globals['_MEMORYSERVICE'].methods_by_name['SearchMemories']._serialized_options = b'\220\002\001\300\363\030\001'
-  _globals['_MEMORYCATEGORY']._serialized_start=3283
-  _globals['_MEMORYCATEGORY']._serialized_end=3419
-  _globals['_MEMORYSOURCE']._serialized_start=3421
-  _globals['_MEMORYSOURCE']._serialized_end=3533
-  _globals['_MEMORY']._serialized_start=211
-  _globals['_MEMORY']._serialized_end=683
-  _globals['_ADDMEMORYREQUEST']._serialized_start=686
-  _globals['_ADDMEMORYREQUEST']._serialized_end=946
-  _globals['_ADDMEMORYRESPONSE']._serialized_start=949
-  _globals['_ADDMEMORYRESPONSE']._serialized_end=1082
-  _globals['_NEWMEMORY']._serialized_start=1085
-  _globals['_NEWMEMORY']._serialized_end=1319
-  _globals['_ADDMEMORIESREQUEST']._serialized_start=1321
-  _globals['_ADDMEMORIESREQUEST']._serialized_end=1407
-  _globals['_ADDMEMORIESRESPONSE']._serialized_start=1409
-  _globals['_ADDMEMORIESRESPONSE']._serialized_end=1532
-  _globals['_ADDMEMORYRESULT']._serialized_start=1534
-  _globals['_ADDMEMORYRESULT']._serialized_end=1615
-  _globals['_GETMEMORYREQUEST']._serialized_start=1617
-  _globals['_GETMEMORYREQUEST']._serialized_end=1666
-  _globals['_GETMEMORYRESPONSE']._serialized_start=1668
-  _globals['_GETMEMORYRESPONSE']._serialized_end=1779
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=1782
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=2128
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=2131
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=2272
-  _globals['_UPDATEMEMORYREQUEST']._serialized_start=2275
-  _globals['_UPDATEMEMORYREQUEST']._serialized_end=2425
-  _globals['_UPDATEMEMORYRESPONSE']._serialized_start=2427
-  _globals['_UPDATEMEMORYRESPONSE']._serialized_end=2541
-  _globals['_DELETEMEMORYREQUEST']._serialized_start=2543
-  _globals['_DELETEMEMORYREQUEST']._serialized_end=2595
-  _globals['_DELETEMEMORYRESPONSE']._serialized_start=2597
-  _globals['_DELETEMEMORYRESPONSE']._serialized_end=2669
-  _globals['_SEARCHMEMORIESREQUEST']._serialized_start=2672
-  _globals['_SEARCHMEMORIESREQUEST']._serialized_end=3074
-  _globals['_SEARCHMEMORIESRESPONSE']._serialized_start=3076
-  _globals['_SEARCHMEMORIESRESPONSE']._serialized_end=3193
-  _globals['_MEMORYHIT']._serialized_start=3195
-  _globals['_MEMORYHIT']._serialized_end=3280
-  _globals['_MEMORYSERVICE']._serialized_start=3536
-  _globals['_MEMORYSERVICE']._serialized_end=4252
+  _globals['_MEMORYCATEGORY']._serialized_start=5097
+  _globals['_MEMORYCATEGORY']._serialized_end=5233
+  _globals['_MEMORYSOURCE']._serialized_start=5235
+  _globals['_MEMORYSOURCE']._serialized_end=5347
+  _globals['_MEMORYOPERATION']._serialized_start=5350
+  _globals['_MEMORYOPERATION']._serialized_end=5550
+  _globals['_MEMORY']._serialized_start=243
+  _globals['_MEMORY']._serialized_end=951
+  _globals['_ADDMEMORYREQUEST']._serialized_start=954
+  _globals['_ADDMEMORYREQUEST']._serialized_end=1416
+  _globals['_ADDMEMORYRESPONSE']._serialized_start=1419
+  _globals['_ADDMEMORYRESPONSE']._serialized_end=1552
+  _globals['_NEWMEMORY']._serialized_start=1555
+  _globals['_NEWMEMORY']._serialized_end=1991
+  _globals['_ADDMEMORIESREQUEST']._serialized_start=1993
+  _globals['_ADDMEMORIESREQUEST']._serialized_end=2079
+  _globals['_ADDMEMORIESRESPONSE']._serialized_start=2081
+  _globals['_ADDMEMORIESRESPONSE']._serialized_end=2204
+  _globals['_ADDMEMORYRESULT']._serialized_start=2206
+  _globals['_ADDMEMORYRESULT']._serialized_end=2287
+  _globals['_GETMEMORYREQUEST']._serialized_start=2289
+  _globals['_GETMEMORYREQUEST']._serialized_end=2338
+  _globals['_GETMEMORYRESPONSE']._serialized_start=2340
+  _globals['_GETMEMORYRESPONSE']._serialized_end=2451
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=2454
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=2871
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=2874
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=3015
+  _globals['_UPDATEMEMORYREQUEST']._serialized_start=3018
+  _globals['_UPDATEMEMORYREQUEST']._serialized_end=3228
+  _globals['_UPDATEMEMORYRESPONSE']._serialized_start=3230
+  _globals['_UPDATEMEMORYRESPONSE']._serialized_end=3344
+  _globals['_DELETEMEMORYREQUEST']._serialized_start=3346
+  _globals['_DELETEMEMORYREQUEST']._serialized_end=3398
+  _globals['_DELETEMEMORYRESPONSE']._serialized_start=3400
+  _globals['_DELETEMEMORYRESPONSE']._serialized_end=3472
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_start=3475
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_end=3972
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_start=3974
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_end=4091
+  _globals['_MEMORYHIT']._serialized_start=4093
+  _globals['_MEMORYHIT']._serialized_end=4178
+  _globals['_GETMEMORYHISTORYREQUEST']._serialized_start=4180
+  _globals['_GETMEMORYHISTORYREQUEST']._serialized_end=4275
+  _globals['_GETMEMORYHISTORYRESPONSE']._serialized_start=4278
+  _globals['_GETMEMORYHISTORYRESPONSE']._serialized_end=4430
+  _globals['_MEMORYVERSION']._serialized_start=4433
+  _globals['_MEMORYVERSION']._serialized_end=4648
+  _globals['_FORGETMEMORIESREQUEST']._serialized_start=4651
+  _globals['_FORGETMEMORIESREQUEST']._serialized_end=4990
+  _globals['_FORGETMEMORIESRESPONSE']._serialized_start=4992
+  _globals['_FORGETMEMORIESRESPONSE']._serialized_end=5094
+  _globals['_MEMORYSERVICE']._serialized_start=5553
+  _globals['_MEMORYSERVICE']._serialized_end=6492
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -84,6 +85,52 @@ MEMORY_SOURCE_AGENT_INFERRED: MemorySource.ValueType  # 2
 """MEMORY_SOURCE_AGENT_INFERRED: the assistant concluded it."""
 Global___MemorySource: _TypeAlias = MemorySource  # noqa: Y015
 
+class _MemoryOperation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryOperation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_OPERATION_UNSPECIFIED: _MemoryOperation.ValueType  # 0
+    """MEMORY_OPERATION_UNSPECIFIED is not used."""
+    MEMORY_OPERATION_CREATE: _MemoryOperation.ValueType  # 1
+    """MEMORY_OPERATION_CREATE: the memory was first stored."""
+    MEMORY_OPERATION_UPDATE: _MemoryOperation.ValueType  # 2
+    """MEMORY_OPERATION_UPDATE: UpdateMemory changed it (changed_fields says what)."""
+    MEMORY_OPERATION_RESTATE: _MemoryOperation.ValueType  # 3
+    """MEMORY_OPERATION_RESTATE: the same content was added again, and that
+    changed more than its restated_count (it was stale or superseded, or its
+    validity or expiry changed).
+    """
+    MEMORY_OPERATION_SUPERSEDE: _MemoryOperation.ValueType  # 4
+    """MEMORY_OPERATION_SUPERSEDE: another memory superseded it."""
+    MEMORY_OPERATION_EXPIRE: _MemoryOperation.ValueType  # 5
+    """MEMORY_OPERATION_EXPIRE: it expired and was purged; the version is the
+    memory as it was then.
+    """
+
+class MemoryOperation(_MemoryOperation, metaclass=_MemoryOperationEnumTypeWrapper):
+    """MemoryOperation says what made a version of a memory."""
+
+MEMORY_OPERATION_UNSPECIFIED: MemoryOperation.ValueType  # 0
+"""MEMORY_OPERATION_UNSPECIFIED is not used."""
+MEMORY_OPERATION_CREATE: MemoryOperation.ValueType  # 1
+"""MEMORY_OPERATION_CREATE: the memory was first stored."""
+MEMORY_OPERATION_UPDATE: MemoryOperation.ValueType  # 2
+"""MEMORY_OPERATION_UPDATE: UpdateMemory changed it (changed_fields says what)."""
+MEMORY_OPERATION_RESTATE: MemoryOperation.ValueType  # 3
+"""MEMORY_OPERATION_RESTATE: the same content was added again, and that
+changed more than its restated_count (it was stale or superseded, or its
+validity or expiry changed).
+"""
+MEMORY_OPERATION_SUPERSEDE: MemoryOperation.ValueType  # 4
+"""MEMORY_OPERATION_SUPERSEDE: another memory superseded it."""
+MEMORY_OPERATION_EXPIRE: MemoryOperation.ValueType  # 5
+"""MEMORY_OPERATION_EXPIRE: it expired and was purged; the version is the
+memory as it was then.
+"""
+Global___MemoryOperation: _TypeAlias = MemoryOperation  # noqa: Y015
+
 @_typing.final
 class Memory(_message.Message):
     """Memory is one remembered piece of knowledge."""
@@ -105,6 +152,12 @@ class Memory(_message.Message):
     LAST_ACCESSED_AT_FIELD_NUMBER: _builtins.int
     RESTATED_COUNT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_BY_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_AT_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """id identifies the memory inside the daemon; assigned by the server, never reused."""
     namespace: _builtins.str
@@ -138,6 +191,10 @@ class Memory(_message.Message):
     """
     revision: _builtins.int
     """revision is the store revision of the memory's last change."""
+    superseded_by: _builtins.int
+    """superseded_by is the id of the memory that replaced this one; 0 while it
+    is current. Restating a superseded memory makes it current again.
+    """
     @_builtins.property
     def attributes(self) -> _struct_pb2.Struct:
         """attributes holds optional structured data as a JSON object; unset when none.
@@ -155,6 +212,34 @@ class Memory(_message.Message):
     @_builtins.property
     def last_accessed_at(self) -> _timestamp_pb2.Timestamp:
         """last_accessed_at is when the memory was last restated; unset if never."""
+
+    @_builtins.property
+    def superseded_at(self) -> _timestamp_pb2.Timestamp:
+        """superseded_at is when this memory was superseded; unset while current."""
+
+    @_builtins.property
+    def supersedes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """supersedes lists the ids of the memories this one replaced, in the order
+        they were replaced (they may have been deleted since).
+        """
+
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """valid_from, when set, is when the fact began to hold in the world (set by
+        the client; independent of created_at, when the daemon recorded it).
+        """
+
+    @_builtins.property
+    def valid_to(self) -> _timestamp_pb2.Timestamp:
+        """valid_to, when set, is when the fact stopped holding: set by the client,
+        or by supersession to the time it was superseded (when unset or later).
+        """
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """expires_at, when set, is when the memory expires: from then on it reads as
+        absent (NOT_FOUND, never listed or found) and the daemon purges it.
+        """
 
     def __init__(
         self,
@@ -174,10 +259,16 @@ class Memory(_message.Message):
         last_accessed_at: _timestamp_pb2.Timestamp | None = ...,
         restated_count: _builtins.int = ...,
         revision: _builtins.int = ...,
+        superseded_by: _builtins.int = ...,
+        superseded_at: _timestamp_pb2.Timestamp | None = ...,
+        supersedes: _abc.Iterable[_builtins.int] | None = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_to: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "created_at", b"created_at", "last_accessed_at", b"last_accessed_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "created_at", b"created_at", "expires_at", b"expires_at", "last_accessed_at", b"last_accessed_at", "superseded_at", b"superseded_at", "updated_at", b"updated_at", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "content_hash", b"content_hash", "created_at", b"created_at", "id", b"id", "last_accessed_at", b"last_accessed_at", "namespace", b"namespace", "restated_count", b"restated_count", "revision", b"revision", "source", b"source", "stale", b"stale", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "content_hash", b"content_hash", "created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "last_accessed_at", b"last_accessed_at", "namespace", b"namespace", "restated_count", b"restated_count", "revision", b"revision", "source", b"source", "stale", b"stale", "subject", b"subject", "superseded_at", b"superseded_at", "superseded_by", b"superseded_by", "supersedes", b"supersedes", "updated_at", b"updated_at", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -197,6 +288,11 @@ class AddMemoryRequest(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_JSON_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace isolates one assistant's or user's data; empty means "default".
     1 to 128 characters of letters, digits and "._:-", starting with a letter or digit.
@@ -228,6 +324,35 @@ class AddMemoryRequest(_message.Message):
         content that already exists with an embedding replaces the stored one.
         """
 
+    @_builtins.property
+    def supersedes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Restating existing content sets the validity and expiry given here (and
+        keeps those not given), and makes a stale or superseded memory current.
+        supersedes lists memories this one replaces (at most 100 ids of current
+        memories of the namespace), in the same transaction: each gets
+        superseded_by and superseded_at, and its valid_to becomes now if unset or
+        later. An id that does not exist is NOT_FOUND; one already superseded is
+        FAILED_PRECONDITION.
+        """
+
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """valid_from is optional: when the fact began to hold in the world."""
+
+    @_builtins.property
+    def valid_to(self) -> _timestamp_pb2.Timestamp:
+        """valid_to is optional: when the fact stops holding; after valid_from."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """ttl is optional: the memory expires this long after the write (positive,
+        at most 100 years). Not with expires_at.
+        """
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """expires_at is optional: when the memory expires (in the future). Not with ttl."""
+
     def __init__(
         self,
         *,
@@ -239,10 +364,15 @@ class AddMemoryRequest(_message.Message):
         attributes: _struct_pb2.Struct | None = ...,
         attributes_json: _builtins.str = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
+        supersedes: _abc.Iterable[_builtins.int] | None = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_to: _timestamp_pb2.Timestamp | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "expires_at", b"expires_at", "ttl", b"ttl", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "embedding", b"embedding", "namespace", b"namespace", "source", b"source", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "embedding", b"embedding", "expires_at", b"expires_at", "namespace", b"namespace", "source", b"source", "subject", b"subject", "supersedes", b"supersedes", "ttl", b"ttl", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +425,11 @@ class NewMemory(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_JSON_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """content is required; as in AddMemoryRequest."""
     category: Global___MemoryCategory.ValueType
@@ -317,6 +452,30 @@ class NewMemory(_message.Message):
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """embedding is optional; as in AddMemoryRequest."""
 
+    @_builtins.property
+    def supersedes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The lifecycle fields are optional, as in AddMemoryRequest.
+        supersedes: as in AddMemoryRequest.
+        """
+
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """valid_from is optional: when the fact began to hold in the world."""
+
+    @_builtins.property
+    def valid_to(self) -> _timestamp_pb2.Timestamp:
+        """valid_to is optional: when the fact stops holding; after valid_from."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """ttl is optional: the memory expires this long after the write (positive,
+        at most 100 years). Not with expires_at.
+        """
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """expires_at is optional: when the memory expires (in the future). Not with ttl."""
+
     def __init__(
         self,
         *,
@@ -327,10 +486,15 @@ class NewMemory(_message.Message):
         attributes: _struct_pb2.Struct | None = ...,
         attributes_json: _builtins.str = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
+        supersedes: _abc.Iterable[_builtins.int] | None = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_to: _timestamp_pb2.Timestamp | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "expires_at", b"expires_at", "ttl", b"ttl", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "embedding", b"embedding", "source", b"source", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "attributes_json", b"attributes_json", "category", b"category", "content", b"content", "embedding", b"embedding", "expires_at", b"expires_at", "source", b"source", "subject", b"subject", "supersedes", b"supersedes", "ttl", b"ttl", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -495,6 +659,8 @@ class ListMemoriesRequest(_message.Message):
     STALE_FIELD_NUMBER: _builtins.int
     CREATED_AFTER_FIELD_NUMBER: _builtins.int
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    INCLUDE_SUPERSEDED_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace to list; empty means "default"."""
     page_size: _builtins.int
@@ -515,6 +681,12 @@ class ListMemoriesRequest(_message.Message):
     """
     stale: _builtins.bool
     """stale, when set, keeps only memories whose stale flag equals it."""
+    include_superseded: _builtins.bool
+    """include_superseded also returns memories that are superseded, whose
+    validity ended (valid_to in the past) or has not begun (valid_from in the
+    future). By default only current memories come back. Expired memories
+    never do.
+    """
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """created_after, when set, keeps memories created at or after this time."""
@@ -522,6 +694,15 @@ class ListMemoriesRequest(_message.Message):
     @_builtins.property
     def created_before(self) -> _timestamp_pb2.Timestamp:
         """created_before, when set, keeps memories created strictly before this time."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """as_of, when set, returns the memories as known at that time instead of
+        now: recorded by then (created_at <= as_of) and valid then (valid_from <=
+        as_of < valid_to, where set; a superseded memory's valid_to is when it was
+        superseded). Memories come back as they are now: GetMemoryHistory has
+        their earlier versions.
+        """
 
     def __init__(
         self,
@@ -535,10 +716,12 @@ class ListMemoriesRequest(_message.Message):
         stale: _builtins.bool | None = ...,
         created_after: _timestamp_pb2.Timestamp | None = ...,
         created_before: _timestamp_pb2.Timestamp | None = ...,
+        include_superseded: _builtins.bool = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "created_after", b"created_after", "created_before", b"created_before", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "as_of", b"as_of", "created_after", b"created_after", "created_before", b"created_before", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "category", b"category", "created_after", b"created_after", "created_before", b"created_before", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "source", b"source", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "as_of", b"as_of", "category", b"category", "created_after", b"created_after", "created_before", b"created_before", "include_superseded", b"include_superseded", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "source", b"source", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
     _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
@@ -597,6 +780,8 @@ class UpdateMemoryRequest(_message.Message):
     MEMORY_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace is the memory's namespace; empty means "default"."""
     @_builtins.property
@@ -608,8 +793,9 @@ class UpdateMemoryRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """update_mask names the fields to change: any of "content", "category",
-        "source", "subject", "attributes", "stale", "embedding". It must name at
-        least one. New content that normalises to another memory's content is
+        "source", "subject", "attributes", "stale", "embedding", "valid_from",
+        "valid_to", "expires_at", "ttl" (an unset time or ttl clears it). It must
+        name at least one, unless supersedes is given. New content that normalises to another memory's content is
         ALREADY_EXISTS. Changing the content without giving a new embedding
         removes the memory's embedding, which described the old content; an
         "embedding" path with an empty embedding removes it too.
@@ -619,6 +805,18 @@ class UpdateMemoryRequest(_message.Message):
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """embedding is the new embedding when update_mask names "embedding"."""
 
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """ttl is the new time to live when update_mask names "ttl": the memory
+        expires this long after the update.
+        """
+
+    @_builtins.property
+    def supersedes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """supersedes lists memories this one replaces, as in AddMemoryRequest. A
+        superseded memory cannot supersede others.
+        """
+
     def __init__(
         self,
         *,
@@ -626,10 +824,12 @@ class UpdateMemoryRequest(_message.Message):
         memory: Global___Memory | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         embedding: _abc.Iterable[_builtins.float] | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        supersedes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "ttl", b"ttl", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "memory", b"memory", "namespace", b"namespace", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "memory", b"memory", "namespace", b"namespace", "supersedes", b"supersedes", "ttl", b"ttl", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -732,6 +932,9 @@ class SearchMemoriesRequest(_message.Message):
     STALE_FIELD_NUMBER: _builtins.int
     CREATED_AFTER_FIELD_NUMBER: _builtins.int
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    INCLUDE_SUPERSEDED_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    RECENCY_WEIGHT_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """namespace to search; empty means "default"."""
     query: _builtins.str
@@ -752,6 +955,17 @@ class SearchMemoriesRequest(_message.Message):
     """subject, when set, keeps only memories with exactly this subject."""
     stale: _builtins.bool
     """stale, when set, keeps only memories whose stale flag equals it."""
+    include_superseded: _builtins.bool
+    """include_superseded also returns memories that are superseded, whose
+    validity ended (valid_to in the past) or has not begun (valid_from in the
+    future). By default only current memories come back. Expired memories
+    never do.
+    """
+    recency_weight: _builtins.float
+    """recency_weight (0 to 1, default 0: off) blends how recently each memory
+    was recorded or restated into its score: score * (1 - w + w * r), where r
+    halves every 30 days since updated_at. It changes the order only.
+    """
     @_builtins.property
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """embedding is the query vector; required in VECTOR and HYBRID mode, with the
@@ -765,6 +979,15 @@ class SearchMemoriesRequest(_message.Message):
     @_builtins.property
     def created_before(self) -> _timestamp_pb2.Timestamp:
         """created_before, when set, keeps memories created strictly before this time."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """as_of, when set, returns the memories as known at that time instead of
+        now: recorded by then (created_at <= as_of) and valid then (valid_from <=
+        as_of < valid_to, where set; a superseded memory's valid_to is when it was
+        superseded). Memories come back as they are now: GetMemoryHistory has
+        their earlier versions.
+        """
 
     def __init__(
         self,
@@ -780,10 +1003,13 @@ class SearchMemoriesRequest(_message.Message):
         stale: _builtins.bool | None = ...,
         created_after: _timestamp_pb2.Timestamp | None = ...,
         created_before: _timestamp_pb2.Timestamp | None = ...,
+        include_superseded: _builtins.bool = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        recency_weight: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "created_after", b"created_after", "created_before", b"created_before", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "as_of", b"as_of", "created_after", b"created_after", "created_before", b"created_before", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "category", b"category", "created_after", b"created_after", "created_before", b"created_before", "embedding", b"embedding", "limit", b"limit", "mode", b"mode", "namespace", b"namespace", "query", b"query", "source", b"source", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "as_of", b"as_of", "category", b"category", "created_after", b"created_after", "created_before", b"created_before", "embedding", b"embedding", "include_superseded", b"include_superseded", "limit", b"limit", "mode", b"mode", "namespace", b"namespace", "query", b"query", "recency_weight", b"recency_weight", "source", b"source", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
     _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
@@ -863,3 +1089,226 @@ class MemoryHit(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MemoryHit: _TypeAlias = MemoryHit  # noqa: Y015
+
+@_typing.final
+class GetMemoryHistoryRequest(_message.Message):
+    """GetMemoryHistoryRequest is the input of GetMemoryHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """namespace is the memory's namespace; empty means "default"."""
+    id: _builtins.int
+    """id is the memory's id; required (positive)."""
+    page_size: _builtins.int
+    """page_size is the most versions to return; 0 means 50, above 1000 means 1000."""
+    page_token: _builtins.str
+    """page_token is the next_page_token of the previous page; empty for the first."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemoryHistoryRequest: _TypeAlias = GetMemoryHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetMemoryHistoryResponse(_message.Message):
+    """GetMemoryHistoryResponse is the output of GetMemoryHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty when this is the last page."""
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader:
+        """header carries the store revision the read saw."""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoryVersion]:
+        """versions are the memory's versions, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        versions: _abc.Iterable[Global___MemoryVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemoryHistoryResponse: _TypeAlias = GetMemoryHistoryResponse  # noqa: Y015
+
+@_typing.final
+class MemoryVersion(_message.Message):
+    """MemoryVersion is one state of a memory and the change that made it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """revision is the store revision of the change."""
+    operation: Global___MemoryOperation.ValueType
+    """operation is what made this version."""
+    credential: _builtins.str
+    """credential is the name of the credential that made the change, when auth
+    is on; empty otherwise (and for changes the daemon made itself).
+    """
+    @_builtins.property
+    def memory(self) -> Global___Memory:
+        """memory is the memory as this change left it."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """time is when the change was made."""
+
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """changed_fields names the fields this change set, in Memory's field names
+        (empty for CREATE and EXPIRE).
+        """
+
+    def __init__(
+        self,
+        *,
+        memory: Global___Memory | None = ...,
+        revision: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        operation: Global___MemoryOperation.ValueType = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        credential: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "credential", b"credential", "memory", b"memory", "operation", b"operation", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryVersion: _TypeAlias = MemoryVersion  # noqa: Y015
+
+@_typing.final
+class ForgetMemoriesRequest(_message.Message):
+    """ForgetMemoriesRequest is the input of ForgetMemories. Filters combine with
+    AND; at least one is required.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """namespace to forget in; empty means "default"."""
+    category: Global___MemoryCategory.ValueType
+    """category keeps only memories of this category; UNSPECIFIED keeps all."""
+    source: Global___MemorySource.ValueType
+    """source keeps only memories from this source; UNSPECIFIED keeps all."""
+    subject: _builtins.str
+    """subject, when set, keeps only memories with exactly this subject."""
+    stale: _builtins.bool
+    """stale, when set, keeps only memories whose stale flag equals it."""
+    dry_run: _builtins.bool
+    """dry_run reports what would be forgotten and changes nothing."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ids, when given, keeps only these memories (at most 1000)."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """created_after, when set, keeps memories created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """created_before, when set, keeps memories created strictly before this time."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        category: Global___MemoryCategory.ValueType = ...,
+        source: Global___MemorySource.ValueType = ...,
+        subject: _builtins.str | None = ...,
+        stale: _builtins.bool | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "created_after", b"created_after", "created_before", b"created_before", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "_subject", b"_subject", "category", b"category", "created_after", b"created_after", "created_before", b"created_before", "dry_run", b"dry_run", "ids", b"ids", "namespace", b"namespace", "source", b"source", "stale", b"stale", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
+    _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    _WhichOneofReturnType__subject: _TypeAlias = _typing.Literal["subject"]  # noqa: Y015
+    _WhichOneofArgType__subject: _TypeAlias = _typing.Literal["_subject", b"_subject"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__subject) -> _WhichOneofReturnType__subject | None: ...
+
+Global___ForgetMemoriesRequest: _TypeAlias = ForgetMemoriesRequest  # noqa: Y015
+
+@_typing.final
+class ForgetMemoriesResponse(_message.Message):
+    """ForgetMemoriesResponse is the output of ForgetMemories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """count is how many memories were erased (or would be, with dry_run)."""
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader:
+        """header carries the store revision after the last erasure."""
+
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ids are the erased memories' ids, in ascending order."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        count: _builtins.int = ...,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "header", b"header", "ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetMemoriesResponse: _TypeAlias = ForgetMemoriesResponse  # noqa: Y015

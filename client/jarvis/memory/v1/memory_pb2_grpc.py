@@ -29,6 +29,13 @@ class MemoryServiceStub:
     """MemoryService stores the facts, preferences and patterns an assistant knows
     about its user and its world. Memories are deduplicated by content: stating
     the same fact twice yields one memory whose restated_count grows.
+
+    Facts change. A memory can supersede others (supersedes on AddMemory,
+    AddMemories and UpdateMemory), hold only for a while (valid_from, valid_to:
+    when the fact holds in the world), and expire (ttl, expires_at: then it reads
+    as absent and is purged). Every change to a memory keeps its previous version
+    (GetMemoryHistory). Lists and searches return the current memories unless
+    asked for more (include_superseded, as_of). ForgetMemories erases for good.
     """
 
     def __init__(self, channel):
@@ -67,6 +74,16 @@ class MemoryServiceStub:
                 request_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.SerializeToString,
                 response_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.FromString,
                 _registered_method=True)
+        self.GetMemoryHistory = channel.unary_unary(
+                '/jarvis.memory.v1.MemoryService/GetMemoryHistory',
+                request_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.SerializeToString,
+                response_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.FromString,
+                _registered_method=True)
+        self.ForgetMemories = channel.unary_unary(
+                '/jarvis.memory.v1.MemoryService/ForgetMemories',
+                request_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.ForgetMemoriesRequest.SerializeToString,
+                response_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.ForgetMemoriesResponse.FromString,
+                _registered_method=True)
         self.SearchMemories = channel.unary_unary(
                 '/jarvis.memory.v1.MemoryService/SearchMemories',
                 request_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesRequest.SerializeToString,
@@ -78,6 +95,13 @@ class MemoryServiceServicer:
     """MemoryService stores the facts, preferences and patterns an assistant knows
     about its user and its world. Memories are deduplicated by content: stating
     the same fact twice yields one memory whose restated_count grows.
+
+    Facts change. A memory can supersede others (supersedes on AddMemory,
+    AddMemories and UpdateMemory), hold only for a while (valid_from, valid_to:
+    when the fact holds in the world), and expire (ttl, expires_at: then it reads
+    as absent and is purged). Every change to a memory keeps its previous version
+    (GetMemoryHistory). Lists and searches return the current memories unless
+    asked for more (include_superseded, as_of). ForgetMemories erases for good.
     """
 
     def AddMemory(self, request, context):
@@ -99,14 +123,16 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMemory(self, request, context):
-        """GetMemory returns one memory by id. Reading does not change the memory.
+        """GetMemory returns one memory by id, superseded or not; an expired memory is
+        NOT_FOUND. Reading does not change the memory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMemories(self, request, context):
-        """ListMemories lists memories newest first, optionally filtered, one page at a time.
+        """ListMemories lists memories newest first, optionally filtered, one page at a
+        time: the current ones, unless include_superseded or as_of says otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +146,29 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteMemory(self, request, context):
-        """DeleteMemory removes a memory for good.
+        """DeleteMemory removes a memory for good, with its history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemoryHistory(self, request, context):
+        """GetMemoryHistory lists every version of a memory, oldest first: each
+        earlier version and the current one, with the change that made it. The
+        versions of an expired memory stay readable here; those of a deleted or
+        forgotten one do not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetMemories(self, request, context):
+        """ForgetMemories erases every memory that matches the filters (at least one
+        is required), superseded or not: the memories, their embeddings, their
+        search index entries, their history and the resources of their earlier
+        changes in the change log. Each erased memory is one delete in the change
+        feed. Large forgets run in bounded transactions, so other writers never
+        wait long. With dry_run nothing changes: the answer says what would go.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +216,16 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     request_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.FromString,
                     response_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.SerializeToString,
             ),
+            'GetMemoryHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemoryHistory,
+                    request_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.FromString,
+                    response_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.SerializeToString,
+            ),
+            'ForgetMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetMemories,
+                    request_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.ForgetMemoriesRequest.FromString,
+                    response_serializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.ForgetMemoriesResponse.SerializeToString,
+            ),
             'SearchMemories': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchMemories,
                     request_deserializer=jarvis_dot_memory_dot_v1_dot_memory__pb2.SearchMemoriesRequest.FromString,
@@ -185,6 +243,13 @@ class MemoryService:
     """MemoryService stores the facts, preferences and patterns an assistant knows
     about its user and its world. Memories are deduplicated by content: stating
     the same fact twice yields one memory whose restated_count grows.
+
+    Facts change. A memory can supersede others (supersedes on AddMemory,
+    AddMemories and UpdateMemory), hold only for a while (valid_from, valid_to:
+    when the fact holds in the world), and expire (ttl, expires_at: then it reads
+    as absent and is purged). Every change to a memory keeps its previous version
+    (GetMemoryHistory). Lists and searches return the current memories unless
+    asked for more (include_superseded, as_of). ForgetMemories erases for good.
     """
 
     @staticmethod
@@ -339,6 +404,60 @@ class MemoryService:
             '/jarvis.memory.v1.MemoryService/DeleteMemory',
             jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.SerializeToString,
             jarvis_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemoryHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jarvis.memory.v1.MemoryService/GetMemoryHistory',
+            jarvis_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryRequest.SerializeToString,
+            jarvis_dot_memory_dot_v1_dot_memory__pb2.GetMemoryHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jarvis.memory.v1.MemoryService/ForgetMemories',
+            jarvis_dot_memory_dot_v1_dot_memory__pb2.ForgetMemoriesRequest.SerializeToString,
+            jarvis_dot_memory_dot_v1_dot_memory__pb2.ForgetMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

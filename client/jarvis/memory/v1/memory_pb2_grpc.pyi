@@ -30,6 +30,13 @@ class MemoryServiceStub:
     """MemoryService stores the facts, preferences and patterns an assistant knows
     about its user and its world. Memories are deduplicated by content: stating
     the same fact twice yields one memory whose restated_count grows.
+
+    Facts change. A memory can supersede others (supersedes on AddMemory,
+    AddMemories and UpdateMemory), hold only for a while (valid_from, valid_to:
+    when the fact holds in the world), and expire (ttl, expires_at: then it reads
+    as absent and is purged). Every change to a memory keeps its previous version
+    (GetMemoryHistory). Lists and searches return the current memories unless
+    asked for more (include_superseded, as_of). ForgetMemories erases for good.
     """
 
     @_typing.overload
@@ -47,13 +54,31 @@ class MemoryServiceStub:
     every memory is stored or none is.
     """
     GetMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]
-    """GetMemory returns one memory by id. Reading does not change the memory."""
+    """GetMemory returns one memory by id, superseded or not; an expired memory is
+    NOT_FOUND. Reading does not change the memory.
+    """
     ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]
-    """ListMemories lists memories newest first, optionally filtered, one page at a time."""
+    """ListMemories lists memories newest first, optionally filtered, one page at a
+    time: the current ones, unless include_superseded or as_of says otherwise.
+    """
     UpdateMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.UpdateMemoryRequest, _memory_pb2.UpdateMemoryResponse]
     """UpdateMemory changes the fields of a memory named by update_mask."""
     DeleteMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]
-    """DeleteMemory removes a memory for good."""
+    """DeleteMemory removes a memory for good, with its history."""
+    GetMemoryHistory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryHistoryRequest, _memory_pb2.GetMemoryHistoryResponse]
+    """GetMemoryHistory lists every version of a memory, oldest first: each
+    earlier version and the current one, with the change that made it. The
+    versions of an expired memory stay readable here; those of a deleted or
+    forgotten one do not.
+    """
+    ForgetMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetMemoriesRequest, _memory_pb2.ForgetMemoriesResponse]
+    """ForgetMemories erases every memory that matches the filters (at least one
+    is required), superseded or not: the memories, their embeddings, their
+    search index entries, their history and the resources of their earlier
+    changes in the change log. Each erased memory is one delete in the change
+    feed. Large forgets run in bounded transactions, so other writers never
+    wait long. With dry_run nothing changes: the answer says what would go.
+    """
     SearchMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoriesRequest, _memory_pb2.SearchMemoriesResponse]
     """SearchMemories returns the memories most relevant to a query, best first,
     by keyword, vector or hybrid ranking (see SearchMode), with the filters of
@@ -65,6 +90,13 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """MemoryService stores the facts, preferences and patterns an assistant knows
     about its user and its world. Memories are deduplicated by content: stating
     the same fact twice yields one memory whose restated_count grows.
+
+    Facts change. A memory can supersede others (supersedes on AddMemory,
+    AddMemories and UpdateMemory), hold only for a while (valid_from, valid_to:
+    when the fact holds in the world), and expire (ttl, expires_at: then it reads
+    as absent and is purged). Every change to a memory keeps its previous version
+    (GetMemoryHistory). Lists and searches return the current memories unless
+    asked for more (include_superseded, as_of). ForgetMemories erases for good.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -79,13 +111,31 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     every memory is stored or none is.
     """
     GetMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]  # type: ignore[assignment]
-    """GetMemory returns one memory by id. Reading does not change the memory."""
+    """GetMemory returns one memory by id, superseded or not; an expired memory is
+    NOT_FOUND. Reading does not change the memory.
+    """
     ListMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]  # type: ignore[assignment]
-    """ListMemories lists memories newest first, optionally filtered, one page at a time."""
+    """ListMemories lists memories newest first, optionally filtered, one page at a
+    time: the current ones, unless include_superseded or as_of says otherwise.
+    """
     UpdateMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.UpdateMemoryRequest, _memory_pb2.UpdateMemoryResponse]  # type: ignore[assignment]
     """UpdateMemory changes the fields of a memory named by update_mask."""
     DeleteMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]  # type: ignore[assignment]
-    """DeleteMemory removes a memory for good."""
+    """DeleteMemory removes a memory for good, with its history."""
+    GetMemoryHistory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryHistoryRequest, _memory_pb2.GetMemoryHistoryResponse]  # type: ignore[assignment]
+    """GetMemoryHistory lists every version of a memory, oldest first: each
+    earlier version and the current one, with the change that made it. The
+    versions of an expired memory stay readable here; those of a deleted or
+    forgotten one do not.
+    """
+    ForgetMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetMemoriesRequest, _memory_pb2.ForgetMemoriesResponse]  # type: ignore[assignment]
+    """ForgetMemories erases every memory that matches the filters (at least one
+    is required), superseded or not: the memories, their embeddings, their
+    search index entries, their history and the resources of their earlier
+    changes in the change log. Each erased memory is one delete in the change
+    feed. Large forgets run in bounded transactions, so other writers never
+    wait long. With dry_run nothing changes: the answer says what would go.
+    """
     SearchMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoriesRequest, _memory_pb2.SearchMemoriesResponse]  # type: ignore[assignment]
     """SearchMemories returns the memories most relevant to a query, best first,
     by keyword, vector or hybrid ranking (see SearchMode), with the filters of
@@ -96,6 +146,13 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """MemoryService stores the facts, preferences and patterns an assistant knows
     about its user and its world. Memories are deduplicated by content: stating
     the same fact twice yields one memory whose restated_count grows.
+
+    Facts change. A memory can supersede others (supersedes on AddMemory,
+    AddMemories and UpdateMemory), hold only for a while (valid_from, valid_to:
+    when the fact holds in the world), and expire (ttl, expires_at: then it reads
+    as absent and is purged). Every change to a memory keeps its previous version
+    (GetMemoryHistory). Lists and searches return the current memories unless
+    asked for more (include_superseded, as_of). ForgetMemories erases for good.
     """
 
     @_abc_1.abstractmethod
@@ -126,7 +183,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.GetMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.GetMemoryResponse, _abc.Awaitable[_memory_pb2.GetMemoryResponse]]:
-        """GetMemory returns one memory by id. Reading does not change the memory."""
+        """GetMemory returns one memory by id, superseded or not; an expired memory is
+        NOT_FOUND. Reading does not change the memory.
+        """
 
     @_abc_1.abstractmethod
     def ListMemories(
@@ -134,7 +193,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.ListMemoriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ListMemoriesResponse, _abc.Awaitable[_memory_pb2.ListMemoriesResponse]]:
-        """ListMemories lists memories newest first, optionally filtered, one page at a time."""
+        """ListMemories lists memories newest first, optionally filtered, one page at a
+        time: the current ones, unless include_superseded or as_of says otherwise.
+        """
 
     @_abc_1.abstractmethod
     def UpdateMemory(
@@ -150,7 +211,33 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.DeleteMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteMemoryResponse, _abc.Awaitable[_memory_pb2.DeleteMemoryResponse]]:
-        """DeleteMemory removes a memory for good."""
+        """DeleteMemory removes a memory for good, with its history."""
+
+    @_abc_1.abstractmethod
+    def GetMemoryHistory(
+        self,
+        request: _memory_pb2.GetMemoryHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetMemoryHistoryResponse, _abc.Awaitable[_memory_pb2.GetMemoryHistoryResponse]]:
+        """GetMemoryHistory lists every version of a memory, oldest first: each
+        earlier version and the current one, with the change that made it. The
+        versions of an expired memory stay readable here; those of a deleted or
+        forgotten one do not.
+        """
+
+    @_abc_1.abstractmethod
+    def ForgetMemories(
+        self,
+        request: _memory_pb2.ForgetMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ForgetMemoriesResponse, _abc.Awaitable[_memory_pb2.ForgetMemoriesResponse]]:
+        """ForgetMemories erases every memory that matches the filters (at least one
+        is required), superseded or not: the memories, their embeddings, their
+        search index entries, their history and the resources of their earlier
+        changes in the change log. Each erased memory is one delete in the change
+        feed. Large forgets run in bounded transactions, so other writers never
+        wait long. With dry_run nothing changes: the answer says what would go.
+        """
 
     @_abc_1.abstractmethod
     def SearchMemories(
