@@ -1,6 +1,8 @@
 """Command line: `jarvis-memory serve` (the default), `token`, `backup`, `restore`, and more.
 
-The others: `reindex`, `export` and `import`.
+The others: `reindex`, `export` and `import`; and the data commands of a running daemon
+(`get`, `put`, `list`, `search`, `delete`, `watch`, `stats`, `health`), which are SDK clients
+defined in jarvis_memory.cli.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import BinaryIO, NoReturn
 
 import grpc
 
+from jarvis_memory import cli as data_cli
 from jarvis_memory_server import __version__
 from jarvis_memory_server.config import DEFAULT_ADDR, DEFAULT_DB, add_serve_arguments, from_args
 from jarvis_memory_server.errors import JarvisError, StartupError
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "import", help="add the rows of an export read from stdin (the daemon must be stopped)"
     )
+    data_cli.add_commands(commands)
     for sub in (create, token_commands.choices["list"], revoke, restore, reindex, export,
                 commands.choices["import"]):
         sub.add_argument(
@@ -104,7 +108,11 @@ def token_command(args: argparse.Namespace) -> None:
     try:
         auth = Authenticator(db)
         if args.token_command == "create":
+            # Any token row, revoked ones included, turns auth on (Authenticator._refresh).
+            first = not auth.list_tokens()
             print(auth.create_token(args.role, args.namespaces, args.label))
+            if first:
+                _warn_auth_on(args.db_path)
         elif args.token_command == "list":
             print(f"{'ID':<14}{'ROLE':<8}{'CREATED (UTC)':<21}{'REVOKED (UTC)':<21}"
                   "NAMESPACES / LABEL")
@@ -118,6 +126,23 @@ def token_command(args: argparse.Namespace) -> None:
             print(f"revoked {args.token_id}")
     finally:
         db.close()
+
+
+def _warn_auth_on(db_path: str) -> None:
+    """Say on stderr that the first API token turned auth on for the database."""
+    where = db_path
+    if is_postgres(db_path):
+        from jarvis_memory_server.store.postgres import redact
+
+        where = redact(db_path)
+    print(
+        f"jarvis-memory token create: warning: auth is now ON for {where}: this is its first "
+        "API token.\nA daemon serving this database without a JWT secret or --require-auth "
+        "accepted every call until now; within --auth-cache-ttl it refuses calls without a "
+        "credential. Every client now needs a token (--token or JARVIS_MEMORY_TOKEN, or "
+        "Client(token=...)).",
+        file=sys.stderr,
+    )
 
 
 def backup_command(args: argparse.Namespace) -> None:
@@ -381,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                             "--version")):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
+    if args.command in data_cli.COMMANDS:
+        sys.exit(data_cli.run(args))
     commands = {"token": token_command, "backup": backup_command, "restore": restore_command,
                 "reindex": reindex_command, "export": export_command, "import": import_command}
     if args.command in commands:

@@ -49,6 +49,11 @@ class Config:
     max_db_size: int = 0  # bytes; 0: no limit
     max_wal_size: int = DEFAULT_MAX_WAL_SIZE
     verify: str = "auto"  # PRAGMA quick_check at start-up: auto (small files), always, never
+    metrics_addr: str = ""  # host:port of /metrics, /livez and /readyz; "": off
+    log_format: str = "text"  # text or json (one object per line)
+    access_log: bool = False  # every call at INFO on the jarvis_memory.access logger
+    slow_call_ms: float = 0.0  # unary calls slower than this at WARNING; 0: off
+    grpc_debug: bool = False  # let grpc's own debug logging through at --log-level DEBUG
 
 
 def _positive(text: str) -> float:
@@ -118,8 +123,30 @@ def _verify(text: str) -> str:
         ) from None
 
 
+def _metrics_addr(text: str) -> str:
+    """host:port for the metrics HTTP server; empty: off."""
+    if not text.strip():
+        return ""
+    try:
+        split_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text.strip()
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a positive number (got {text})")
+    return value
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"JARVIS_MEMORY_{name}", default)
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name, "").strip().lower() not in ("", "0", "false", "off", "no")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -280,6 +307,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="(env JARVIS_MEMORY_LOG_LEVEL; default %(default)s)",
     )
+    ops = parser.add_argument_group("metrics and logs")
+    ops.add_argument(
+        "--metrics-addr", type=_metrics_addr, default=_env("METRICS_ADDR", ""),
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, with /livez (200 while the "
+        "process runs) and /readyz (200 while serving, 503 while starting and draining); port "
+        "0 picks a free one (env JARVIS_MEMORY_METRICS_ADDR; default: off)",
+    )
+    ops.add_argument(
+        "--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"),
+        help="text, or json: one object per line with time (RFC 3339, UTC), level, logger, "
+        "message, and the call's fields (env JARVIS_MEMORY_LOG_FORMAT; default %(default)s)",
+    )
+    ops.add_argument(
+        "--access-log", action="store_true", default=_env_flag("ACCESS_LOG"),
+        help="log every call at INFO (logger jarvis_memory.access): method, namespace, status "
+        "code, duration, peer and the credential's subject, never a request, response or "
+        "token (env JARVIS_MEMORY_ACCESS_LOG; default: off)",
+    )
+    ops.add_argument(
+        "--slow-call-ms", type=_milliseconds, default=_env("SLOW_CALL_MS", "0"),
+        help="log unary calls slower than this many milliseconds at WARNING, also without "
+        "--access-log; 0 for off (env JARVIS_MEMORY_SLOW_CALL_MS; default %(default)s)",
+    )
+    ops.add_argument(
+        "--grpc-debug", action="store_true", default=_env_flag("GRPC_DEBUG"),
+        help="with --log-level DEBUG, also log grpc's and asyncio's own debug messages, "
+        "otherwise left out unless GRPC_VERBOSITY is set (env JARVIS_MEMORY_GRPC_DEBUG)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> Config:
@@ -313,4 +368,9 @@ def from_args(args: argparse.Namespace) -> Config:
         max_db_size=args.max_db_size,
         max_wal_size=args.max_wal_size,
         verify=args.verify,
+        metrics_addr=args.metrics_addr,
+        log_format=args.log_format,
+        access_log=args.access_log,
+        slow_call_ms=args.slow_call_ms,
+        grpc_debug=args.grpc_debug,
     )

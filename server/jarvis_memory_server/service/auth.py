@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import math
 import re
 import secrets
@@ -29,6 +30,8 @@ from jarvis_memory_server.errors import InvalidArgument, PermissionDenied, Unaut
 from jarvis_memory_server.service.common import resolve_namespace
 from jarvis_memory_server.store.backend import Database, now_us
 from jarvis_memory_server.store.tokens import ROLES, TokenRow, TokenStore
+
+log = logging.getLogger("jarvis_memory.auth")
 
 ROLE_RANK = {"reader": 1, "writer": 2, "admin": 3}
 ACCESS_RANK = {"read": 1, "write": 2, "admin": 3}
@@ -68,6 +71,7 @@ class Authenticator:
         self._by_id: dict[str, TokenRow] = {}
         self._jwts: dict[str, tuple[Principal, float]] = {}
         self._enabled = self._require
+        self._had_tokens: bool | None = None  # None until the first read of the tokens
 
     @property
     def enabled(self) -> bool:
@@ -84,6 +88,18 @@ class Authenticator:
         rows = self._tokens.all()
         self._by_id = {row.token_id: row for row in rows}
         self._enabled = self._require or bool(rows)
+        had, self._had_tokens = self._had_tokens, bool(rows)
+        if had is None or had == self._had_tokens or self._require:
+            return  # the first read, no switch, or auth required whatever the tokens
+        if rows:
+            log.warning(
+                "auth is now ON: the database holds API tokens where it held none "
+                "(jarvis-memory token create); every call but health and reflection now needs "
+                "a credential")
+        else:
+            log.warning(
+                "auth is now OFF: the database holds no API token any more, and there is no "
+                "JWT secret or --require-auth; every call is accepted without a credential")
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Return the principal of an ``authorization`` header value.

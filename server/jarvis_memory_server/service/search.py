@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -246,11 +247,22 @@ class SearchService(ServiceBase):
         # a search waiting on a task queued behind other searches in its own pool could wait
         # forever.
         self._vector_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vector")
+        # Called with each search's mode and its time in seconds, in its thread (the metrics).
+        self.on_search: Callable[[str, float], None] | None = None
 
     async def run(self, index: SearchIndex, request: SearchRequest) -> list[Hit]:
         """Run search() in a worker thread, so that the event loop keeps serving meanwhile."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.search, index, request)
+        search = self.search if self.on_search is None else self._timed_search
+        return await loop.run_in_executor(self._pool, search, index, request)
+
+    def _timed_search(self, index: SearchIndex, request: SearchRequest) -> list[Hit]:
+        started = time.perf_counter()
+        try:
+            return self.search(index, request)
+        finally:
+            if self.on_search is not None:
+                self.on_search(request.mode, time.perf_counter() - started)
 
     def close(self) -> None:
         """Wait for running searches and stop the workers (before the database closes)."""

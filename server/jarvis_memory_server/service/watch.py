@@ -130,6 +130,17 @@ class WatchService(ServiceBase):
         finally:
             self._watchers.discard(watcher)
 
+    def watcher_lag(self) -> tuple[int, int]:
+        """(watchers connected, changes the slowest has not been sent yet), for the metrics.
+
+        Safe from another thread: the set is copied in one step (C code under the GIL), and
+        the counts are plain reads. A watcher that overflowed counts as one past the buffer.
+        """
+        watchers = tuple(self._watchers)
+        behind = max((self.buffer + 1 if w.overflowed else w.pending for w in watchers),
+                     default=0)
+        return len(watchers), behind
+
     def compact(self) -> int:
         """Drop changes beyond the newest ``retention``; return how many (a batch at most)."""
         # Revisions have no gaps: this deletes exactly one batch when the log is long enough, so

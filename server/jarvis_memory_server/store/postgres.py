@@ -24,11 +24,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import apsw
 import peewee as pw
@@ -391,6 +391,38 @@ def _apply(
 # -- the database ------------------------------------------------------------------------------
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class ReadPool(ThreadPoolExecutor):
+    """The read threads, counting the reads submitted and not finished (running or queued).
+
+    Used instead of a plain pool only when the metrics report the pool's use.
+    """
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers, thread_name_prefix="pg-read")
+        self._count = threading.Lock()
+        self.busy = 0
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Run ``fn`` in a read thread, counted until it ends."""
+        with self._count:
+            self.busy += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future: object) -> None:
+        with self._count:
+            self.busy -= 1
+
+
 class PostgresDatabase:
     """The daemon's PostgreSQL database (see backend.Database): shared with other daemons."""
 
@@ -407,6 +439,7 @@ class PostgresDatabase:
         # connections (and the search threads' own).
         self.pool_size = pool_size
         self.read_executor: ThreadPoolExecutor | None = None
+        self.count_reads = False  # a ReadPool, which counts the reads in it (the metrics)
         self._loop_thread: int | None = None
         self.writes = GroupCommitter(self)
         self._conn: PgConnection | None = None
@@ -463,7 +496,8 @@ class PostgresDatabase:
             return  # the command line's tools: nobody to publish changes to
         self._listener = Listener(self, loop)
         self._listener.start()
-        self.read_executor = ThreadPoolExecutor(self.pool_size, thread_name_prefix="pg-read")
+        self.read_executor = (ReadPool(self.pool_size) if self.count_reads else
+                              ThreadPoolExecutor(self.pool_size, thread_name_prefix="pg-read"))
 
     def close(self) -> None:
         """Commit what is pending and close every connection."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -147,6 +148,7 @@ class _Batch:
     committed: asyncio.Future[None] | None  # None: no event loop, commit inline
     writes: int = 0
     opened_at: float = 0.0
+    commit_started: float = 0.0  # perf_counter() at its hand-off to COMMIT (with on_batch)
     # Tables with rows waiting to be indexed for full-text search (seen by count_change).
     to_index: set[str] = field(default_factory=set)
 
@@ -203,6 +205,8 @@ class GroupCommitter:
     )
     # Called with each committed batch's changes, in commit order (the watch broadcaster).
     on_commit: Callable[[list[ChangeRow]], None] | None = None
+    # Called with each committed batch's writes and commit time in seconds (the metrics).
+    on_batch: Callable[[int, float], None] | None = None
     # Rows of the schema's own tables changed on the writer connection (count_change).
     changed_rows: int = 0
 
@@ -343,6 +347,8 @@ class GroupCommitter:
             return
         self._batch = None
         self._committing = loop.create_future()
+        if self.on_batch is not None:
+            batch.commit_started = time.perf_counter()
         done = loop.run_in_executor(self._thread, self.db.commit_batch, batch.txn, batch.to_index)
         done.add_done_callback(lambda outcome: self._finish_commit(batch, outcome))
 
@@ -361,6 +367,8 @@ class GroupCommitter:
         if batch is None:
             return
         try:
+            if self.on_batch is not None:
+                batch.commit_started = time.perf_counter()
             self.db.commit_batch(batch.txn, batch.to_index)
         except (apsw.Error, JarvisError) as exc:
             self._failed(batch, exc)
@@ -372,6 +380,8 @@ class GroupCommitter:
     def _committed(self, batch: _Batch) -> None:
         self.commits += 1
         self.committed_writes += batch.writes
+        if self.on_batch is not None:
+            self.on_batch(batch.writes, time.perf_counter() - batch.commit_started)
         if batch.txn.base != self.revision:
             # Other daemons committed changes before this batch (PostgreSQL): publish theirs
             # and ours in revision order, from the log.

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar, overload
@@ -25,9 +26,11 @@ from grpc_status import rpc_status
 
 from jarvis.memory.v1 import common_pb2
 from jarvis_memory_server import errors
+from jarvis_memory_server.logs import CALL_FIELDS
 from jarvis_memory_server.service.auth import CALLER, Authenticator
 from jarvis_memory_server.service.common import DEFAULT_NAMESPACE, ServiceBase
 from jarvis_memory_server.store.writes import pending_commit
+from jarvis_memory_server.transport import observe
 
 log = logging.getLogger("jarvis_memory.rpc")
 
@@ -151,6 +154,15 @@ def status_of(exc: errors.JarvisError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code a call that raised ``exc`` ends with (as abort() answers it)."""
+    if isinstance(exc, errors.JarvisError):
+        return status_of(exc)
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # the client went away
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
 def rich_status(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> Any:
     """Build a grpc.Status carrying google.rpc.Status with an ErrorInfo detail."""
     detail = any_pb2.Any()
@@ -164,19 +176,41 @@ def _guarded(
     handler: Any, writes: bool,
     run: Callable[[S, Request, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Wrapped[S, Request, Response]:
-    """The wrapper every unary handler gets: auth, undecodable requests, the error table."""
-    method = handler.__name__
+    """The wrapper every unary handler gets: auth, undecodable requests, the error table.
+
+    With metrics or call logs on (observe.current), it also times the call and reports how it
+    ended; with them off, that costs one global lookup.
+    """
+    method, key = handler.__name__, handler.__qualname__
 
     @functools.wraps(handler)
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        calls = observe.current
+        if calls is None:
+            try:
+                check_credentials(self, method, request, context)
+                if isinstance(request, Undecodable):
+                    raise request.error
+                return await run(self, request, context)
+            except Exception as exc:
+                await abort(context, method, exc, request, self)
+                raise  # pragma: no cover - abort raises
+        kind = calls.kinds.get(key) or calls.add(key, self, method, stream=False)
+        calls.begin(kind)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             check_credentials(self, method, request, context)
             if isinstance(request, Undecodable):
                 raise request.error
             return await run(self, request, context)
-        except Exception as exc:
-            await abort(context, method, exc)
-            raise  # pragma: no cover - abort raises
+        except BaseException as exc:
+            code = code_of(exc)
+            if isinstance(exc, Exception):
+                await abort(context, method, exc, request, self, started)
+            raise
+        finally:
+            calls.end(kind, code, time.perf_counter() - started, request, context)
 
     wrapper.writes = writes  # type: ignore[attr-defined]
     return wrapper
@@ -245,21 +279,37 @@ def steps_rpc(handler: Wrapped[S, Request, Response]) -> Wrapped[S, Request, Res
 def stream_rpc(
     handler: Callable[[S, Request, grpc.aio.ServicerContext], AsyncIterator[Response]],
 ) -> Callable[[S, Request, grpc.aio.ServicerContext], AsyncIterator[Response]]:
-    """Wrap a server-streaming handler (an async generator): auth and the error table."""
-    method = handler.__name__
+    """Wrap a server-streaming handler (an async generator): auth and the error table.
+
+    With metrics or call logs on, the call is timed from its start to its stream's end.
+    """
+    method, key = handler.__name__, handler.__qualname__
 
     @functools.wraps(handler)
     async def wrapper(
         self: S, request: Request, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Response]:
+        calls = observe.current
+        kind = None
+        if calls is not None:
+            kind = calls.kinds.get(key) or calls.add(key, self, method, stream=True)
+            calls.begin(kind)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             check_credentials(self, method, request, context)
             if isinstance(request, Undecodable):
                 raise request.error
             async for response in handler(self, request, context):
                 yield response
-        except Exception as exc:
-            await abort(context, method, exc)
+        except BaseException as exc:
+            code = code_of(exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled, or closed: the client went away
+            await abort(context, method, exc, request, self, started)
+        finally:
+            if calls is not None and kind is not None:
+                calls.end(kind, code, time.perf_counter() - started, request, context)
 
     wrapper.writes = False  # type: ignore[attr-defined]
     return wrapper
@@ -343,14 +393,28 @@ def register(
     server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
-async def abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
-    """End the call with the status for ``exc``, and log it (with a traceback if INTERNAL)."""
+async def abort(
+    context: grpc.aio.ServicerContext, method: str, exc: Exception, request: Any = None,
+    servicer: Any = None, started: float | None = None,
+) -> None:
+    """End the call with the status for ``exc``, and log it (with a traceback if INTERNAL).
+
+    The line carries the call's fields (shown by --log-format json): its namespace, code,
+    peer and credential, and its duration so far when ``started`` (a perf_counter()) is given.
+    """
+    code = code_of(exc)
+    level = logging.INFO if isinstance(exc, errors.JarvisError) else logging.ERROR
+    extra = None
+    if log.isEnabledFor(level):
+        descriptor = getattr(servicer, "descriptor", None)
+        extra = {CALL_FIELDS: observe.fields_of(
+            method, None if descriptor is None else descriptor.full_name, request, context,
+            code, None if started is None else time.perf_counter() - started)}
     if isinstance(exc, errors.JarvisError):
-        code = status_of(exc)
-        log.info("rpc %s failed: %s %s", method, code.name, exc.message)
+        log.info("rpc %s failed: %s %s", method, code.name, exc.message, extra=extra)
         status = rich_status(code, exc.message, exc.reason, exc.metadata)
     else:
-        log.error("rpc %s failed: INTERNAL", method, exc_info=exc)
+        log.error("rpc %s failed: INTERNAL", method, exc_info=exc, extra=extra)
         status = rich_status(
             grpc.StatusCode.INTERNAL, "internal error; see the daemon's log", "INTERNAL", {}
         )
