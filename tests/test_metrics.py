@@ -162,13 +162,14 @@ def test_watchers_and_their_streams(observed: tuple[Daemon, str]) -> None:
     watch = call_labels("Watch", "jarvis.memory.v1.WatchService", "server_stream")
     _, before = scrape(addr)
     cancelled = value(before, "grpc_server_handled_total", **watch, grpc_code="CANCELLED")
+    started = value(before, "grpc_server_started_total", **watch)
     client = d.client()
     collector = Collector(client, namespace=NAMESPACE)
     try:
-        samples = poll(addr, lambda s: value(s, "jarvis_memory_watchers") == 1)
+        # Once this watch has started (an earlier test's stream may still be ending).
+        samples = poll(addr, lambda s: value(s, "jarvis_memory_watchers") == 1 and value(
+            s, "grpc_server_started_total", **watch) == started + 1)
         assert value(samples, "jarvis_memory_watch_slowest_pending_changes") == 0
-        assert value(samples, "grpc_server_started_total", **watch) == (
-            value(before, "grpc_server_started_total", **watch) + 1)
         client.add_memory(f"{CONTENT} watched", category="fact", source="user_explicit",
                           namespace=NAMESPACE)
         collector.wait_for(1)

@@ -186,17 +186,9 @@ def _guarded(
     @functools.wraps(handler)
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         calls = observe.current
-        if calls is None:
-            try:
-                check_credentials(self, method, request, context)
-                if isinstance(request, Undecodable):
-                    raise request.error
-                return await run(self, request, context)
-            except Exception as exc:
-                await abort(context, method, exc, request, self)
-                raise  # pragma: no cover - abort raises
-        kind = calls.kinds.get(key) or calls.add(key, self, method, stream=False)
-        calls.begin(kind)
+        if calls is not None:
+            kind = calls.kinds.get(key) or calls.add(key, self, method, stream=False)
+            calls.begin(kind)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -210,7 +202,8 @@ def _guarded(
                 await abort(context, method, exc, request, self, started)
             raise
         finally:
-            calls.end(kind, code, time.perf_counter() - started, request, context)
+            if calls is not None:
+                calls.end(kind, code, time.perf_counter() - started, request, context)
 
     wrapper.writes = writes  # type: ignore[attr-defined]
     return wrapper
