@@ -314,7 +314,8 @@ class MemoryService(ServiceBase):
             else:
                 raise InvalidArgument(
                     "update_mask",
-                    f"{name!r} cannot be changed; use any of {', '.join(UPDATABLE)}, embedding",
+                    f"{name!r} cannot be changed; use any of {', '.join(UPDATABLE)}, embedding, "
+                    "ttl",
                 )
         if "expires_at" in changes and "ttl" in changes:
             raise InvalidArgument("update_mask", "names both ttl and expires_at; give one")

@@ -219,7 +219,8 @@ _LIST_FILTERS: dict[str, pw.ColumnBase] = {
 }
 
 # UpdateMemory: the columns a caller may change.
-UPDATABLE = ("content", "category", "source", "subject", "attributes", "stale")
+UPDATABLE = ("content", "category", "source", "subject", "attributes", "stale", "valid_from",
+             "valid_to", "expires_at")
 
 
 def _params(namespace: str, filters: dict[str, Any], **more: Any) -> dict[str, Any]:

@@ -98,14 +98,11 @@ def new_memory(
         attributes=json_input(message, "attributes", prefix),
         embedding=message.embedding,
         supersedes=message.supersedes,
-        valid_from=(micros(message.valid_from, prefix + "valid_from")
-                    if message.HasField("valid_from") else None),
-        valid_to=(micros(message.valid_to, prefix + "valid_to")
-                  if message.HasField("valid_to") else None),
+        valid_from=optional_micros(message, "valid_from", prefix),
+        valid_to=optional_micros(message, "valid_to", prefix),
         ttl_us=(duration_micros(message.ttl, prefix + "ttl")
                 if message.HasField("ttl") else None),
-        expires_at=(micros(message.expires_at, prefix + "expires_at")
-                    if message.HasField("expires_at") else None),
+        expires_at=optional_micros(message, "expires_at", prefix),
     )
 
 
@@ -119,14 +116,8 @@ def memory_filter_args(
         "source": SOURCE.optional(request.source, "source"),
         "subject": request.subject if request.HasField("subject") else None,
         "stale": request.stale if request.HasField("stale") else None,
-        "created_after_us": (
-            micros(request.created_after, "created_after")
-            if request.HasField("created_after") else None
-        ),
-        "created_before_us": (
-            micros(request.created_before, "created_before")
-            if request.HasField("created_before") else None
-        ),
+        "created_after_us": optional_micros(request, "created_after"),
+        "created_before_us": optional_micros(request, "created_before"),
     }
 
 
